@@ -1,0 +1,3 @@
+from nkdaemon.cli import main
+
+main()

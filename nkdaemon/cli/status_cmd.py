@@ -1,0 +1,41 @@
+"""`nkdaemon status [--json]`."""
+
+from __future__ import annotations
+
+import click
+
+from nkdaemon.cli import AppContext, echo_json, pass_app
+from nkdaemon.runtime.session import Session
+from nkdaemon.services.status import collect_status
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(status_command)
+
+
+@click.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_app
+def status_command(app: AppContext, as_json: bool) -> None:
+    """Lag, queue depth, last logged transaction, snapshots, log size."""
+    with Session(app.settings, writer=False) as session:
+        status = collect_status(session)
+    if as_json:
+        echo_json(status)
+    else:
+        depth = status["queue_depth"]
+        lag = status["lag_seconds"]
+        click.echo(f"source       {status['source']}")
+        click.echo(f"repository   {status['repository']}")
+        click.echo(f"queue        {'unknown' if depth is None else f'{depth} changes waiting'}")
+        click.echo(f"lag          {'unknown' if lag is None else f'{lag:.1f} s'}")
+        click.echo(
+            f"last logged  transaction {status['last_lsn']}"
+            + (f" committed {status['last_commit_time']}" if status["last_commit_time"] else "")
+        )
+        click.echo(f"log          {status['log_bytes']} bytes in {status['log_segments']} segments")
+        click.echo(f"snapshots    {len(status['snapshots'])}")
+        for error in status["errors"]:
+            click.echo(f"problem      {error}", err=True)
+    if status["errors"]:
+        raise SystemExit(1)

@@ -1,0 +1,90 @@
+"""The ports the services drive. Adapters implement them; the core never imports them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from nkdaemon.core.events import RawChange
+from nkdaemon.core.keys import TableSpec
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class QueuedChange:
+    """One captured change as the source queue holds it, values in canonical form.
+
+    ``position`` orders transactions: consecutive changes with the same position belong
+    to one source transaction, and positions only grow in commit order.
+    """
+
+    position: int
+    txid: str | None
+    commit_time: datetime
+    change: RawChange
+
+
+class SchemaDrift(Exception):
+    """A captured row has columns the registry does not know (a column was added)."""
+
+    def __init__(self, *, table: str, columns: tuple[str, ...]) -> None:
+        super().__init__(f"table {table!r} has columns the registry does not know: {columns}")
+        self.table = table
+        self.columns = columns
+
+
+SeedConsumer = Callable[[TableSpec, Iterator[dict[str, Any]]], None]
+"""Receives every row of a table, in canonical form, read inside the install transaction."""
+
+
+class CaptureSource(Protocol):
+    """A source database with capture installed (or about to be).
+
+    Every method translates the driver's errors into SourceUnavailable (worth retrying)
+    or SourceError (not). One instance is used by one thread at a time.
+    """
+
+    dialect: str
+
+    def installation_id(self) -> str | None:
+        """The id of the capture installation in the source, or None if not installed."""
+
+    def installed_tables(self) -> dict[str, int]:
+        """Captured table name -> table number, as the triggers in the source know them."""
+
+    def install(
+        self, tables: dict[int, TableSpec], seed: SeedConsumer, *, seed_all: bool
+    ) -> tuple[str, int]:
+        """Install the capture schema and triggers (idempotent).
+
+        Tables newly captured (every table, with ``seed_all``) are passed to ``seed`` with
+        all their rows, read in the same transaction that creates their triggers while
+        writers are locked out, so no change falls between the two. Returns the
+        installation id and the baseline position: every queued transaction at or below it
+        is already contained in the seeded rows.
+        """
+
+    def uninstall(self) -> None:
+        """Remove every trigger and the capture schema (idempotent)."""
+
+    def fence(self) -> int:
+        """The highest position at which every committed transaction is final and visible."""
+
+    def batch_end(self, after: int, fence: int, max_transactions: int) -> int:
+        """A position <= fence that bounds about max_transactions whole transactions."""
+
+    def read(self, tables: dict[int, TableSpec], after: int, upto: int) -> Iterator[QueuedChange]:
+        """Committed changes with after < position <= upto, in order, grouped by transaction."""
+
+    def delete_through(self, upto: int) -> None:
+        """Remove from the queue every transaction with position <= upto."""
+
+    def queue_depth(self) -> int:
+        """How many changes wait in the queue."""
+
+    def oldest_pending(self) -> datetime | None:
+        """The commit time of the oldest transaction waiting in the queue, if any."""
+
+    def close(self) -> None:
+        """Release connections."""

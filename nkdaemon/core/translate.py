@@ -1,0 +1,293 @@
+"""Translate raw captured changes into natural-key events.
+
+The translator walks one source transaction's changes in order, keeping the id -> key
+index in step with them, so every reference is named by the key its row had at the moment
+of the change (invariant 5). Deleted rows stay resolvable until the end of their
+transaction (a cascade may delete a parent before its children), and a reference to a row
+inserted later in the same transaction (deferred foreign keys) is resolved at its end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from nkdaemon.core.errors import CaptureError
+from nkdaemon.core.events import ChangeEvent, RawChange
+from nkdaemon.core.keys import ForeignKeySpec, NaturalKey, Ref, Sid, TableSpec
+
+ShallowKey = tuple[Any, ...]
+
+
+class KeyLookup(Protocol):
+    """The id -> shallow natural key index, per captured table.
+
+    Writes are visible to later reads at once, and become durable only when the caller
+    commits the index together with the log; they are discarded if it rolls back.
+    """
+
+    def get(self, table: int, sid: Sid) -> ShallowKey | None:
+        """The shallow key of the row with this source id, or None if unknown."""
+
+    def put(self, table: int, sid: Sid, key: ShallowKey) -> None:
+        """Record (or replace) the key of a row."""
+
+    def delete(self, table: int, sid: Sid) -> None:
+        """Forget a row."""
+
+    def clear_table(self, table: int) -> None:
+        """Forget every row of a table (TRUNCATE)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A reference not resolvable yet: its row is inserted later in the transaction."""
+
+    ref: Ref
+
+
+class Translator:
+    """Stateful per transaction: ``translate`` each change, then ``finish``."""
+
+    def __init__(self, tables: Mapping[int, TableSpec], index: KeyLookup) -> None:
+        self._tables = dict(tables)
+        self._numbers = {spec.name: number for number, spec in tables.items()}
+        self._index = index
+        self._tombstones: dict[tuple[int, Sid], ShallowKey] = {}
+        self._buffer: list[ChangeEvent | _Unfinished] = []
+        self._pending_count = 0
+
+    def translate(self, change: RawChange) -> None:
+        spec = self._tables[change.table]
+        if change.op == "T":
+            self._truncate(change.table, spec)
+        elif change.op == "I":
+            assert change.new is not None
+            self._insert(change.table, spec, change.new)
+        elif change.op == "U":
+            assert change.old is not None and change.new is not None
+            self._update(change.table, spec, change.old, change.new)
+        else:
+            assert change.old is not None
+            self._delete(change.table, spec, change.old)
+
+    def ready(self) -> list[ChangeEvent]:
+        """Events fully resolved so far, in order (up to the first one that waits)."""
+        if self._pending_count:
+            cut = next(i for i, e in enumerate(self._buffer) if isinstance(e, _Unfinished))
+        else:
+            cut = len(self._buffer)
+        done = self._buffer[:cut]
+        del self._buffer[:cut]
+        return done  # type: ignore[return-value]
+
+    def finish(self) -> list[ChangeEvent]:
+        """End the transaction: resolve late references, forget deleted rows."""
+        events = [self._complete(e) if isinstance(e, _Unfinished) else e for e in self._buffer]
+        for table, sid in self._tombstones:
+            self._index.delete(table, sid)
+        self._tombstones.clear()
+        self._buffer.clear()
+        self._pending_count = 0
+        return events
+
+    def reset(self) -> None:
+        """Drop all per-transaction state (after an aborted batch)."""
+        self._tombstones.clear()
+        self._buffer.clear()
+        self._pending_count = 0
+
+    # --- per operation ---------------------------------------------------------------
+
+    def _insert(self, number: int, spec: TableSpec, new: dict[str, Any]) -> None:
+        sid = self._sid(spec, new)
+        shallow = self._shallow_key(spec, new)
+        if spec.referenced and shallow is not None:
+            self._put(number, sid, shallow)
+        self._emit(
+            spec,
+            op="I",
+            key=self._key(spec, shallow, new),
+            row=self._payload(spec, new),
+            sid=sid,
+        )
+
+    def _update(
+        self, number: int, spec: TableSpec, old: dict[str, Any], new: dict[str, Any]
+    ) -> None:
+        old_sid, sid = self._sid(spec, old), self._sid(spec, new)
+        old_shallow, shallow = self._shallow_key(spec, old), self._shallow_key(spec, new)
+        old_key = self._key(spec, old_shallow, old) if old_shallow != shallow else None
+        if spec.full_row_identity:
+            old_key = self._key(spec, None, old)
+        if spec.referenced and shallow is not None:
+            if old_sid != sid:
+                self._forget(number, old_sid, old_shallow)
+            if old_sid != sid or old_shallow != shallow:
+                self._put(number, sid, shallow)
+        self._emit(
+            spec,
+            op="U",
+            key=self._key(spec, shallow, new),
+            old_key=old_key,
+            row=self._payload(spec, new),
+            sid=sid,
+        )
+
+    def _delete(self, number: int, spec: TableSpec, old: dict[str, Any]) -> None:
+        sid = self._sid(spec, old)
+        shallow = self._shallow_key(spec, old)
+        key = self._key(spec, shallow, old)
+        if spec.referenced and shallow is not None:
+            self._forget(number, sid, shallow)
+        self._emit(spec, op="D", key=key, sid=sid)
+
+    def _truncate(self, number: int, spec: TableSpec) -> None:
+        self._tombstones = {k: v for k, v in self._tombstones.items() if k[0] != number}
+        self._index.clear_table(number)
+        self._emit(spec, op="T", key=None)
+
+    # --- keys ------------------------------------------------------------------------
+
+    def _put(self, number: int, sid: Sid, shallow: ShallowKey) -> None:
+        self._tombstones.pop((number, sid), None)
+        self._index.put(number, sid, shallow)
+
+    def _forget(self, number: int, sid: Sid, shallow: ShallowKey | None) -> None:
+        if shallow is not None:
+            self._tombstones[(number, sid)] = shallow
+
+    @staticmethod
+    def _sid(spec: TableSpec, row: Mapping[str, Any]) -> Sid:
+        if len(spec.primary_key) == 1:
+            return row.get(spec.primary_key[0])
+        return [row.get(c) for c in spec.primary_key] if spec.primary_key else None
+
+    def _shallow_key(self, spec: TableSpec, row: Mapping[str, Any]) -> ShallowKey | None:
+        if spec.full_row_identity:
+            return None
+        return tuple(
+            row[part.column] if part.column is not None else self._fk_value(part.foreign_key, row)  # type: ignore[arg-type]
+            for part in spec.key_parts
+        )
+
+    def _fk_value(self, fk: ForeignKeySpec, row: Mapping[str, Any]) -> Any:
+        values = [row.get(c) for c in fk.columns]
+        if any(v is None for v in values):
+            return None
+        if fk.by_natural_key:
+            return dict(zip(fk.ref_columns, values, strict=True))
+        ref_spec = self._tables[self._numbers[fk.ref_table]]
+        by_column = dict(zip(fk.ref_columns, values, strict=True))
+        pk_values = [by_column[c] for c in ref_spec.primary_key]
+        sid = pk_values[0] if len(pk_values) == 1 else pk_values
+        return Ref(self._numbers[fk.ref_table], sid)
+
+    def _key(
+        self, spec: TableSpec, shallow: ShallowKey | None, row: Mapping[str, Any]
+    ) -> NaturalKey:
+        if spec.full_row_identity:
+            return self._payload(spec, row)
+        assert shallow is not None
+        return {
+            part.name: self._resolve(value)
+            for part, value in zip(spec.key_parts, shallow, strict=True)
+        }
+
+    def _resolve(self, value: Any) -> Any:
+        if not isinstance(value, Ref):
+            return value
+        shallow = self._tombstones.get((value.table, value.sid))
+        if shallow is None:
+            shallow = self._index.get(value.table, value.sid)
+        if shallow is None:
+            self._pending_count += 1
+            return _Pending(value)
+        spec = self._tables[value.table]
+        return {
+            part.name: self._resolve(v) for part, v in zip(spec.key_parts, shallow, strict=True)
+        }
+
+    def _payload(self, spec: TableSpec, row: Mapping[str, Any]) -> dict[str, Any]:
+        skip = spec.surrogate_columns
+        fk_columns = {c for fk in spec.foreign_keys for c in fk.columns}
+        out = {
+            name: value
+            for name, value in row.items()
+            if name not in skip and name not in fk_columns
+        }
+        for fk in spec.foreign_keys:
+            out[fk.part_name] = self._resolve(self._fk_value(fk, row))
+        return out
+
+    # --- buffering -------------------------------------------------------------------
+
+    def _emit(self, spec: TableSpec, **fields: Any) -> None:
+        event = ChangeEvent(table=spec.name, **fields)
+        if self._pending_count and _has_pending(fields):
+            self._buffer.append(_Unfinished(event))
+        else:
+            self._buffer.append(event)
+
+    def _complete(self, unfinished: _Unfinished) -> ChangeEvent:
+        event = unfinished.event
+        return ChangeEvent(
+            table=event.table,
+            op=event.op,
+            key=self._patch(event.key, event),
+            old_key=self._patch(event.old_key, event),
+            row=self._patch(event.row, event),
+            sid=event.sid,
+        )
+
+    def _patch(self, value: Any, event: ChangeEvent) -> Any:
+        if isinstance(value, _Pending):
+            resolved = self._resolve(value.ref)
+            if isinstance(resolved, _Pending) or _has_pending(resolved):
+                raise CaptureError(
+                    f"{event.table}: a change refers to row id {value.ref.sid!r} of "
+                    f"{self._tables[value.ref.table].name}, which the log has never seen",
+                    hint="capture must be installed before the referenced row was written; "
+                    "re-run `nkdaemon install` to re-seed the key index",
+                )
+            return resolved
+        if isinstance(value, dict):
+            return {k: self._patch(v, event) for k, v in value.items()}
+        return value
+
+
+def seed_entries(tables: Mapping[int, TableSpec], spec: TableSpec, rows: Any) -> Any:
+    """(sid, shallow key) of each existing row of a referenced table, for the key index."""
+    translator = Translator(tables, _NoIndex())
+    for row in rows:
+        shallow = translator._shallow_key(spec, row)
+        if shallow is not None:
+            yield translator._sid(spec, row), shallow
+
+
+class _NoIndex:
+    def get(self, table: int, sid: Sid) -> ShallowKey | None:
+        return None
+
+    def put(self, table: int, sid: Sid, key: ShallowKey) -> None:
+        return None
+
+    def delete(self, table: int, sid: Sid) -> None:
+        return None
+
+    def clear_table(self, table: int) -> None:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Unfinished:
+    event: ChangeEvent
+
+
+def _has_pending(value: Any) -> bool:
+    if isinstance(value, _Pending):
+        return True
+    if isinstance(value, dict):
+        return any(_has_pending(v) for v in value.values())
+    return False

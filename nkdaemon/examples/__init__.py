@@ -1,0 +1,1 @@
+"""Example schemas: the EDMS document-management system nkdaemon was born in."""

@@ -1,0 +1,1 @@
+"""The backup repository on disk: log segments, snapshots, key index, lock."""

@@ -1,0 +1,224 @@
+"""The repository's state database: the id -> natural key index and the drain checkpoint.
+
+One SQLite file (``state.db``). Both change only inside the drain's batch transaction,
+which is committed after the log records it covers are fsynced and before the source
+queue rows are removed, so the index always matches a prefix of the log.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from cachetools import LRUCache
+
+from nkdaemon.core.keys import Ref, Sid
+
+ShallowKey = tuple[Any, ...]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS keys (
+    tbl INTEGER NOT NULL,
+    sid BLOB NOT NULL,
+    key BLOB NOT NULL,
+    PRIMARY KEY (tbl, sid)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+_MISSING = object()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Checkpoint:
+    """What the repository has made durable: log end and the source position it covers."""
+
+    lsn: int = 0
+    position: int = 0
+    segment: str | None = None
+    offset: int = 0
+    commit_time: str | None = None
+
+
+@dataclass(kw_only=True, slots=True)
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+
+
+def _encode_sid(sid: Sid) -> bytes:
+    return orjson.dumps(sid)
+
+
+def _encode_key(key: ShallowKey) -> bytes:
+    return orjson.dumps([{"@": [p.table, p.sid]} if isinstance(p, Ref) else p for p in key])
+
+
+def _decode_key(raw: bytes) -> ShallowKey:
+    return tuple(
+        Ref(p["@"][0], p["@"][1]) if isinstance(p, dict) and "@" in p else p
+        for p in orjson.loads(raw)
+    )
+
+
+class StateStore:
+    """Key index with an LRU cache in front, plus the checkpoint. Not thread-safe."""
+
+    def __init__(self, path: Path, *, cache_size: int = 100_000) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # FULL: the checkpoint must be on disk before the source queue rows are deleted.
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._cache: LRUCache[tuple[int, Any], Any] = LRUCache(maxsize=cache_size)
+        self.stats = CacheStats()
+        self._in_batch = False
+
+    def close(self) -> None:
+        self._db.close()
+
+    # --- batches ---------------------------------------------------------------------
+
+    def begin(self) -> None:
+        if not self._in_batch:
+            self._db.execute("BEGIN")
+            self._in_batch = True
+
+    def commit(self, checkpoint: Checkpoint | None = None) -> None:
+        if checkpoint is not None:
+            self.begin()
+            self._write_checkpoint(checkpoint)
+        if self._in_batch:
+            self._db.execute("COMMIT")
+            self._in_batch = False
+
+    def rollback(self) -> None:
+        if self._in_batch:
+            self._db.execute("ROLLBACK")
+            self._in_batch = False
+        self._cache.clear()
+
+    # --- checkpoint ------------------------------------------------------------------
+
+    def checkpoint(self) -> Checkpoint:
+        rows = dict(self._db.execute("SELECT name, value FROM meta").fetchall())
+        if "checkpoint" not in rows:
+            return Checkpoint()
+        data = orjson.loads(rows["checkpoint"])
+        return Checkpoint(**data)
+
+    def _write_checkpoint(self, checkpoint: Checkpoint) -> None:
+        value = orjson.dumps(
+            {
+                "lsn": checkpoint.lsn,
+                "position": checkpoint.position,
+                "segment": checkpoint.segment,
+                "offset": checkpoint.offset,
+                "commit_time": checkpoint.commit_time,
+            }
+        ).decode()
+        self._db.execute(
+            "INSERT INTO meta(name, value) VALUES ('checkpoint', ?) "
+            "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+            (value,),
+        )
+
+    def get_meta(self, name: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, name: str, value: str) -> None:
+        self._db.execute(
+            "INSERT INTO meta(name, value) VALUES (?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+            (name, value),
+        )
+
+    # --- the key index (KeyLookup) ---------------------------------------------------
+
+    def get(self, table: int, sid: Sid) -> ShallowKey | None:
+        cache_key = (table, _hashable(sid))
+        found = self._cache.get(cache_key, _MISSING)
+        if found is not _MISSING:
+            self.stats.hits += 1
+            return found  # type: ignore[no-any-return]
+        self.stats.misses += 1
+        row = self._db.execute(
+            "SELECT key FROM keys WHERE tbl = ? AND sid = ?", (table, _encode_sid(sid))
+        ).fetchone()
+        key = None if row is None else _decode_key(row[0])
+        self._cache[cache_key] = key
+        return key
+
+    def prefetch(self, table: int, sids: Iterable[Sid]) -> None:
+        """Load the keys of many rows in a few queries (a cold cache, a large batch)."""
+        wanted = [
+            s
+            for s in {_hashable(s): s for s in sids}.values()
+            if (table, _hashable(s)) not in self._cache
+        ]
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            encoded = {_encode_sid(s): s for s in chunk}
+            marks = ",".join("?" * len(encoded))
+            found = dict(
+                self._db.execute(
+                    f"SELECT sid, key FROM keys WHERE tbl = ? AND sid IN ({marks})",
+                    (table, *encoded),
+                ).fetchall()
+            )
+            for raw_sid, sid in encoded.items():
+                raw_key = found.get(raw_sid)
+                self._cache[(table, _hashable(sid))] = (
+                    None if raw_key is None else _decode_key(raw_key)
+                )
+
+    def put(self, table: int, sid: Sid, key: ShallowKey) -> None:
+        self.begin()
+        self._db.execute(
+            "INSERT INTO keys(tbl, sid, key) VALUES (?, ?, ?) "
+            "ON CONFLICT(tbl, sid) DO UPDATE SET key = excluded.key",
+            (table, _encode_sid(sid), _encode_key(key)),
+        )
+        self._cache[(table, _hashable(sid))] = key
+
+    def put_many(self, table: int, items: Iterable[tuple[Sid, ShallowKey]]) -> None:
+        self.begin()
+        rows = ((table, _encode_sid(sid), _encode_key(key)) for sid, key in items)
+        self._db.executemany(
+            "INSERT INTO keys(tbl, sid, key) VALUES (?, ?, ?) "
+            "ON CONFLICT(tbl, sid) DO UPDATE SET key = excluded.key",
+            rows,
+        )
+
+    def delete(self, table: int, sid: Sid) -> None:
+        self.begin()
+        self._db.execute("DELETE FROM keys WHERE tbl = ? AND sid = ?", (table, _encode_sid(sid)))
+        self._cache[(table, _hashable(sid))] = None
+
+    def clear_table(self, table: int) -> None:
+        self.begin()
+        self._db.execute("DELETE FROM keys WHERE tbl = ?", (table,))
+        self._cache.clear()
+
+    def clear_all(self) -> None:
+        """Forget every key (a new baseline replaces them)."""
+        self.begin()
+        self._db.execute("DELETE FROM keys")
+        self._cache.clear()
+
+    def count(self, table: int | None = None) -> int:
+        if table is None:
+            return int(self._db.execute("SELECT count(*) FROM keys").fetchone()[0])
+        return int(
+            self._db.execute("SELECT count(*) FROM keys WHERE tbl = ?", (table,)).fetchone()[0]
+        )
+
+
+def _hashable(sid: Sid) -> Any:
+    return tuple(sid) if isinstance(sid, list) else sid

@@ -1,0 +1,1 @@
+"""The running process: configuration, logging, the daemon loop, health, scheduling."""

@@ -1,0 +1,400 @@
+"""The TOML configuration, loaded once into typed, frozen settings and validated eagerly.
+
+Every error names the key, the bad value and the fix, and is a ConfigError (exit code 2).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from nkdaemon.core.errors import ConfigError
+
+ENV_VAR = "NKDAEMON_CONFIG"
+DEFAULT_FILE = "nkdaemon.toml"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceSettings:
+    url: str = field(repr=False)
+    schema: str | None = None
+
+    @property
+    def sa_url(self) -> URL:
+        return make_url(self.url)
+
+    @property
+    def dialect(self) -> Literal["postgresql", "sqlite"]:
+        name = self.sa_url.get_backend_name()
+        return "postgresql" if name == "postgresql" else "sqlite"
+
+    @property
+    def redacted_url(self) -> str:
+        return redact_url(self.url)
+
+    @property
+    def password(self) -> str | None:
+        return self.sa_url.password  # type: ignore[return-value]
+
+    def __repr__(self) -> str:
+        return f"SourceSettings(url={self.redacted_url!r}, schema={self.schema!r})"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RepositorySettings:
+    path: Path
+    segment_bytes: int = 64 << 20
+
+
+@dataclass(frozen=True, kw_only=True)
+class CaptureSettings:
+    tables: tuple[str, ...] = ("*",)
+    exclude: tuple[str, ...] = ()
+    key_cache_size: int = 100_000
+    batch_events: int = 10_000
+    poll_interval: float = 1.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class TableSettings:
+    natural_key: tuple[str, ...] | None = None
+    identity: Literal["key", "full"] = "key"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SnapshotSettings:
+    schedule: str | None = None
+    keep: int = 7
+
+
+@dataclass(frozen=True, kw_only=True)
+class HealthSettings:
+    listen: str = "127.0.0.1:8787"
+    max_lag_seconds: float = 60.0
+    max_snapshot_age_seconds: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class LogSettings:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    source: SourceSettings
+    repository: RepositorySettings
+    capture: CaptureSettings = CaptureSettings()
+    tables: Mapping[str, TableSettings] = field(default_factory=dict)
+    snapshots: SnapshotSettings = SnapshotSettings()
+    health: HealthSettings = HealthSettings()
+    logging: LogSettings = LogSettings()
+    file: Path | None = None
+
+    def secrets(self) -> tuple[str, ...]:
+        """Strings that must never reach output (passwords)."""
+        password = self.source.password
+        return (password,) if password else ()
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced by ***; unparseable URLs are hidden whole."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparseable url>"
+
+
+# --- parsing helpers ----------------------------------------------------------------------
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|KB|MB|GB)?\s*$")
+_SIZE_UNITS = {
+    None: 1,
+    "B": 1,
+    "KiB": 1 << 10,
+    "MiB": 1 << 20,
+    "GiB": 1 << 30,
+    "KB": 1000,
+    "MB": 1000**2,
+    "GB": 1000**3,
+}
+
+
+def parse_duration(value: Any, key: str) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    match = _DURATION.match(str(value)) if isinstance(value, str) else None
+    if not match:
+        raise ConfigError(
+            f"{key}: {value!r} is not a duration",
+            hint='write a number of seconds or a number with a unit: "250ms", "30s", "5m", "6h", "1d"',
+        )
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def parse_size(value: Any, key: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    match = _SIZE.match(value) if isinstance(value, str) else None
+    if not match or int(match.group(1)) <= 0:
+        raise ConfigError(f"{key}: {value!r} is not a size", hint='write e.g. "64MiB" or 67108864')
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+
+
+class _Section:
+    """Typed access to one TOML table that reports unknown keys with a suggestion."""
+
+    def __init__(self, name: str, data: Any, known: tuple[str, ...]) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(f"[{name}]: expected a table, got {data!r}")
+        self.name = name
+        self.data = data
+        for key in data:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f'did you mean "{close[0]}"?' if close else f"known keys: {', '.join(known)}"
+                raise ConfigError(f"[{name}] {key}: unknown setting", hint=hint)
+
+    def key(self, key: str) -> str:
+        return f"[{self.name}] {key}"
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.data.get(key, default)
+
+    def string(self, key: str, default: str | None = None, *, required: bool = False) -> str | None:
+        value = self.data.get(key, default)
+        if value is None:
+            if required:
+                raise ConfigError(
+                    f"{self.key(key)}: missing", hint=f'add {key} = "..." under [{self.name}]'
+                )
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{self.key(key)}: {value!r} must be a non-empty string")
+        return value
+
+    def strings(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self.data.get(key, list(default))
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(
+                f"{self.key(key)}: {value!r} must be a list of strings",
+                hint=f'write {key} = ["a", "b"]',
+            )
+        return tuple(value)
+
+    def positive_int(self, key: str, default: int) -> int:
+        value = self.data.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ConfigError(f"{self.key(key)}: {value!r} must be a positive whole number")
+        return value
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.data.get(key, default)
+        if value not in choices:
+            raise ConfigError(
+                f"{self.key(key)}: {value!r} is not one of {', '.join(map(repr, choices))}"
+            )
+        return str(value)
+
+
+# --- loading ---------------------------------------------------------------------------
+
+SECTIONS = ("source", "repository", "capture", "tables", "snapshots", "health", "log")
+
+
+def find_config(explicit: str | os.PathLike[str] | None) -> Path:
+    """--config, else $NKDAEMON_CONFIG, else ./nkdaemon.toml."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get(ENV_VAR)
+    return Path(env) if env else Path(DEFAULT_FILE)
+
+
+def load_settings(path: Path) -> Settings:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"configuration file {path} does not exist",
+            hint=f"create one with `nkdaemon init`, or pass --config PATH (or set ${ENV_VAR})",
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"configuration file {path} cannot be read: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_settings(data, base_dir=path.parent, file=path)
+
+
+def parse_settings(
+    data: Mapping[str, Any], *, base_dir: Path, file: Path | None = None
+) -> Settings:
+    top = _Section("top level", dict(data), SECTIONS)
+    source = _parse_source(_Section("source", top.get("source", {}), ("url", "schema")))
+    return Settings(
+        source=source,
+        repository=_parse_repository(
+            _Section("repository", top.get("repository", {}), ("path", "segment_size")), base_dir
+        ),
+        capture=_parse_capture(
+            _Section(
+                "capture",
+                top.get("capture", {}),
+                ("tables", "exclude", "key_cache_size", "batch_events", "poll_interval"),
+            )
+        ),
+        tables=_parse_tables(top.get("tables", {})),
+        snapshots=_parse_snapshots(
+            _Section("snapshots", top.get("snapshots", {}), ("schedule", "keep"))
+        ),
+        health=_parse_health(
+            _Section("health", top.get("health", {}), ("listen", "max_lag", "max_snapshot_age"))
+        ),
+        logging=_parse_logging(_Section("log", top.get("log", {}), ("level", "format"))),
+        file=file,
+    )
+
+
+def _parse_source(section: _Section) -> SourceSettings:
+    url = section.string("url", required=True)
+    assert url is not None
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(
+            f"[source] url: {redact_url(url)} is not a database URL",
+            hint='write e.g. "postgresql+psycopg://app@127.0.0.1:5432/edms" or "sqlite:///var/edms.db"',
+        ) from None
+    backend = parsed.get_backend_name()
+    if backend not in ("postgresql", "sqlite"):
+        raise ConfigError(
+            f"[source] url: database {backend!r} is not supported",
+            hint="nkdaemon captures PostgreSQL (postgresql+psycopg://...) and SQLite (sqlite:///path)",
+        )
+    if backend == "postgresql" and parsed.get_driver_name() not in ("psycopg", "psycopg2", ""):
+        raise ConfigError(
+            f"[source] url: driver {parsed.get_driver_name()!r} is not supported",
+            hint="use postgresql+psycopg://",
+        )
+    if backend == "sqlite" and not parsed.database:
+        raise ConfigError(
+            "[source] url: an in-memory SQLite database cannot be backed up",
+            hint='name a file: "sqlite:///path/to/app.db"',
+        )
+    return SourceSettings(url=url, schema=section.string("schema"))
+
+
+def _parse_repository(section: _Section, base_dir: Path) -> RepositorySettings:
+    raw = section.string("path", required=True)
+    assert raw is not None
+    path = Path(raw).expanduser()
+    if not path.is_absolute():
+        path = base_dir / path
+    segment = section.get("segment_size", 64 << 20)
+    return RepositorySettings(
+        path=path, segment_bytes=parse_size(segment, section.key("segment_size"))
+    )
+
+
+def _parse_capture(section: _Section) -> CaptureSettings:
+    return CaptureSettings(
+        tables=section.strings("tables", ("*",)),
+        exclude=section.strings("exclude", ()),
+        key_cache_size=section.positive_int("key_cache_size", 100_000),
+        batch_events=section.positive_int("batch_events", 10_000),
+        poll_interval=parse_duration(
+            section.get("poll_interval", 1.0), section.key("poll_interval")
+        ),
+    )
+
+
+def _parse_tables(data: Any) -> dict[str, TableSettings]:
+    if not isinstance(data, dict):
+        raise ConfigError(f"[tables]: expected tables like [tables.documents], got {data!r}")
+    out: dict[str, TableSettings] = {}
+    for name, body in data.items():
+        section = _Section(f"tables.{_toml_key(name)}", body, ("natural_key", "identity"))
+        identity = section.choice("identity", "key", ("key", "full"))
+        key = section.get("natural_key")
+        if key is not None:
+            key = section.strings("natural_key", ())
+            if not key:
+                raise ConfigError(
+                    f"{section.key('natural_key')}: an empty list names no key",
+                    hint='list the columns, e.g. natural_key = ["code"]',
+                )
+            if identity == "full":
+                raise ConfigError(
+                    f'[tables.{_toml_key(name)}]: natural_key and identity = "full" exclude each other',
+                    hint='keep natural_key for a table that has one; identity = "full" is for keyless tables',
+                )
+        out[name] = TableSettings(natural_key=key, identity=identity)  # type: ignore[arg-type]
+    return out
+
+
+def _parse_snapshots(section: _Section) -> SnapshotSettings:
+    schedule = section.string("schedule")
+    if schedule is not None:
+        validate_schedule(schedule, section.key("schedule"))
+    return SnapshotSettings(schedule=schedule, keep=section.positive_int("keep", 7))
+
+
+def validate_schedule(schedule: str, key: str) -> None:
+    """A schedule is a 5-field cron expression or an interval such as "6h"."""
+    if _DURATION.match(schedule):
+        if parse_duration(schedule, key) <= 0:
+            raise ConfigError(f"{key}: {schedule!r} is not a positive interval")
+        return
+    from apscheduler.triggers.cron import CronTrigger
+
+    try:
+        CronTrigger.from_crontab(schedule, timezone="UTC")
+    except ValueError as exc:
+        raise ConfigError(
+            f"{key}: {schedule!r} is neither a cron expression nor an interval ({exc})",
+            hint='write e.g. "0 3 * * *" (03:00 UTC daily) or "6h"',
+        ) from None
+
+
+def _parse_health(section: _Section) -> HealthSettings:
+    listen = section.string("listen", "127.0.0.1:8787")
+    assert listen is not None
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535 or not host:
+        raise ConfigError(
+            f"{section.key('listen')}: {listen!r} is not HOST:PORT",
+            hint='write e.g. "127.0.0.1:8787"',
+        )
+    age = section.get("max_snapshot_age")
+    return HealthSettings(
+        listen=listen,
+        max_lag_seconds=parse_duration(section.get("max_lag", 60), section.key("max_lag")),
+        max_snapshot_age_seconds=None
+        if age is None
+        else parse_duration(age, section.key("max_snapshot_age")),
+    )
+
+
+def _parse_logging(section: _Section) -> LogSettings:
+    return LogSettings(
+        level=section.choice("level", "info", ("debug", "info", "warning", "error")),  # type: ignore[arg-type]
+        format=section.choice("format", "auto", ("auto", "json", "console")),  # type: ignore[arg-type]
+    )
+
+
+def _toml_key(name: str) -> str:
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else '"' + name.replace('"', '\\"') + '"'

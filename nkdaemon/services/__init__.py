@@ -1,0 +1,1 @@
+"""Use cases: install, drain, status, history (snapshot, restore, verify follow)."""

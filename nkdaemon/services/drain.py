@@ -1,0 +1,282 @@
+"""The drain: committed changes from the source queue into the log, exactly once.
+
+One pass: fence the queue, then batch by batch read whole transactions in commit order,
+translate ids to natural keys, append them to the log, fsync, commit the key index with
+the checkpoint, and only then delete the queue rows. A crash anywhere leaves either the
+queue rows (drained again, and skipped if the log already has them) or nothing to do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from nkdaemon.core.errors import CaptureError, LogGapError
+from nkdaemon.core.events import event_to_dict
+from nkdaemon.core.keys import ColumnSpec, TableSpec, replace_spec
+from nkdaemon.core.ports import CaptureSource, QueuedChange, SchemaDrift
+from nkdaemon.core.translate import Translator
+from nkdaemon.repository.segments import SegmentLog
+from nkdaemon.repository.state import Checkpoint, StateStore
+
+log = structlog.get_logger("nkdaemon.drain")
+
+CHUNK_EVENTS = 2000
+
+
+@dataclass(kw_only=True)
+class DrainResult:
+    transactions: int = 0
+    events: int = 0
+    skipped: int = 0
+    last_lsn: int = 0
+    last_commit_time: str | None = None
+    gap: tuple[int, int] | None = None
+
+
+@dataclass(kw_only=True)
+class _Batch:
+    transactions: int = 0
+    events: int = 0
+    skipped: int = 0
+    lsn: int = 0
+    commit_time: str | None = None
+
+
+@dataclass(kw_only=True)
+class _Tx:
+    position: int
+    txid: str | None
+    commit_time: datetime
+    append: bool
+    lsn: int = 0
+    part: int = 0
+    events: int = 0
+    pending: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Drainer:
+    """Drains one source into one repository. Holds the log open for appending."""
+
+    def __init__(
+        self,
+        *,
+        source: CaptureSource,
+        log_store: SegmentLog,
+        state: StateStore,
+        tables: Callable[[], dict[int, TableSpec]],
+        batch_transactions: int = 1000,
+    ) -> None:
+        self._source = source
+        self._log = log_store
+        self._state = state
+        self._load_tables = tables
+        self._tables = tables()
+        self._retired: dict[int, dict[str, ColumnSpec]] = {}
+        self._batch_transactions = batch_transactions
+        self._log_position = 0
+        self._last_time: str | None = None
+        self._gap: tuple[int, int] | None = None
+        self._opened = False
+
+    # --- opening: recovery --------------------------------------------------------------
+
+    def open(self) -> None:
+        """Recover the log tail and reconcile it with the checkpoint."""
+        checkpoint = self._state.checkpoint()
+        end = self._log.recover(
+            durable_segment=checkpoint.segment, durable_offset=checkpoint.offset
+        )
+        self._log_position = end.last_position
+        self._last_time = end.last_commit_time or checkpoint.commit_time
+        if end.last_lsn < checkpoint.lsn:
+            self._record_gap(end.last_lsn + 1, checkpoint)
+        self._opened = True
+
+    def _record_gap(self, first_lost: int, checkpoint: Checkpoint) -> None:
+        self._log.append_gap(
+            first_lost,
+            checkpoint.lsn,
+            checkpoint.position,
+            "records made durable earlier are missing from the log",
+        )
+        segment, offset = self._log.sync()
+        self._state.commit(
+            Checkpoint(
+                lsn=checkpoint.lsn,
+                position=checkpoint.position,
+                segment=segment,
+                offset=offset,
+                commit_time=checkpoint.commit_time,
+            )
+        )
+        self._log_position = checkpoint.position
+        self._gap = (first_lost, checkpoint.lsn)
+        log.error("log.gap_recorded", first_lsn=first_lost, last_lsn=checkpoint.lsn)
+
+    # --- one pass --------------------------------------------------------------------
+
+    def drain_once(self) -> DrainResult:
+        if not self._opened:
+            self.open()
+        result = DrainResult()
+        fence = self._source.fence()
+        after = self._state.checkpoint().position
+        while after < fence:
+            end = self._source.batch_end(after, fence, self._batch_transactions)
+            batch = self._run_batch(after, end)
+            result.transactions += batch.transactions
+            result.events += batch.events
+            result.skipped += batch.skipped
+            if batch.lsn:
+                result.last_lsn = batch.lsn
+                result.last_commit_time = batch.commit_time
+            after = end
+        if self._gap is not None:
+            first, last = self._gap
+            self._gap = None
+            raise LogGapError(
+                f"log transactions {first}..{last} had been made durable and are now missing "
+                "(the log was truncated or damaged); the gap is recorded and draining went on",
+                hint="take a snapshot now (`nkdaemon snapshot`): restores to times after it do "
+                "not need the lost transactions",
+            )
+        return result
+
+    def _run_batch(self, after: int, end: int) -> _Batch:
+        for attempt in range(3):
+            try:
+                return self._try_batch(after, end)
+            except SchemaDrift as drift:
+                self._abort()
+                if attempt == 2:
+                    raise CaptureError(
+                        f"table {drift.table!r} keeps changing shape ({', '.join(drift.columns)})"
+                    ) from None
+                self._refresh_tables(drift)
+            except BaseException:
+                self._abort()
+                raise
+        raise AssertionError("unreachable")
+
+    def _abort(self) -> None:
+        self._log.rollback()
+        self._state.rollback()
+        self._log_position = self._state.checkpoint().position
+
+    def _try_batch(self, after: int, end: int) -> _Batch:
+        checkpoint = self._state.checkpoint()
+        self._state.begin()
+        translator = Translator(self._tables, self._state)
+        batch = _Batch()
+        tx: _Tx | None = None
+        for queued in self._source.read(self._tables, after, end):
+            if tx is None or queued.position != tx.position:
+                if tx is not None:
+                    self._finish_tx(tx, translator, batch)
+                tx = self._start_tx(queued)
+            translator.translate(queued.change)
+            if tx.append:
+                tx.pending.extend(event_to_dict(e) for e in translator.ready())
+                if len(tx.pending) >= CHUNK_EVENTS:
+                    self._flush_chunk(tx)
+        if tx is not None:
+            self._finish_tx(tx, translator, batch)
+        segment, offset = self._log.sync()
+        self._state.commit(
+            Checkpoint(
+                lsn=max(batch.lsn, checkpoint.lsn),
+                position=end,
+                segment=segment,
+                offset=offset,
+                commit_time=batch.commit_time or checkpoint.commit_time,
+            )
+        )
+        self._source.delete_through(end)
+        if batch.transactions:
+            log.info(
+                "drain.batch",
+                transactions=batch.transactions,
+                events=batch.events,
+                last_lsn=batch.lsn,
+                skipped=batch.skipped,
+            )
+        return batch
+
+    def _start_tx(self, queued: QueuedChange) -> _Tx:
+        append = queued.position > self._log_position
+        tx = _Tx(
+            position=queued.position,
+            txid=queued.txid,
+            commit_time=queued.commit_time,
+            append=append,
+        )
+        if append:
+            tx.lsn = self._log.next_lsn
+        return tx
+
+    def _flush_chunk(self, tx: _Tx) -> None:
+        self._log.append_chunk(tx.lsn, tx.part, tx.pending)
+        tx.events += len(tx.pending)
+        tx.part += 1
+        tx.pending = []
+
+    def _finish_tx(self, tx: _Tx, translator: Translator, batch: _Batch) -> None:
+        rest = translator.finish()
+        if not tx.append:
+            batch.skipped += 1
+            return
+        tx.pending.extend(event_to_dict(e) for e in rest)
+        when = tx.commit_time.isoformat(timespec="microseconds")
+        if self._last_time is not None and when < self._last_time:
+            when = self._last_time  # never let log time run backwards (clock stepped back)
+        self._log.append_commit(
+            {
+                "lsn": tx.lsn,
+                "pos": tx.position,
+                "xid": tx.txid,
+                "time": when,
+                "parts": tx.part,
+                "n": tx.events + len(tx.pending),
+                "events": tx.pending,
+            }
+        )
+        self._log.roll_if_full()
+        self._log_position = tx.position
+        self._last_time = when
+        batch.transactions += 1
+        batch.events += tx.events + len(tx.pending)
+        batch.lsn = tx.lsn
+        batch.commit_time = when
+
+    # --- schema drift ------------------------------------------------------------------
+
+    def _refresh_tables(self, drift: SchemaDrift) -> None:
+        """Re-reflect; columns that vanished from the source stay known, typed 'other'."""
+        fresh = self._load_tables()
+        for number, spec in fresh.items():
+            old = self._tables.get(number)
+            retired = dict(self._retired.get(number, {}))
+            if old is not None:
+                for column in old.columns:
+                    if column.name not in spec.column_index:
+                        retired[column.name] = column
+            if spec.name == drift.table:
+                for name in drift.columns:
+                    if name not in spec.column_index and name not in retired:
+                        retired[name] = ColumnSpec(name=name, logical_type="other", nullable=True)
+            self._retired[number] = retired
+            fresh[number] = _with_columns(spec, retired)
+        self._tables = fresh
+        log.warning("drain.schema_changed", table=drift.table, columns=list(drift.columns))
+
+
+def _with_columns(spec: TableSpec, extra: dict[str, ColumnSpec]) -> TableSpec:
+    if not extra:
+        return spec
+    columns = spec.columns + tuple(c for n, c in extra.items() if n not in spec.column_index)
+    return replace_spec(spec, columns=columns)

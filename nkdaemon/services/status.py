@@ -1,0 +1,41 @@
+"""What the backup looks like now: lag, queue depth, last logged transaction, log size."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from nkdaemon.core.errors import NkdError
+from nkdaemon.runtime.session import Session
+
+
+def collect_status(session: Session, *, now: datetime | None = None) -> dict[str, Any]:
+    """The status document (`status --json`, `/status`). Never raises for a down source."""
+    now = now or datetime.now(UTC)
+    status: dict[str, Any] = {
+        "source": session.settings.source.redacted_url,
+        "repository": str(session.layout.root),
+        "queue_depth": None,
+        "lag_seconds": None,
+        "last_lsn": 0,
+        "last_commit_time": None,
+        "snapshots": [],
+        "log_bytes": 0,
+        "log_segments": 0,
+        "errors": [],
+    }
+    if session.layout.exists():
+        checkpoint = session.state.checkpoint()
+        status["last_lsn"] = checkpoint.lsn
+        status["last_commit_time"] = checkpoint.commit_time
+        status["log_bytes"] = session.log_store.size_bytes()
+        status["log_segments"] = len(session.log_store.segments())
+    else:
+        status["errors"].append("the repository does not exist yet (run `nkdaemon install`)")
+    try:
+        status["queue_depth"] = session.source.queue_depth()
+        oldest = session.source.oldest_pending()
+        status["lag_seconds"] = 0.0 if oldest is None else max(0.0, (now - oldest).total_seconds())
+    except NkdError as exc:
+        status["errors"].append(exc.message)
+    return status

@@ -1,0 +1,1 @@
+"""Source databases: reflection into the key registry, and one capture adapter per dialect."""

@@ -1,0 +1,360 @@
+"""The PostgreSQL capture adapter (psycopg 3): install, fence, read, delete.
+
+The only module that touches psycopg errors for capture; they leave it as
+SourceUnavailable (worth retrying) or SourceError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from sqlalchemy.engine import make_url
+
+from nkdaemon.core.errors import NotInstalledError, SourceError, SourceUnavailable
+from nkdaemon.core.events import RawChange
+from nkdaemon.core.keys import TableSpec
+from nkdaemon.core.ports import QueuedChange, SchemaDrift, SeedConsumer
+from nkdaemon.core.values import parse_json_exact, pg_decoder
+from nkdaemon.sources.migrations import pending_migrations
+
+SCHEMA = "nkdaemon"
+FENCE_LOCK = (1852533605, 1)
+ROW_TRIGGER = "nkdaemon_capture"
+TRUNCATE_TRIGGER = "nkdaemon_capture_truncate"
+
+
+def conninfo_from_url(url: str) -> str:
+    """A libpq URI from an SQLAlchemy URL (drops the +driver part)."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@contextlib.contextmanager
+def translate_errors(action: str, secrets: tuple[str, ...] = ()) -> Iterator[None]:
+    """Turn psycopg errors into nkdaemon's, with any secret removed from the text."""
+    try:
+        yield
+    except psycopg.OperationalError as exc:
+        raise SourceUnavailable(
+            f"PostgreSQL unavailable while {action}: {_clean(exc, secrets)}",
+            hint="check that the server runs and [source] url is right; nkdaemon retries",
+        ) from None
+    except psycopg.Error as exc:
+        raise SourceError(f"PostgreSQL error while {action}: {_clean(exc, secrets)}") from None
+
+
+def _clean(exc: BaseException, secrets: tuple[str, ...]) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+class PostgresSource:
+    """CaptureSource for PostgreSQL."""
+
+    dialect = "postgresql"
+
+    def __init__(
+        self, url: str, *, schema: str | None = None, secrets: tuple[str, ...] = ()
+    ) -> None:
+        self._conninfo = conninfo_from_url(url)
+        self._schema = schema or "public"
+        self._secrets = secrets
+        self._conn: psycopg.Connection[Any] | None = None
+
+    # --- connection ------------------------------------------------------------------
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            with translate_errors("connecting", self._secrets):
+                self._conn = psycopg.connect(
+                    self._conninfo, autocommit=True, application_name="nkdaemon"
+                )
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
+            self._conn = None
+
+    def _errors(self, action: str) -> contextlib.AbstractContextManager[None]:
+        return translate_errors(action, self._secrets)
+
+    # --- installation ----------------------------------------------------------------
+
+    def installation_id(self) -> str | None:
+        with self._errors("reading the capture installation"):
+            conn = self._connection()
+            exists = conn.execute("SELECT to_regclass('nkdaemon.meta') IS NOT NULL").fetchone()
+            if not exists or not exists[0]:
+                return None
+            row = conn.execute(
+                "SELECT value FROM nkdaemon.meta WHERE name = 'installation_id'"
+            ).fetchone()
+            return None if row is None else str(row[0])
+
+    def installed_tables(self) -> dict[str, int]:
+        with self._errors("reading captured tables"):
+            conn = self._connection()
+            exists = conn.execute("SELECT to_regclass('nkdaemon.tables') IS NOT NULL").fetchone()
+            if not exists or not exists[0]:
+                return {}
+            rows = conn.execute(
+                "SELECT table_name, number FROM nkdaemon.tables WHERE schema_name = %s",
+                (self._schema,),
+            ).fetchall()
+            return {str(name): int(number) for name, number in rows}
+
+    def install(
+        self, tables: dict[int, TableSpec], seed: SeedConsumer, *, seed_all: bool
+    ) -> tuple[str, int]:
+        with self._errors("installing capture"):
+            conn = self._connection()
+            with conn.transaction():
+                self._migrate(conn)
+                installation = self._ensure_installation_id(conn)
+                known = {
+                    str(name): int(number)
+                    for name, number in conn.execute(
+                        "SELECT table_name, number FROM nkdaemon.tables WHERE schema_name = %s",
+                        (self._schema,),
+                    ).fetchall()
+                }
+                wanted = {spec.name for spec in tables.values()}
+                for name in sorted(set(known) - wanted):
+                    self._drop_triggers(conn, name)
+                    conn.execute(
+                        "DELETE FROM nkdaemon.tables WHERE schema_name = %s AND table_name = %s",
+                        (self._schema, name),
+                    )
+                for spec in tables.values():
+                    self._create_triggers(conn, spec)
+                    conn.execute(
+                        "INSERT INTO nkdaemon.tables (number, schema_name, table_name) "
+                        "VALUES (%s, %s, %s) ON CONFLICT (number) DO UPDATE "
+                        "SET schema_name = excluded.schema_name, table_name = excluded.table_name",
+                        (spec.number, self._schema, spec.name),
+                    )
+                # Every captured table is locked now, so no transaction is between its seal
+                # and its end: the sequence value is a clean baseline.
+                row = conn.execute(
+                    "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM nkdaemon.commit_seq"
+                ).fetchone()
+                baseline = int(row[0]) if row else 0
+                for spec in tables.values():
+                    if seed_all or spec.name not in known:
+                        seed(spec, self._table_rows(conn, spec))
+            return installation, baseline
+
+    def _migrate(self, conn: psycopg.Connection[Any]) -> None:
+        # One installer at a time; the lock ends with the transaction.
+        conn.execute("SELECT pg_advisory_xact_lock(1852533605, 2)")
+        row = conn.execute("SELECT to_regclass('nkdaemon.schema_version') IS NOT NULL").fetchone()
+        installed = 0
+        if row and row[0]:
+            found = conn.execute("SELECT max(version) FROM nkdaemon.schema_version").fetchone()
+            installed = int(found[0] or 0) if found else 0
+        for _version, text in pending_migrations("postgresql", installed):
+            conn.execute(text)  # type: ignore[call-overload]
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS nkdaemon.meta (name text PRIMARY KEY, value text NOT NULL)"
+        )
+
+    def _ensure_installation_id(self, conn: psycopg.Connection[Any]) -> str:
+        conn.execute(
+            "INSERT INTO nkdaemon.meta (name, value) VALUES ('installation_id', %s) "
+            "ON CONFLICT (name) DO NOTHING",
+            (uuid.uuid4().hex,),
+        )
+        row = conn.execute(
+            "SELECT value FROM nkdaemon.meta WHERE name = 'installation_id'"
+        ).fetchone()
+        assert row is not None
+        return str(row[0])
+
+    def _qualified(self, name: str) -> sql.Composed:
+        return sql.SQL("{}.{}").format(sql.Identifier(self._schema), sql.Identifier(name))
+
+    def _create_triggers(self, conn: psycopg.Connection[Any], spec: TableSpec) -> None:
+        table = self._qualified(spec.name)
+        number = sql.Literal(str(spec.number))
+        conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(table))
+        self._drop_triggers(conn, spec.name)
+        conn.execute(
+            sql.SQL(
+                "CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {} "
+                "FOR EACH ROW EXECUTE FUNCTION nkdaemon.capture_row({})"
+            ).format(sql.Identifier(ROW_TRIGGER), table, number)
+        )
+        conn.execute(
+            sql.SQL(
+                "CREATE TRIGGER {} AFTER TRUNCATE ON {} "
+                "FOR EACH STATEMENT EXECUTE FUNCTION nkdaemon.capture_truncate({})"
+            ).format(sql.Identifier(TRUNCATE_TRIGGER), table, number)
+        )
+
+    def _drop_triggers(self, conn: psycopg.Connection[Any], name: str) -> None:
+        exists = conn.execute(
+            "SELECT to_regclass(%s)", (self._qualified(name).as_string(conn),)
+        ).fetchone()
+        if not exists or exists[0] is None:
+            return
+        for trigger in (ROW_TRIGGER, TRUNCATE_TRIGGER):
+            conn.execute(
+                sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
+                    sql.Identifier(trigger), self._qualified(name)
+                )
+            )
+
+    def _table_rows(
+        self, conn: psycopg.Connection[Any], spec: TableSpec
+    ) -> Iterator[dict[str, Any]]:
+        decoders = _decoders(spec)
+        query = sql.SQL("SELECT row_to_json(t)::text FROM {} AS t").format(
+            self._qualified(spec.name)
+        )
+        with conn.cursor(name=f"nkd_seed_{spec.number}") as cursor:
+            cursor.itersize = 5000
+            cursor.execute(query)
+            for (text,) in cursor:
+                yield _decode_row(spec, decoders, text)
+
+    def uninstall(self) -> None:
+        with self._errors("uninstalling capture"):
+            conn = self._connection()
+            with conn.transaction():
+                triggers = conn.execute(
+                    "SELECT n.nspname, c.relname FROM pg_trigger t "
+                    "JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE t.tgname IN (%s, %s)",
+                    (ROW_TRIGGER, TRUNCATE_TRIGGER),
+                ).fetchall()
+                for schema, table in sorted(set(triggers)):
+                    for trigger in (ROW_TRIGGER, TRUNCATE_TRIGGER):
+                        conn.execute(
+                            sql.SQL("DROP TRIGGER IF EXISTS {} ON {}.{}").format(
+                                sql.Identifier(trigger),
+                                sql.Identifier(schema),
+                                sql.Identifier(table),
+                            )
+                        )
+                conn.execute("DROP SCHEMA IF EXISTS nkdaemon CASCADE")
+
+    # --- draining --------------------------------------------------------------------
+
+    def _require_installed(self, conn: psycopg.Connection[Any]) -> None:
+        row = conn.execute("SELECT to_regclass('nkdaemon.queue') IS NOT NULL").fetchone()
+        if not row or not row[0]:
+            raise NotInstalledError(
+                "capture is not installed in the source database",
+                hint="run `nkdaemon install` first",
+            )
+
+    def fence(self) -> int:
+        with self._errors("fencing the queue"):
+            conn = self._connection()
+            self._require_installed(conn)
+            with conn.transaction():
+                conn.execute("SET LOCAL lock_timeout = '10s'")
+                conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", FENCE_LOCK)
+                row = conn.execute(
+                    "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM nkdaemon.commit_seq"
+                ).fetchone()
+            return int(row[0]) if row else 0
+
+    def batch_end(self, after: int, fence: int, max_transactions: int) -> int:
+        with self._errors("planning a batch"):
+            row = (
+                self._connection()
+                .execute(
+                    "SELECT max(seq) FROM (SELECT seq FROM nkdaemon.commits "
+                    "WHERE seq > %s AND seq <= %s ORDER BY seq LIMIT %s) s",
+                    (after, fence, max_transactions),
+                )
+                .fetchone()
+            )
+            return int(row[0]) if row and row[0] is not None else fence
+
+    def read(self, tables: dict[int, TableSpec], after: int, upto: int) -> Iterator[QueuedChange]:
+        decoders = {number: _decoders(spec) for number, spec in tables.items()}
+        query = (
+            "SELECT c.seq, c.xid::text, c.commit_time, q.tbl, q.op, q.old::text, q.new::text "
+            "FROM (SELECT xid, max(seq) AS seq, max(commit_time) AS commit_time "
+            "      FROM nkdaemon.commits GROUP BY xid HAVING max(seq) > %s AND max(seq) <= %s) c "
+            "JOIN nkdaemon.queue q ON q.xid = c.xid ORDER BY c.seq, q.id"
+        )
+        with self._errors("reading the queue"):
+            conn = self._connection()
+            with conn.transaction(), conn.cursor(name="nkd_drain") as cursor:
+                cursor.itersize = 5000
+                cursor.execute(query, (after, upto))
+                for seq, xid, commit_time, tbl, op, old, new in cursor:
+                    spec = tables.get(tbl)
+                    if spec is None:
+                        raise SourceError(
+                            f"the queue holds a change of table number {tbl}, which the "
+                            "registry does not know",
+                            hint="run `nkdaemon install` to bring capture up to date",
+                        )
+                    yield QueuedChange(
+                        position=int(seq),
+                        txid=xid,
+                        commit_time=commit_time,
+                        change=RawChange(
+                            table=tbl,
+                            op=op,
+                            old=None if old is None else _decode_row(spec, decoders[tbl], old),
+                            new=None if new is None else _decode_row(spec, decoders[tbl], new),
+                        ),
+                    )
+
+    def delete_through(self, upto: int) -> None:
+        with self._errors("removing drained changes"):
+            conn = self._connection()
+            with conn.transaction():
+                conn.execute(
+                    "CREATE TEMP TABLE IF NOT EXISTS nkd_done (xid xid8) ON COMMIT DELETE ROWS"
+                )
+                conn.execute(
+                    "INSERT INTO nkd_done SELECT xid FROM nkdaemon.commits "
+                    "GROUP BY xid HAVING max(seq) <= %s",
+                    (upto,),
+                )
+                conn.execute("DELETE FROM nkdaemon.queue q USING nkd_done d WHERE q.xid = d.xid")
+                conn.execute("DELETE FROM nkdaemon.commits c USING nkd_done d WHERE c.xid = d.xid")
+
+    def queue_depth(self) -> int:
+        with self._errors("measuring the queue"):
+            conn = self._connection()
+            self._require_installed(conn)
+            row = conn.execute("SELECT count(*) FROM nkdaemon.queue").fetchone()
+            return int(row[0]) if row else 0
+
+    def oldest_pending(self) -> datetime | None:
+        with self._errors("measuring the queue"):
+            row = (
+                self._connection()
+                .execute("SELECT min(commit_time) FROM nkdaemon.commits")
+                .fetchone()
+            )
+            return None if not row or row[0] is None else row[0]  # type: ignore[no-any-return]
+
+
+def _decoders(spec: TableSpec) -> dict[str, Any]:
+    return {c.name: pg_decoder(c.logical_type) for c in spec.columns}
+
+
+def _decode_row(spec: TableSpec, decoders: dict[str, Any], text: str) -> dict[str, Any]:
+    raw = parse_json_exact(text)
+    try:
+        return {name: decoders[name](value) for name, value in raw.items()}
+    except KeyError:
+        unknown = tuple(sorted(set(raw) - set(decoders)))
+        raise SchemaDrift(table=spec.name, columns=unknown) from None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -85,10 +84,6 @@ def cli(ctx: click.Context, config: str | None, verbose: int) -> None:
 
 
 def main() -> None:
-    from nkdaemon.cli import capture_cmds, history_cmd, init_cmd, status_cmd
-
-    for module in (init_cmd, capture_cmds, status_cmd, history_cmd):
-        module.register(cli)
     cli.main(prog_name="nkdaemon", standalone_mode=True)
 
 
@@ -102,6 +97,11 @@ def here() -> Path:
     return Path.cwd()
 
 
-if __name__ == "__main__":  # pragma: no cover
-    main()
-    sys.exit(0)
+def _register_commands() -> None:
+    from nkdaemon.cli import capture_cmds, history_cmd, init_cmd, status_cmd
+
+    for module in (init_cmd, capture_cmds, status_cmd, history_cmd):
+        module.register(cli)
+
+
+_register_commands()

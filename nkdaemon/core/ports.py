@@ -86,5 +86,8 @@ class CaptureSource(Protocol):
     def oldest_pending(self) -> datetime | None:
         """The commit time of the oldest transaction waiting in the queue, if any."""
 
+    def read_rows(self, spec: TableSpec) -> list[dict[str, Any]]:
+        """Every row of one captured table now, in canonical form."""
+
     def close(self) -> None:
         """Release connections."""

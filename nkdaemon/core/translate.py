@@ -20,6 +20,13 @@ from nkdaemon.core.keys import ForeignKeySpec, NaturalKey, Ref, Sid, TableSpec
 ShallowKey = tuple[Any, ...]
 
 
+def source_id(spec: TableSpec, row: Mapping[str, Any]) -> Sid:
+    """The row's id in the source: its primary-key value (a list for composite keys)."""
+    if len(spec.primary_key) == 1:
+        return row.get(spec.primary_key[0])
+    return [row.get(c) for c in spec.primary_key] if spec.primary_key else None
+
+
 class KeyLookup(Protocol):
     """The id -> shallow natural key index, per captured table.
 
@@ -101,8 +108,8 @@ class Translator:
     # --- per operation ---------------------------------------------------------------
 
     def _insert(self, number: int, spec: TableSpec, new: dict[str, Any]) -> None:
-        sid = self._sid(spec, new)
-        shallow = self._shallow_key(spec, new)
+        sid = source_id(spec, new)
+        shallow = self.shallow_key(spec, new)
         if spec.referenced and shallow is not None:
             self._put(number, sid, shallow)
         self._emit(
@@ -116,8 +123,8 @@ class Translator:
     def _update(
         self, number: int, spec: TableSpec, old: dict[str, Any], new: dict[str, Any]
     ) -> None:
-        old_sid, sid = self._sid(spec, old), self._sid(spec, new)
-        old_shallow, shallow = self._shallow_key(spec, old), self._shallow_key(spec, new)
+        old_sid, sid = source_id(spec, old), source_id(spec, new)
+        old_shallow, shallow = self.shallow_key(spec, old), self.shallow_key(spec, new)
         old_key = self._key(spec, old_shallow, old) if old_shallow != shallow else None
         if spec.full_row_identity:
             old_key = self._key(spec, None, old)
@@ -136,8 +143,8 @@ class Translator:
         )
 
     def _delete(self, number: int, spec: TableSpec, old: dict[str, Any]) -> None:
-        sid = self._sid(spec, old)
-        shallow = self._shallow_key(spec, old)
+        sid = source_id(spec, old)
+        shallow = self.shallow_key(spec, old)
         key = self._key(spec, shallow, old)
         if spec.referenced and shallow is not None:
             self._forget(number, sid, shallow)
@@ -158,13 +165,7 @@ class Translator:
         if shallow is not None:
             self._tombstones[(number, sid)] = shallow
 
-    @staticmethod
-    def _sid(spec: TableSpec, row: Mapping[str, Any]) -> Sid:
-        if len(spec.primary_key) == 1:
-            return row.get(spec.primary_key[0])
-        return [row.get(c) for c in spec.primary_key] if spec.primary_key else None
-
-    def _shallow_key(self, spec: TableSpec, row: Mapping[str, Any]) -> ShallowKey | None:
+    def shallow_key(self, spec: TableSpec, row: Mapping[str, Any]) -> ShallowKey | None:
         if spec.full_row_identity:
             return None
         return tuple(
@@ -261,9 +262,9 @@ def seed_entries(tables: Mapping[int, TableSpec], spec: TableSpec, rows: Any) ->
     """(sid, shallow key) of each existing row of a referenced table, for the key index."""
     translator = Translator(tables, _NoIndex())
     for row in rows:
-        shallow = translator._shallow_key(spec, row)
+        shallow = translator.shallow_key(spec, row)
         if shallow is not None:
-            yield translator._sid(spec, row), shallow
+            yield source_id(spec, row), shallow
 
 
 class _NoIndex:

@@ -226,6 +226,12 @@ class PostgresSource:
             for (text,) in cursor:
                 yield _decode_row(spec, decoders, text)
 
+    def read_rows(self, spec: TableSpec) -> list[dict[str, Any]]:
+        with self._errors(f"reading {spec.name}"):
+            conn = self._connection()
+            with conn.transaction():
+                return list(self._table_rows(conn, spec))
+
     def uninstall(self) -> None:
         with self._errors("uninstalling capture"):
             conn = self._connection()

@@ -222,6 +222,10 @@ class SqliteSource:
         for row in cursor:
             yield {name: decode(value) for (name, decode), value in zip(decoders, row, strict=True)}
 
+    def read_rows(self, spec: TableSpec) -> list[dict[str, Any]]:
+        with self._transaction(f"reading {spec.name}", write=False) as conn:
+            return list(self._table_rows(conn, spec))
+
     def uninstall(self) -> None:
         with self._transaction("uninstalling capture", write=True) as conn:
             triggers = [

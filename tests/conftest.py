@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import pg
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str]:
+    url, how = pg.server_url()
+    if url is not None:
+        yield url
+        return
+    if pg.pg_bin() is None:
+        pytest.skip(f"PostgreSQL tests skipped: {how}, and no initdb/pg_ctl to start one")
+    try:
+        with pg.Cluster.temporary() as cluster:
+            yield cluster.url
+    except Exception as exc:  # noqa: BLE001 - any failure to start means: say so and skip
+        pytest.skip(f"PostgreSQL tests skipped: {how}, and starting one failed: {exc}")
+
+
+@pytest.fixture
+def pg_url(pg_server: str) -> Iterator[str]:
+    url = pg.create_database(pg_server)
+    yield url
+    pg.drop_database(pg_server, url)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'app.db'}"
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The same test against each source dialect (the contract suite)."""
+    if request.param == "postgresql":
+        return str(request.getfixturevalue("pg_url"))
+    return f"sqlite:///{tmp_path / 'app.db'}"

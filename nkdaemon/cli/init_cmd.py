@@ -26,7 +26,7 @@ path = "{repository}"
 tables = ["*"]               # globs of tables to capture
 # exclude = []               # globs of tables to leave out
 # key_cache_size = 100000    # id -> natural key LRU cache entries
-# batch_events = 10000       # events per durable batch
+# batch_transactions = 1000 # source transactions per durable batch (one fsync each)
 # poll_interval = "1s"       # how often the daemon looks for changes without a wake-up
 
 # A table with no unique NOT NULL constraint needs its natural key declared:

@@ -60,7 +60,7 @@ class CaptureSettings:
     tables: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
     key_cache_size: int = 100_000
-    batch_events: int = 10_000
+    batch_transactions: int = 1000
     poll_interval: float = 1.0
 
 
@@ -254,7 +254,7 @@ def parse_settings(
             _Section(
                 "capture",
                 top.get("capture", {}),
-                ("tables", "exclude", "key_cache_size", "batch_events", "poll_interval"),
+                ("tables", "exclude", "key_cache_size", "batch_transactions", "poll_interval"),
             )
         ),
         tables=_parse_tables(top.get("tables", {})),
@@ -315,7 +315,7 @@ def _parse_capture(section: _Section) -> CaptureSettings:
         tables=section.strings("tables", ("*",)),
         exclude=section.strings("exclude", ()),
         key_cache_size=section.positive_int("key_cache_size", 100_000),
-        batch_events=section.positive_int("batch_events", 10_000),
+        batch_transactions=section.positive_int("batch_transactions", 1000),
         poll_interval=parse_duration(
             section.get("poll_interval", 1.0), section.key("poll_interval")
         ),

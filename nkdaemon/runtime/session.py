@@ -50,6 +50,7 @@ class Session:
         return SegmentLog(self.layout.log_dir, segment_bytes=self.settings.repository.segment_bytes)
 
     def drainer(self, **options: Any) -> Drainer:
+        options.setdefault("batch_transactions", self.settings.capture.batch_transactions)
         return Drainer(
             source=self.source,
             log_store=self.log_store,

@@ -70,6 +70,7 @@ class Drainer:
         state: StateStore,
         tables: Callable[[], dict[int, TableSpec]],
         batch_transactions: int = 1000,
+        on_stage: Callable[[str], None] | None = None,
     ) -> None:
         self._source = source
         self._log = log_store
@@ -78,6 +79,9 @@ class Drainer:
         self._tables = tables()
         self._retired: dict[int, dict[str, ColumnSpec]] = {}
         self._batch_transactions = batch_transactions
+        # Observability hook: called with "log_synced", "state_committed", "queue_deleted"
+        # after each step of a batch (metrics; crash tests kill the process there).
+        self._on_stage = on_stage or (lambda stage: None)
         self._log_position = 0
         self._last_time: str | None = None
         self._gap: tuple[int, int] | None = None
@@ -105,6 +109,7 @@ class Drainer:
             "records made durable earlier are missing from the log",
         )
         segment, offset = self._log.sync()
+        self._on_stage("log_synced")
         self._state.commit(
             Checkpoint(
                 lsn=checkpoint.lsn,
@@ -187,6 +192,7 @@ class Drainer:
         if tx is not None:
             self._finish_tx(tx, translator, batch)
         segment, offset = self._log.sync()
+        self._on_stage("log_synced")
         self._state.commit(
             Checkpoint(
                 lsn=max(batch.lsn, checkpoint.lsn),
@@ -196,7 +202,9 @@ class Drainer:
                 commit_time=batch.commit_time or checkpoint.commit_time,
             )
         )
+        self._on_stage("state_committed")
         self._source.delete_through(end)
+        self._on_stage("queue_deleted")
         if batch.transactions:
             log.info(
                 "drain.batch",

@@ -131,6 +131,12 @@ class Drainer:
         result = DrainResult()
         fence = self._source.fence()
         after = self._state.checkpoint().position
+        if after < self._log_position:
+            # The log got further than the checkpoint before a crash: bring the key index
+            # up to the log first, as a batch of its own, so that a source that cannot
+            # tell transactions apart (SQLite) does not mix logged and new changes.
+            self._run_batch(after, self._log_position)
+            after = self._log_position
         while after < fence:
             end = self._source.batch_end(after, fence, self._batch_transactions)
             batch = self._run_batch(after, end)

@@ -194,6 +194,23 @@ def test_gap_and_epoch_markers_are_read_back_in_their_place(tmp_path: Path) -> N
 # --- rollback -----------------------------------------------------------------------------
 
 
+def test_a_reopened_log_does_not_append_to_a_full_segment(tmp_path: Path) -> None:
+    """Each pass of `nkdaemon drain` opens the log anew: segment_bytes must still bound them."""
+    directory = tmp_path / "log"
+    durable: tuple[str | None, int] = (None, 0)
+    for lsn in range(1, 9):  # one process per transaction, as cron-driven drains are
+        log = SegmentLog(directory, segment_bytes=600)
+        log.recover(durable_segment=durable[0], durable_offset=durable[1])
+        _write_tx(log, lsn)
+        durable = log.sync()
+        log.close()
+    names = SegmentLog(directory).segments()
+    assert len(names) >= 3, f"eight transactions of ~280 bytes in 600-byte segments: {names}"
+    for record in SegmentLog(directory).records(strict=True):
+        assert record.offset < 600, "no record is written into a segment that is already full"
+    assert [t.lsn for t in _transactions(directory)] == list(range(1, 9))
+
+
 def test_rollback_forgets_unsynced_writes_including_new_segments(tmp_path: Path) -> None:
     directory = tmp_path / "log"
     log = _open(directory, segment_bytes=1000)
@@ -515,7 +532,6 @@ def test_drain_cuts_garbage_left_by_a_crash_mid_append(db_url: str, tmp_path: Pa
     for code in ("a1", "a2", "a3"):
         _insert(engine, code)
         do_drain(settings)
-    assert len(SegmentLog(_log_dir(settings)).segments()) >= 2
     last = _last_segment(settings)
     durable = last.read_bytes()
     record = [r for r in SegmentLog(_log_dir(settings)).records() if r.segment == last.name][-1]
@@ -535,6 +551,19 @@ def test_drain_cuts_garbage_left_by_a_crash_mid_append(db_url: str, tmp_path: Pa
     _insert(engine, "a6")
     assert run_cli(config, "drain").exit_code == 0
     assert _logged_codes(settings) == ["a1", "a2", "a3", "a4", "a5", "a6"]
+
+
+def test_drain_passes_honour_the_segment_size(db_url: str, tmp_path: Path) -> None:
+    engine, _config, settings = _setup(db_url, tmp_path, "segment_size = 600\n")
+    codes = [f"s{i}" for i in range(8)]
+    for code in codes:  # one drain pass (one process) per transaction
+        _insert(engine, code)
+        do_drain(settings)
+    assert _logged_codes(settings) == codes
+    names = SegmentLog(_log_dir(settings)).segments()
+    assert len(names) >= 3, f"eight drained transactions in 600-byte segments: {names}"
+    for record in SegmentLog(_log_dir(settings)).records(strict=True):
+        assert record.offset < 600, "no record is written into a segment that is already full"
 
 
 def test_drain_records_a_gap_when_a_durable_record_was_torn(db_url: str, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from nkdaemon.core.errors import UsageError
+from nkdaemon.runtime.config import toml_string
 
 STARTER = """\
 # nkdaemon configuration. Every setting is shown; the commented ones have their default.
@@ -14,12 +15,12 @@ STARTER = """\
 [source]
 # Any SQLAlchemy URL. PostgreSQL: "postgresql+psycopg://app@127.0.0.1:5432/edms"
 # (prefer a password file or PGPASSWORD over a password in the URL).
-url = "{url}"
+url = {url}
 # schema = "public"          # PostgreSQL schema of the captured tables
 
 [repository]
 # Where the event log, snapshots and key index live (relative to this file).
-path = "{repository}"
+path = {repository}
 # segment_size = "64MiB"     # log segment size
 
 [capture]
@@ -66,5 +67,5 @@ def register(cli: click.Group) -> None:
         target = Path(path or "nkdaemon.toml")
         if target.exists() and not force:
             raise UsageError(f"{target} already exists", hint="pass --force to overwrite it")
-        target.write_text(STARTER.format(url=url.replace('"', '\\"'), repository=repository))
+        target.write_text(STARTER.format(url=toml_string(url), repository=toml_string(repository)))
         click.echo(f"wrote {target}; edit [source] url, then run `nkdaemon install`")

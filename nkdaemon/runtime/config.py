@@ -6,6 +6,7 @@ Every error names the key, the bad value and the fix, and is a ConfigError (exit
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
 import tomllib
@@ -110,7 +111,7 @@ def redact_url(url: str) -> str:
     """The URL with its password replaced by ***; unparseable URLs are hidden whole."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         return "<unparseable url>"
 
 
@@ -270,16 +271,30 @@ def parse_settings(
 
 
 def _parse_source(section: _Section) -> SourceSettings:
-    url = section.string("url", required=True)
-    assert url is not None
+    raw = section.get("url")
+    if raw is None:
+        raise ConfigError("[source] url: missing", hint='add url = "..." under [source]')
+    if not isinstance(raw, str) or not raw.strip():
+        # Never echo the value: it may hold a password.
+        raise ConfigError(
+            "[source] url: must be a non-empty string",
+            hint='write e.g. url = "postgresql+psycopg://app@127.0.0.1:5432/edms"',
+        )
+    url = raw
     try:
         parsed = make_url(url)
-    except ArgumentError:
+        _ = parsed.port  # a port that is not a number fails only when read
+    except (ArgumentError, ValueError):
         raise ConfigError(
             f"[source] url: {redact_url(url)} is not a database URL",
             hint='write e.g. "postgresql+psycopg://app@127.0.0.1:5432/edms" or "sqlite:///var/edms.db"',
         ) from None
     backend = parsed.get_backend_name()
+    if backend == "postgres":
+        raise ConfigError(
+            "[source] url: scheme 'postgres://' is not understood",
+            hint="write postgresql+psycopg://user@host:port/database",
+        )
     if backend not in ("postgresql", "sqlite"):
         raise ConfigError(
             f"[source] url: database {backend!r} is not supported",
@@ -290,7 +305,14 @@ def _parse_source(section: _Section) -> SourceSettings:
             f"[source] url: driver {parsed.get_driver_name()!r} is not supported",
             hint="use postgresql+psycopg://",
         )
-    if backend == "sqlite" and not parsed.database:
+    database = parsed.database or ""
+    in_memory = (
+        database in ("", ":memory:")
+        or database.startswith("file::memory:")
+        or "mode=memory" in database
+        or parsed.query.get("mode") == "memory"
+    )
+    if backend == "sqlite" and in_memory:
         raise ConfigError(
             "[source] url: an in-memory SQLite database cannot be backed up",
             hint='name a file: "sqlite:///path/to/app.db"',
@@ -327,7 +349,7 @@ def _parse_tables(data: Any) -> dict[str, TableSettings]:
         raise ConfigError(f"[tables]: expected tables like [tables.documents], got {data!r}")
     out: dict[str, TableSettings] = {}
     for name, body in data.items():
-        section = _Section(f"tables.{_toml_key(name)}", body, ("natural_key", "identity"))
+        section = _Section(f"tables.{toml_key(name)}", body, ("natural_key", "identity"))
         identity = section.choice("identity", "key", ("key", "full"))
         key = section.get("natural_key")
         if key is not None:
@@ -339,7 +361,7 @@ def _parse_tables(data: Any) -> dict[str, TableSettings]:
                 )
             if identity == "full":
                 raise ConfigError(
-                    f'[tables.{_toml_key(name)}]: natural_key and identity = "full" exclude each other',
+                    f'[tables.{toml_key(name)}]: natural_key and identity = "full" exclude each other',
                     hint='keep natural_key for a table that has one; identity = "full" is for keyless tables',
                 )
         out[name] = TableSettings(natural_key=key, identity=identity)  # type: ignore[arg-type]
@@ -396,5 +418,11 @@ def _parse_logging(section: _Section) -> LogSettings:
     )
 
 
-def _toml_key(name: str) -> str:
-    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else '"' + name.replace('"', '\\"') + '"'
+def toml_key(name: str) -> str:
+    """A TOML key for a table name: bare when it can be, else a quoted string."""
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else toml_string(name)
+
+
+def toml_string(value: str) -> str:
+    """A TOML basic string (JSON's escapes are TOML's)."""
+    return json.dumps(value, ensure_ascii=False)

@@ -27,7 +27,7 @@ from nkdaemon.core.keys import (
     make_table_spec,
     replace_spec,
 )
-from nkdaemon.runtime.config import Settings, TableSettings
+from nkdaemon.runtime.config import Settings, TableSettings, toml_key
 
 INTERNAL_PREFIXES = ("_nkd_", "sqlite_")
 INTERNAL_SCHEMA = "nkdaemon"
@@ -52,6 +52,7 @@ class Registry:
 @dataclass(frozen=True, kw_only=True)
 class _Reflected:
     name: str
+    dialect: str
     columns: list[dict[str, Any]]
     primary_key: tuple[str, ...]
     foreign_keys: list[dict[str, Any]]
@@ -69,7 +70,14 @@ def reflect_registry(
     ]
     selected = select_tables(available, settings.capture.tables, settings.capture.exclude)
     _check_table_settings(settings.tables, selected, available)
-    reflected = {name: _reflect(inspector, name, schema) for name in selected}
+    if not selected:
+        raise SchemaError(
+            "[capture] tables selects no table of the source",
+            hint=f"tables there: {_listing(available)}; check [capture] tables and exclude",
+        )
+    reflected = {
+        name: _reflect(inspector, name, schema, engine.dialect.name) for name in selected
+    }
     return build_registry(
         reflected,
         settings.tables,
@@ -119,7 +127,7 @@ def _check_table_settings(
             )
 
 
-def _reflect(inspector: Inspector, name: str, schema: str | None) -> _Reflected:
+def _reflect(inspector: Inspector, name: str, schema: str | None, dialect: str) -> _Reflected:
     columns = list(inspector.get_columns(name, schema=schema))
     pk = tuple(inspector.get_pk_constraint(name, schema=schema).get("constrained_columns") or ())
     uniques = [
@@ -127,7 +135,10 @@ def _reflect(inspector: Inspector, name: str, schema: str | None) -> _Reflected:
         for u in inspector.get_unique_constraints(name, schema=schema)
     ]
     seen = {cols for _, cols in uniques}
-    for index in inspector.get_indexes(name, schema=schema):
+    # SQLite keeps inline UNIQUE constraints as automatic indexes, which SQLAlchemy's
+    # constraint parser can miss; ask for them as indexes too.
+    extra = {"include_auto_indexes": True} if dialect == "sqlite" else {}
+    for index in inspector.get_indexes(name, schema=schema, **extra):
         cols = tuple(c for c in index.get("column_names", ()) if c is not None)
         partial = index.get("dialect_options", {}).get("postgresql_where") is not None
         expressions = len(cols) != len(index.get("column_names", ())) or index.get("expressions")
@@ -136,6 +147,7 @@ def _reflect(inspector: Inspector, name: str, schema: str | None) -> _Reflected:
             seen.add(cols)
     return _Reflected(
         name=name,
+        dialect=dialect,
         columns=columns,
         primary_key=pk,
         foreign_keys=list(inspector.get_foreign_keys(name, schema=schema)),
@@ -228,11 +240,13 @@ def _natural_key_columns(
             unique_sets.append(set(table.primary_key))
         if not any(u <= set(key) for u in unique_sets):
             cols = ", ".join(key)
+            index = _quote_sql(f"uq_{table.name}_{'_'.join(key)}"[:63])
+            quoted = ", ".join(_quote_sql(c) for c in key)
             raise SchemaError(
                 f"{where}: ({cols}) is not unique in table {table.name!r}: no unique constraint "
                 "or index covers it, so two rows could share it",
-                hint=f'add one: CREATE UNIQUE INDEX ON "{table.name}" ({cols}); or choose '
-                f"columns that are unique ({_describe_uniques(table)})",
+                hint=f"add one: CREATE UNIQUE INDEX {index} ON {_quote_sql(table.name)} "
+                f"({quoted}); or choose columns that are unique ({_describe_uniques(table)})",
             )
         return key
     candidates = sorted(
@@ -263,7 +277,11 @@ def _describe_uniques(table: _Reflected) -> str:
 
 
 def _toml_name(name: str) -> str:
-    return name if name.replace("_", "").replace("-", "").isalnum() else f'"{name}"'
+    return toml_key(name)
+
+
+def _quote_sql(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
 
 
 def _is_surrogate(table: _Reflected) -> bool:
@@ -274,6 +292,8 @@ def _is_surrogate(table: _Reflected) -> bool:
     default = str(column.get("default") or "")
     if "nextval(" in default or column.get("identity") is not None:
         return True
+    if table.dialect == "sqlite" and isinstance(column["type"], sat.Integer):
+        return True  # INTEGER PRIMARY KEY is the rowid: SQLite assigns it
     return isinstance(column["type"], sat.Integer) and column.get("autoincrement") in (True, "auto")
 
 

@@ -30,8 +30,9 @@ CREATE TABLE IF NOT EXISTS nkdaemon.tables (
 CREATE SEQUENCE IF NOT EXISTS nkdaemon.commit_seq;
 
 -- No index: inserts stay cheap; the drain reads and deletes whole committed batches.
+CREATE SEQUENCE IF NOT EXISTS nkdaemon.queue_id_seq;
 CREATE TABLE IF NOT EXISTS nkdaemon.queue (
-    id bigserial,
+    id bigint NOT NULL DEFAULT nextval('nkdaemon.queue_id_seq'),
     xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
     tbl integer NOT NULL,
     op "char" NOT NULL,
@@ -46,22 +47,10 @@ CREATE TABLE IF NOT EXISTS nkdaemon.commits (
     commit_time timestamptz NOT NULL
 );
 
-CREATE OR REPLACE FUNCTION nkdaemon.capture_row() RETURNS trigger
-LANGUAGE plpgsql AS $$
-DECLARE
-    tx text := pg_current_xact_id()::text;
-    opens boolean := current_setting('nkdaemon.open_tx', true) IS DISTINCT FROM tx;
-BEGIN
-    IF opens THEN
-        PERFORM set_config('nkdaemon.open_tx', tx, true);
-    END IF;
-    INSERT INTO nkdaemon.queue (tbl, op, opens_tx, old, new)
-    VALUES (TG_ARGV[0]::integer, left(TG_OP, 1), opens,
-            CASE WHEN TG_OP <> 'INSERT' THEN row_to_json(OLD) END,
-            CASE WHEN TG_OP <> 'DELETE' THEN row_to_json(NEW) END);
-    RETURN NULL;
-END
-$$;
+-- Row triggers use one generated function per table and operation (see
+-- nkdaemon/sources/postgres.py, row_trigger_functions): each is a single INSERT with the
+-- table number baked in, and an UPDATE stores the old row only when the row's id or
+-- natural key changed, which halves the JSON work of the common update.
 
 CREATE OR REPLACE FUNCTION nkdaemon.capture_truncate() RETURNS trigger
 LANGUAGE plpgsql AS $$

@@ -73,8 +73,10 @@ class Translator:
             assert change.new is not None
             self._insert(change.table, spec, change.new)
         elif change.op == "U":
-            assert change.old is not None and change.new is not None
-            self._update(change.table, spec, change.old, change.new)
+            assert change.new is not None
+            # Capture leaves the old row out when neither the key nor the id changed.
+            old = change.old if change.old is not None else change.new
+            self._update(change.table, spec, old, change.new)
         else:
             assert change.old is not None
             self._delete(change.table, spec, change.old)

@@ -27,6 +27,55 @@ SCHEMA = "nkdaemon"
 FENCE_LOCK = (1852533605, 1)
 ROW_TRIGGER = "nkdaemon_capture"
 TRUNCATE_TRIGGER = "nkdaemon_capture_truncate"
+TRIGGERS = (f"{ROW_TRIGGER}_i", f"{ROW_TRIGGER}_u", f"{ROW_TRIGGER}_d", TRUNCATE_TRIGGER)
+
+_ROW_FUNCTION = """
+CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $nkd$
+DECLARE
+    tx text := pg_current_xact_id()::text;
+    opens boolean := current_setting('nkdaemon.open_tx', true) IS DISTINCT FROM tx;
+BEGIN
+    IF opens THEN
+        PERFORM set_config('nkdaemon.open_tx', tx, true);
+    END IF;
+    INSERT INTO nkdaemon.queue (tbl, op, opens_tx, old, new)
+    VALUES ({number}, '{op}', opens, {old}, {new});
+    RETURN NULL;
+END
+$nkd$
+"""
+
+
+def _function_name(number: int, op: str) -> sql.Composed:
+    return sql.SQL("nkdaemon.{}").format(sql.Identifier(f"capture_{number}_{op}"))
+
+
+def row_trigger_functions(spec: TableSpec) -> list[sql.Composed]:
+    """The INSERT, UPDATE and DELETE trigger functions of one table."""
+    identity = list(dict.fromkeys([*spec.primary_key, *spec.key_column_names]))
+    if spec.full_row_identity or not identity:
+        old_on_update: sql.Composable = sql.SQL("row_to_json(OLD)")
+    else:
+        changed = sql.SQL("({}) IS DISTINCT FROM ({})").format(
+            sql.SQL(", ").join(sql.SQL("OLD.{}").format(sql.Identifier(c)) for c in identity),
+            sql.SQL(", ").join(sql.SQL("NEW.{}").format(sql.Identifier(c)) for c in identity),
+        )
+        old_on_update = sql.SQL("CASE WHEN {} THEN row_to_json(OLD) END").format(changed)
+    bodies = {
+        "i": ("I", sql.SQL("NULL"), sql.SQL("row_to_json(NEW)")),
+        "u": ("U", old_on_update, sql.SQL("row_to_json(NEW)")),
+        "d": ("D", sql.SQL("row_to_json(OLD)"), sql.SQL("NULL")),
+    }
+    return [
+        sql.SQL(_ROW_FUNCTION).format(
+            name=_function_name(spec.number, op),
+            number=sql.Literal(spec.number),
+            op=sql.SQL(code),
+            old=old,
+            new=new,
+        )
+        for op, (code, old, new) in bodies.items()
+    ]
 
 
 def conninfo_from_url(url: str) -> str:
@@ -184,20 +233,26 @@ class PostgresSource:
 
     def _create_triggers(self, conn: psycopg.Connection[Any], spec: TableSpec) -> None:
         table = self._qualified(spec.name)
-        number = sql.Literal(str(spec.number))
         conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(table))
         self._drop_triggers(conn, spec.name)
-        conn.execute(
-            sql.SQL(
-                "CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {} "
-                "FOR EACH ROW EXECUTE FUNCTION nkdaemon.capture_row({})"
-            ).format(sql.Identifier(ROW_TRIGGER), table, number)
-        )
+        for function in row_trigger_functions(spec):
+            conn.execute(function)
+        for op, event in (("i", "INSERT"), ("u", "UPDATE"), ("d", "DELETE")):
+            conn.execute(
+                sql.SQL(
+                    "CREATE TRIGGER {} AFTER {} ON {} FOR EACH ROW EXECUTE FUNCTION {}()"
+                ).format(
+                    sql.Identifier(f"{ROW_TRIGGER}_{op}"),
+                    sql.SQL(event),
+                    table,
+                    _function_name(spec.number, op),
+                )
+            )
         conn.execute(
             sql.SQL(
                 "CREATE TRIGGER {} AFTER TRUNCATE ON {} "
                 "FOR EACH STATEMENT EXECUTE FUNCTION nkdaemon.capture_truncate({})"
-            ).format(sql.Identifier(TRUNCATE_TRIGGER), table, number)
+            ).format(sql.Identifier(TRUNCATE_TRIGGER), table, sql.Literal(str(spec.number)))
         )
 
     def _drop_triggers(self, conn: psycopg.Connection[Any], name: str) -> None:
@@ -206,7 +261,7 @@ class PostgresSource:
         ).fetchone()
         if not exists or exists[0] is None:
             return
-        for trigger in (ROW_TRIGGER, TRUNCATE_TRIGGER):
+        for trigger in TRIGGERS:
             conn.execute(
                 sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
                     sql.Identifier(trigger), self._qualified(name)
@@ -239,11 +294,11 @@ class PostgresSource:
                 triggers = conn.execute(
                     "SELECT n.nspname, c.relname FROM pg_trigger t "
                     "JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
-                    "WHERE t.tgname IN (%s, %s)",
-                    (ROW_TRIGGER, TRUNCATE_TRIGGER),
+                    "WHERE t.tgname = ANY(%s)",
+                    (list(TRIGGERS),),
                 ).fetchall()
                 for schema, table in sorted(set(triggers)):
-                    for trigger in (ROW_TRIGGER, TRUNCATE_TRIGGER):
+                    for trigger in TRIGGERS:
                         conn.execute(
                             sql.SQL("DROP TRIGGER IF EXISTS {} ON {}.{}").format(
                                 sql.Identifier(trigger),

@@ -224,3 +224,20 @@ def test_sqlite_values_keep_their_storage_class_exactly(sqlite_url: str, tmp_pat
     assert updates[1]["r"]["fee"] == 0.30000000000000004
     version = _events(settings, "document_versions")[0]
     assert base64.b64decode(version["r"]["content"]) == b"\x00\x00nul\x00"
+
+
+def test_a_json_null_is_not_an_sql_null(pg_url: str, tmp_path: Path) -> None:
+    engine = _edms(pg_url)
+    settings = settings_for(tmp_path, pg_url)
+    do_install(settings)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO placeholder_definitions (name, default_value) "
+            "VALUES ('json-null', 'null'::jsonb), ('sql-null', NULL)"
+        )
+    do_drain(settings)
+    values = {e["k"]["name"]: e["r"]["default_value"] for e in _events(settings, "placeholder_definitions")}
+    assert values == {"json-null": "null", "sql-null": None}
+    state = truth(settings).comparable()["placeholder_definitions"]
+    assert state['{"name":"json-null"}']["default_value"] == "null"
+    assert state['{"name":"sql-null"}']["default_value"] is None

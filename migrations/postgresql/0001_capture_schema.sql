@@ -38,7 +38,11 @@ CREATE TABLE IF NOT EXISTS nkdaemon.queue (
     op "char" NOT NULL,
     opens_tx boolean NOT NULL,
     old json,
-    new json
+    new json,
+    -- json/jsonb columns that are SQL NULL: row_to_json writes both SQL NULL and a JSON
+    -- null as null. Filled only for tables that have such columns.
+    old_nulls text[],
+    new_nulls text[]
 );
 
 CREATE TABLE IF NOT EXISTS nkdaemon.commits (

@@ -69,7 +69,7 @@ def is_valid_logical_type(logical_type: str) -> bool:
 def dump_json_exact(value: Any) -> str:
     """Compact JSON text of a parsed JSON value, writing Decimals with all their digits."""
     if isinstance(value, Decimal):
-        return str(value)
+        return _decimal_text(value)
     if isinstance(value, dict):
         items = (
             f"{json.dumps(k, ensure_ascii=False)}:{dump_json_exact(v)}" for k, v in value.items()
@@ -81,8 +81,20 @@ def dump_json_exact(value: Any) -> str:
 
 
 def parse_json_exact(text: str) -> Any:
-    """Parse JSON keeping non-integral numbers as exact Decimals."""
-    return json.loads(text, parse_float=Decimal)
+    """Parse JSON keeping every number exact: non-integers as Decimals, and "-0" (a float8
+    negative zero, which row_to_json writes as an integer) apart from 0."""
+    return json.loads(text, parse_float=Decimal, parse_int=_int_or_negative_zero)
+
+
+def _int_or_negative_zero(text: str) -> Any:
+    return Decimal(text) if text == "-0" else int(text)
+
+
+def _decimal_text(value: Decimal) -> str:
+    """A decimal's digits without exponent notation, as PostgreSQL writes numerics."""
+    if not value.is_finite():
+        return str(value)
+    return format(value, "f")
 
 
 # --- PostgreSQL: values as row_to_json() renders them -------------------------------------
@@ -116,19 +128,25 @@ def _unescape_bytea(text: str) -> bytes:
 def _pg_timestamptz(text: str) -> str:
     if text in _SPECIAL_TIMES:
         return text
-    return datetime.fromisoformat(text).astimezone(UTC).isoformat(timespec="microseconds")
+    try:
+        return datetime.fromisoformat(text).astimezone(UTC).isoformat(timespec="microseconds")
+    except ValueError:  # outside Python's range (BC, after 9999): keep PostgreSQL's text
+        return text
 
 
 def _pg_timestamp(text: str) -> str:
     if text in _SPECIAL_TIMES:
         return text
-    return datetime.fromisoformat(text).isoformat(timespec="microseconds")
+    try:
+        return datetime.fromisoformat(text).isoformat(timespec="microseconds")
+    except ValueError:
+        return text
 
 
 def _pg_decimal(value: Any) -> str:
     if isinstance(value, str):  # NaN, Infinity, -Infinity
         return value
-    return str(value)
+    return _decimal_text(value) if isinstance(value, Decimal) else str(value)
 
 
 def _pg_float(value: Any) -> Any:
@@ -259,7 +277,17 @@ def decode_canonical(logical_type: str, value: Any) -> Any:
     if isinstance(value, dict) and "$type" in value:
         return decode_canonical(value["$type"], value["v"])
     if logical_type.startswith("array:"):
-        return [decode_canonical(logical_type[6:], v) for v in value]
+        return [
+            decode_canonical(logical_type if isinstance(v, list) else logical_type[6:], v)
+            for v in value
+        ]
+    try:
+        return _decode_scalar(logical_type, value)
+    except ValueError:  # a value Python cannot hold (24:00:00, year 10000): its text
+        return value
+
+
+def _decode_scalar(logical_type: str, value: Any) -> Any:
     match logical_type:
         case "decimal":
             return Decimal(repr(value)) if isinstance(value, float) else Decimal(value)

@@ -201,7 +201,11 @@ class SegmentLog:
             end = self._scan_tail(name, durable_segment, durable_offset)
             if end is not None:
                 self._next_lsn = end.last_lsn + 1
-                self._open_for_append(name, end.offset)
+                if end.offset >= self.segment_bytes:  # full: the next record starts a new one
+                    self._file, self._segment = None, name
+                    self._mark_synced()
+                else:
+                    self._open_for_append(name, end.offset)
                 return end
             (self.directory / name).unlink()
             _fsync_dir(self.directory)
@@ -229,18 +233,28 @@ class SegmentLog:
                     last_position=int(item.payload.get("pos", 0)),
                     last_commit_time=item.payload.get("time"),
                 )
-        if torn is not None:
-            durable_here = durable_segment is not None and (
-                name < durable_segment or (name == durable_segment and torn.offset < durable_offset)
-            )
-            if durable_here:
-                raise LogCorruptionError(name, torn.offset, torn.detail)
+        if torn is not None and self._is_damage(path, name, torn, durable_segment, durable_offset):
+            raise LogCorruptionError(name, torn.offset, torn.detail)
         cut_at = last_end.offset if last_end is not None else HEADER.size
         if path.stat().st_size > cut_at:
             with path.open("r+b") as handle:
                 handle.truncate(cut_at)
                 os.fsync(handle.fileno())
         return last_end
+
+    @staticmethod
+    def _is_damage(
+        path: Path, name: str, torn: _Torn, durable_segment: str | None, durable_offset: int
+    ) -> bool:
+        """Bad bytes inside what was made durable, where the file is still whole.
+
+        A file that ends before its durable end was truncated, and a durable segment that
+        is gone was lost: the records are cut and the drain records the gap. Bad bytes in
+        a file that still reaches its durable end are damage, and never cut.
+        """
+        if durable_segment is None or name != durable_segment:
+            return False
+        return torn.offset < durable_offset and path.stat().st_size >= durable_offset
 
     def _open_for_append(self, name: str, offset: int) -> None:
         self._file = (self.directory / name).open("r+b")

@@ -38,8 +38,8 @@ BEGIN
     IF opens THEN
         PERFORM set_config('nkdaemon.open_tx', tx, true);
     END IF;
-    INSERT INTO nkdaemon.queue (tbl, op, opens_tx, old, new)
-    VALUES ({number}, '{op}', opens, {old}, {new});
+    INSERT INTO nkdaemon.queue (tbl, op, opens_tx, old, new, old_nulls, new_nulls)
+    VALUES ({number}, '{op}', opens, {old}, {new}, {old_nulls}, {new_nulls});
     RETURN NULL;
 END
 $nkd$
@@ -61,10 +61,12 @@ def row_trigger_functions(spec: TableSpec) -> list[sql.Composed]:
             sql.SQL(", ").join(sql.SQL("NEW.{}").format(sql.Identifier(c)) for c in identity),
         )
         old_on_update = sql.SQL("CASE WHEN {} THEN row_to_json(OLD) END").format(changed)
+    no = sql.SQL("NULL")
     bodies = {
-        "i": ("I", sql.SQL("NULL"), sql.SQL("row_to_json(NEW)")),
-        "u": ("U", old_on_update, sql.SQL("row_to_json(NEW)")),
-        "d": ("D", sql.SQL("row_to_json(OLD)"), sql.SQL("NULL")),
+        "i": ("I", no, sql.SQL("row_to_json(NEW)"), no, sql_nulls(spec, "NEW")),
+        "u": ("U", old_on_update, sql.SQL("row_to_json(NEW)"), sql_nulls(spec, "OLD"),
+              sql_nulls(spec, "NEW")),
+        "d": ("D", sql.SQL("row_to_json(OLD)"), no, sql_nulls(spec, "OLD"), no),
     }
     return [
         sql.SQL(_ROW_FUNCTION).format(
@@ -73,9 +75,29 @@ def row_trigger_functions(spec: TableSpec) -> list[sql.Composed]:
             op=sql.SQL(code),
             old=old,
             new=new,
+            old_nulls=old_nulls,
+            new_nulls=new_nulls,
         )
-        for op, (code, old, new) in bodies.items()
+        for op, (code, old, new, old_nulls, new_nulls) in bodies.items()
     ]
+
+
+def _json_columns(spec: TableSpec) -> list[str]:
+    return [c.name for c in spec.columns if c.logical_type == "json"]
+
+
+def sql_nulls(spec: TableSpec, row: str) -> sql.Composable:
+    """An expression listing the json columns of ``row`` that are SQL NULL."""
+    columns = _json_columns(spec)
+    if not columns:
+        return sql.SQL("NULL")
+    cases = sql.SQL(", ").join(
+        sql.SQL("CASE WHEN {}.{} IS NULL THEN {} END").format(
+            sql.SQL(row), sql.Identifier(c), sql.Literal(c)
+        )
+        for c in columns
+    )
+    return sql.SQL("array_remove(ARRAY[{}]::text[], NULL)").format(cases)
 
 
 def conninfo_from_url(url: str) -> str:
@@ -272,14 +294,14 @@ class PostgresSource:
         self, conn: psycopg.Connection[Any], spec: TableSpec
     ) -> Iterator[dict[str, Any]]:
         decoders = _decoders(spec)
-        query = sql.SQL("SELECT row_to_json(t)::text FROM {} AS t").format(
-            self._qualified(spec.name)
+        query = sql.SQL("SELECT row_to_json(t)::text, {} FROM {} AS t").format(
+            sql_nulls(spec, "t"), self._qualified(spec.name)
         )
         with conn.cursor(name=f"nkd_seed_{spec.number}") as cursor:
             cursor.itersize = 5000
             cursor.execute(query)
-            for (text,) in cursor:
-                yield _decode_row(spec, decoders, text)
+            for text, nulls in cursor:
+                yield _decode_row(spec, decoders, text, nulls)
 
     def read_rows(self, spec: TableSpec) -> list[dict[str, Any]]:
         with self._errors(f"reading {spec.name}"):
@@ -346,7 +368,8 @@ class PostgresSource:
     def read(self, tables: dict[int, TableSpec], after: int, upto: int) -> Iterator[QueuedChange]:
         decoders = {number: _decoders(spec) for number, spec in tables.items()}
         query = (
-            "SELECT c.seq, c.xid::text, c.commit_time, q.tbl, q.op, q.old::text, q.new::text "
+            "SELECT c.seq, c.xid::text, c.commit_time, q.tbl, q.op, q.old::text, q.new::text, "
+            "q.old_nulls, q.new_nulls "
             "FROM (SELECT xid, max(seq) AS seq, max(commit_time) AS commit_time "
             "      FROM nkdaemon.commits GROUP BY xid HAVING max(seq) > %s AND max(seq) <= %s) c "
             "JOIN nkdaemon.queue q ON q.xid = c.xid ORDER BY c.seq, q.id"
@@ -356,7 +379,7 @@ class PostgresSource:
             with conn.transaction(), conn.cursor(name="nkd_drain") as cursor:
                 cursor.itersize = 5000
                 cursor.execute(query, (after, upto))
-                for seq, xid, commit_time, tbl, op, old, new in cursor:
+                for seq, xid, commit_time, tbl, op, old, new, old_nulls, new_nulls in cursor:
                     spec = tables.get(tbl)
                     if spec is None:
                         raise SourceError(
@@ -371,8 +394,12 @@ class PostgresSource:
                         change=RawChange(
                             table=tbl,
                             op=op,
-                            old=None if old is None else _decode_row(spec, decoders[tbl], old),
-                            new=None if new is None else _decode_row(spec, decoders[tbl], new),
+                            old=None
+                            if old is None
+                            else _decode_row(spec, decoders[tbl], old, old_nulls),
+                            new=None
+                            if new is None
+                            else _decode_row(spec, decoders[tbl], new, new_nulls),
                         ),
                     )
 
@@ -412,10 +439,16 @@ def _decoders(spec: TableSpec) -> dict[str, Any]:
     return {c.name: pg_decoder(c.logical_type) for c in spec.columns}
 
 
-def _decode_row(spec: TableSpec, decoders: dict[str, Any], text: str) -> dict[str, Any]:
+def _decode_row(
+    spec: TableSpec, decoders: dict[str, Any], text: str, nulls: list[str] | None = None
+) -> dict[str, Any]:
     raw = parse_json_exact(text)
     try:
-        return {name: decoders[name](value) for name, value in raw.items()}
+        row = {name: decoders[name](value) for name, value in raw.items()}
     except KeyError:
         unknown = tuple(sorted(set(raw) - set(decoders)))
         raise SchemaDrift(table=spec.name, columns=unknown) from None
+    for name in _json_columns(spec):
+        if name in row and row[name] is None and name not in (nulls or ()):
+            row[name] = "null"  # a JSON null, not SQL NULL
+    return row

@@ -19,7 +19,7 @@ def pg_server() -> Iterator[str]:
     try:
         with pg.Cluster.temporary() as cluster:
             yield cluster.url
-    except Exception as exc:  # noqa: BLE001 - any failure to start means: say so and skip
+    except Exception as exc:  # any failure to start means: say so and skip
         pytest.skip(f"PostgreSQL tests skipped: {how}, and starting one failed: {exc}")
 
 

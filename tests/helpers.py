@@ -18,7 +18,9 @@ from nkdaemon.services.drain import DrainResult
 from nkdaemon.services.install import InstallResult, install, load_registry
 
 
-def write_config(directory: Path, url: str, extra: str = "", *, name: str = "nkdaemon.toml") -> Path:
+def write_config(
+    directory: Path, url: str, extra: str = "", *, name: str = "nkdaemon.toml"
+) -> Path:
     path = directory / name
     path.write_text(
         textwrap.dedent(
@@ -27,7 +29,7 @@ def write_config(directory: Path, url: str, extra: str = "", *, name: str = "nkd
             url = "{url}"
 
             [repository]
-            path = "{directory / 'repo'}"
+            path = "{directory / "repo"}"
             """
         )
         + textwrap.dedent(extra)
@@ -89,7 +91,9 @@ def truth(settings: Settings) -> NaturalState:
     return natural_state(tables, rows)
 
 
-def replayed(settings: Settings, baseline: NaturalState, *, upto_lsn: int | None = None) -> NaturalState:
+def replayed(
+    settings: Settings, baseline: NaturalState, *, upto_lsn: int | None = None
+) -> NaturalState:
     """The baseline with the log applied (a copy; the baseline is left as it was)."""
     state = baseline.copy()
     for tx in logged(settings):

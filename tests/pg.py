@@ -66,18 +66,37 @@ class Cluster:
 
     def init(self) -> None:
         assert self.bin is not None
-        self._run(str(self.bin / "initdb"), "-D", str(self.directory / "data"), "-U", "postgres",
-                  "-A", "trust", "--no-sync")
+        self._run(
+            str(self.bin / "initdb"),
+            "-D",
+            str(self.directory / "data"),
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "--no-sync",
+        )
 
     def start(self) -> None:
         assert self.bin is not None
         options = f"-p {self.port} -c listen_addresses=127.0.0.1 -c fsync=off -k {self.directory}"
-        self._run(str(self.bin / "pg_ctl"), "-D", str(self.directory / "data"), "-o", options,
-                  "-l", str(self.directory / "log"), "-w", "start")
+        self._run(
+            str(self.bin / "pg_ctl"),
+            "-D",
+            str(self.directory / "data"),
+            "-o",
+            options,
+            "-l",
+            str(self.directory / "log"),
+            "-w",
+            "start",
+        )
 
     def stop(self, mode: str = "fast") -> None:
         assert self.bin is not None
-        self._run(str(self.bin / "pg_ctl"), "-D", str(self.directory / "data"), "-m", mode, "-w", "stop")
+        self._run(
+            str(self.bin / "pg_ctl"), "-D", str(self.directory / "data"), "-m", mode, "-w", "stop"
+        )
 
     @classmethod
     @contextlib.contextmanager
@@ -99,8 +118,11 @@ def server_url() -> tuple[str | None, str]:
     """(URL of a server to use, or None; how it was found, or why there is none)."""
     explicit = os.environ.get("NKD_TEST_PG_URL")
     if explicit:
-        return (explicit, "NKD_TEST_PG_URL") if _answers(explicit) else (
-            None, f"NKD_TEST_PG_URL={make_url(explicit).render_as_string()} does not answer")
+        return (
+            (explicit, "NKD_TEST_PG_URL")
+            if _answers(explicit)
+            else (None, f"NKD_TEST_PG_URL={make_url(explicit).render_as_string()} does not answer")
+        )
     if _answers(LOCAL_URL):
         return LOCAL_URL, "local server at 127.0.0.1:5432"
     return None, "no PostgreSQL answers at 127.0.0.1:5432"

@@ -42,8 +42,13 @@ def _run_writers(engine, tally: workload.Tally) -> list[threading.Thread]:
 def _drain_process(config: Path, rng: random.Random) -> subprocess.Popen[bytes]:
     if rng.random() < 0.5:
         stage = rng.choice(STAGES)
-        args = [sys.executable, str(ROOT / "tests" / "crash_drain.py"), str(config), stage,
-                str(rng.randint(1, 3))]
+        args = [
+            sys.executable,
+            str(ROOT / "tests" / "crash_drain.py"),
+            str(config),
+            stage,
+            str(rng.randint(1, 3)),
+        ]
     else:
         args = [sys.executable, "-m", "nkdaemon", "--config", str(config), "drain"]
     return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -35,7 +35,9 @@ def _events(settings, table: str) -> list[dict]:
     return [e for tx in logged(settings) for e in tx.events if e["t"] == table]
 
 
-def test_every_edms_table_is_captured_with_nested_composite_keys(db_url: str, tmp_path: Path) -> None:
+def test_every_edms_table_is_captured_with_nested_composite_keys(
+    db_url: str, tmp_path: Path
+) -> None:
     engine = _edms(db_url)
     settings = settings_for(tmp_path, db_url)
     result = do_install(settings)
@@ -44,7 +46,9 @@ def test_every_edms_table_is_captured_with_nested_composite_keys(db_url: str, tm
     with Session(settings, writer=False) as s:
         registry = load_registry(s.engine, settings, s.source)
     parts = {
-        spec.name: [(p.name, p.foreign_key.ref_table if p.foreign_key else None) for p in spec.key_parts]
+        spec.name: [
+            (p.name, p.foreign_key.ref_table if p.foreign_key else None) for p in spec.key_parts
+        ]
         for spec in registry.tables.values()
     }
     assert parts["user_roles"] == [("user_id", "users"), ("role_id", "roles")]
@@ -96,7 +100,9 @@ def test_log_replays_to_the_source_state(db_url: str, tmp_path: Path) -> None:
         edms.add_user(conn, "erin", roles_=("author",))
         edms.add_document(conn, "DOC-0200", author="erin")
     with engine.begin() as conn:  # rename a user and a workflow: nested keys change
-        conn.execute(edms.users.update().where(edms.users.c.username == "bob").values(username="robert"))
+        conn.execute(
+            edms.users.update().where(edms.users.c.username == "bob").values(username="robert")
+        )
         conn.execute(edms.document_workflows.update().values(name="standard-v2"))
     with engine.begin() as conn:  # cascading delete of a document with versions and comments
         conn.execute(edms.documents.delete().where(edms.documents.c.document_number == "DOC-0200"))
@@ -122,10 +128,14 @@ def test_a_reference_names_the_key_as_it_was_when_the_change_was_made(
     with engine.begin() as conn:
         edms.add_document(conn, "DOC-0300", author="alice")
     with engine.begin() as conn:
-        conn.execute(edms.users.update().where(edms.users.c.username == "alice").values(username="alice2"))
+        conn.execute(
+            edms.users.update().where(edms.users.c.username == "alice").values(username="alice2")
+        )
     do_drain(settings)  # once, after both
 
-    document = next(e for e in _events(settings, "documents") if e["k"]["document_number"] == "DOC-0300")
+    document = next(
+        e for e in _events(settings, "documents") if e["k"]["document_number"] == "DOC-0300"
+    )
     assert document["r"]["author_id"] == {"username": "alice"}
     comment = _events(settings, "document_comments")[0]
     assert comment["r"]["author_id"] == {"username": "alice"}
@@ -160,7 +170,10 @@ def test_types_round_trip_exactly_into_the_event_payload(pg_url: str, tmp_path: 
     settings = settings_for(tmp_path, pg_url)
     do_install(settings)
     every_byte = bytes(range(256))
-    text = "zero-width\u200b joiner, RTL \u05e9\u05dc\u05d5\u05dd, emoji 🧾, combining e\u0301, ‘quotes’ \\ \" '"
+    text = (
+        "zero-width\u200b joiner, RTL \u05e9\u05dc\u05d5\u05dd, emoji 🧾, "
+        "combining e\u0301, ‘quotes’ \\ \" '"
+    )
     with engine.begin() as conn:
         conn.exec_driver_sql("SET TIME ZONE 'Asia/Kolkata'")  # the writer's zone must not matter
         conn.exec_driver_sql("SET extra_float_digits = 1")
@@ -173,7 +186,8 @@ def test_types_round_trip_exactly_into_the_event_payload(pg_url: str, tmp_path: 
         )
         conn.exec_driver_sql(
             "INSERT INTO placeholder_definitions (name, default_value) VALUES "
-            "('exact', '{\"n\": 1.10, \"big\": 123456789012345678901234567890.5, \"s\": \"ü\", \"z\": null}')"
+            "('exact', "
+            '\'{"n": 1.10, "big": 123456789012345678901234567890.5, "s": "ü", "z": null}\')'
         )
         conn.exec_driver_sql(
             "INSERT INTO document_comments (uuid, document_id, author_id, body, created_at) "
@@ -184,7 +198,11 @@ def test_types_round_trip_exactly_into_the_event_payload(pg_url: str, tmp_path: 
         conn.exec_driver_sql("UPDATE documents SET fee = 'NaN' WHERE document_number = 'DOC-0001'")
     do_drain(settings)
 
-    update = next(e for e in _events(settings, "documents") if e["o"] == "U" and e["k"]["document_number"] == "DOC-T")
+    update = next(
+        e
+        for e in _events(settings, "documents")
+        if e["o"] == "U" and e["k"]["document_number"] == "DOC-T"
+    )
     assert update["r"]["fee"] == "1234567890.0100"
     assert update["r"]["title"] == text
     assert update["r"]["tags"] == ["plain", None, "with,comma", 'quo"te', "{braces}", ""]
@@ -193,7 +211,9 @@ def test_types_round_trip_exactly_into_the_event_payload(pg_url: str, tmp_path: 
     assert nan["r"]["fee"] == "NaN"
     version = _events(settings, "document_versions")[0]
     assert base64.b64decode(version["r"]["content"]) == every_byte
-    placeholder = next(e for e in _events(settings, "placeholder_definitions") if e["k"]["name"] == "exact")
+    placeholder = next(
+        e for e in _events(settings, "placeholder_definitions") if e["k"]["name"] == "exact"
+    )
     # jsonb's own key order, every digit kept (1.10 is not 1.1; the big number is no float)
     assert placeholder["r"]["default_value"] == (
         '{"n":1.10,"s":"ü","z":null,"big":123456789012345678901234567890.5}'
@@ -236,7 +256,10 @@ def test_a_json_null_is_not_an_sql_null(pg_url: str, tmp_path: Path) -> None:
             "VALUES ('json-null', 'null'::jsonb), ('sql-null', NULL)"
         )
     do_drain(settings)
-    values = {e["k"]["name"]: e["r"]["default_value"] for e in _events(settings, "placeholder_definitions")}
+    values = {
+        e["k"]["name"]: e["r"]["default_value"]
+        for e in _events(settings, "placeholder_definitions")
+    }
     assert values == {"json-null": "null", "sql-null": None}
     state = truth(settings).comparable()["placeholder_definitions"]
     assert state['{"name":"json-null"}']["default_value"] == "null"

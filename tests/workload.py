@@ -59,7 +59,9 @@ def one_transaction(conn: sa.Connection, rng: random.Random, tag: str, mine: lis
     names = sorted(rng.sample(SHARED, 2))  # sorted: no deadlocks between writers
     for name in names:
         conn.execute(
-            accounts.update().where(accounts.c.name == name).values(balance=accounts.c.balance + rng.randint(-5, 5))
+            accounts.update()
+            .where(accounts.c.name == name)
+            .values(balance=accounts.c.balance + rng.randint(-5, 5))
         )
     choice = rng.random()
     if choice < 0.3:

@@ -61,7 +61,10 @@ def history_command(app: AppContext, table: str, pairs: tuple[str, ...], as_json
 
 
 def _render(table: str, number: int, row: RowHistory) -> None:
-    keys = " -> ".join(json.dumps(k, ensure_ascii=False) for k in row.keys())
+    keys = " -> ".join(
+        json.dumps(k, ensure_ascii=False)
+        for k in row.keys()  # noqa: SIM118 - RowHistory.keys() is a method, not dict.keys()
+    )
     click.echo(f"{table} row {number}: {keys}")
     for entry in row.entries:
         what = OP_NAMES.get(entry.op, entry.op)

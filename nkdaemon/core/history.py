@@ -64,8 +64,10 @@ class HistoryTracker:
     def _apply(self, lsn: int, commit_time: str, event: Mapping[str, Any]) -> None:
         op = event["o"]
         if op == "T":
-            for row in {id(r): r for r in self._by_key.values()}.values():
-                row.entries.append(HistoryEntry(lsn=lsn, commit_time=commit_time, op="T", key=None))
+            for tracked in {id(r): r for r in self._by_key.values()}.values():
+                tracked.entries.append(
+                    HistoryEntry(lsn=lsn, commit_time=commit_time, op="T", key=None)
+                )
             self._by_key.clear()
             self._by_sid.clear()
             return
@@ -99,4 +101,11 @@ class HistoryTracker:
             self._by_sid[sid_key] = row
 
     def matching(self, selector: Mapping[str, str]) -> list[RowHistory]:
-        return [r for r in self._rows if any(key_matches(k, selector) for k in r.keys())]
+        return [
+            r
+            for r in self._rows
+            if any(
+                key_matches(k, selector)
+                for k in r.keys()  # noqa: SIM118 - RowHistory.keys() is a method, not dict.keys()
+            )
+        ]

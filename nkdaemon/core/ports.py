@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -54,7 +54,7 @@ class CaptureSource(Protocol):
         """Captured table name -> table number, as the triggers in the source know them."""
 
     def install(
-        self, tables: dict[int, TableSpec], seed: SeedConsumer, *, seed_all: bool
+        self, tables: Mapping[int, TableSpec], seed: SeedConsumer, *, seed_all: bool
     ) -> tuple[str, int]:
         """Install the capture schema and triggers (idempotent).
 

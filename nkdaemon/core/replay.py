@@ -48,9 +48,7 @@ class TableShape:
         return cls(
             name=spec.name,
             key_refs={
-                p.name: p.foreign_key.ref_table
-                for p in spec.key_parts
-                if p.foreign_key is not None
+                p.name: p.foreign_key.ref_table for p in spec.key_parts if p.foreign_key is not None
             },
             row_refs={fk.part_name: fk.ref_table for fk in spec.foreign_keys},
             multiset=spec.full_row_identity,
@@ -116,7 +114,9 @@ class NaturalState:
                 out[name] = value
                 continue
             text = self._try_shallow_text(refs[name], value)
-            entity = self.rows(refs[name]).get(text or "") or self._deleted.get((refs[name], text or ""))
+            entity = self.rows(refs[name]).get(text or "") or self._deleted.get(
+                (refs[name], text or "")
+            )
             if entity is None:
                 self._pending.append((out, name, refs[name], value, where))
             out[name] = None if entity is None else _Ref(entity)
@@ -155,15 +155,22 @@ class NaturalState:
             old = self._shallow_text(table, event["ok"], where) if event.get("ok") else text
             entity = rows.pop(old, None)
             if entity is None:
-                raise ReplayError(f"{where}update of {table} {key_text(event.get('ok') or event['k'])}, which does not exist")
+                raise ReplayError(
+                    f"{where}update of {table} {key_text(event.get('ok') or event['k'])}, "
+                    "which does not exist"
+                )
             if text in rows:
-                raise ReplayError(f"{where}update of {table} to {key_text(event['k'])}, which exists")
+                raise ReplayError(
+                    f"{where}update of {table} to {key_text(event['k'])}, which exists"
+                )
             entity.key, entity.row = key, self._row(table, event["r"], where)
             rows[text] = entity
         else:
             entity = rows.pop(text, None)
             if entity is None:
-                raise ReplayError(f"{where}delete of {table} {key_text(event['k'])}, which does not exist")
+                raise ReplayError(
+                    f"{where}delete of {table} {key_text(event['k'])}, which does not exist"
+                )
             self._deleted[(table, text)] = entity
 
     def _apply_multiset(
@@ -171,7 +178,9 @@ class NaturalState:
     ) -> None:
         op = event["o"]
         if op in ("U", "D"):
-            old = self._row(table, event["ok"] if event.get("ok") is not None else event["k"], where)
+            old = self._row(
+                table, event["ok"] if event.get("ok") is not None else event["k"], where
+            )
             entity = rows.get(_text(old))
             if entity is None:
                 raise ReplayError(f"{where}{op} of a {table} row that does not exist")

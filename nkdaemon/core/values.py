@@ -101,10 +101,8 @@ def _decimal_text(value: Decimal) -> str:
 
 
 def _pg_bytes(text: str) -> str:
-    if text.startswith("\\x"):
-        raw = binascii.unhexlify(text[2:])
-    else:  # bytea_output = 'escape'
-        raw = _unescape_bytea(text)
+    # bytea_output = 'hex' renders \\x and hex digits; anything else is bytea_output = 'escape'
+    raw = binascii.unhexlify(text[2:]) if text.startswith("\\x") else _unescape_bytea(text)
     return base64.b64encode(raw).decode("ascii")
 
 
@@ -210,7 +208,7 @@ def _tagged(storage: str, value: Any) -> dict[str, Any]:
 
 
 def _sqlite_storage(value: Any) -> tuple[str, Any]:
-    if isinstance(value, bool) or isinstance(value, int):
+    if isinstance(value, bool | int):
         return "int", int(value)
     if isinstance(value, float):
         return "float", _float_json(value)

@@ -165,8 +165,13 @@ placeholder_definitions = sa.Table(
 TABLES = [t.name for t in metadata.sorted_tables]
 
 ROLES = ["admin", "author", "reviewer", "approver", "reader", "auditor", "archivist"]
-DOCUMENT_TYPES = [("SOP", "Standard operating procedure"), ("POL", "Policy"),
-                  ("FRM", "Form"), ("WI", "Work instruction"), ("RPT", "Report")]
+DOCUMENT_TYPES = [
+    ("SOP", "Standard operating procedure"),
+    ("POL", "Policy"),
+    ("FRM", "Form"),
+    ("WI", "Work instruction"),
+    ("RPT", "Report"),
+]
 
 T0 = datetime(2026, 1, 1, 9, 0, 0, 123456, tzinfo=UTC)
 
@@ -191,27 +196,42 @@ def seed_reference(conn: sa.Connection, *, reverse: bool = False) -> None:
 def seed_example(conn: sa.Connection) -> None:
     """A small, complete EDMS: every table has rows, every awkward case is present."""
     seed_reference(conn)
-    conn.execute(document_sources.insert(), [{"name": "scanner", "url": "scan://1"},
-                                              {"name": "upload", "url": None}])
+    conn.execute(
+        document_sources.insert(),
+        [{"name": "scanner", "url": "scan://1"}, {"name": "upload", "url": None}],
+    )
     for name in ("alice", "bob", "chloé"):
         add_user(conn, name)
-    wf = conn.execute(document_workflows.insert().values(name="standard")).inserted_primary_key[0]
-    draft = conn.execute(
-        document_states.insert().values(workflow_id=wf, code="draft", label="Draft")
-    ).inserted_primary_key[0]
+    wf = _new_id(conn.execute(document_workflows.insert().values(name="standard")))
+    draft = _new_id(
+        conn.execute(document_states.insert().values(workflow_id=wf, code="draft", label="Draft"))
+    )
     conn.execute(document_states.insert().values(workflow_id=wf, code="approved", label="Approved"))
     conn.execute(
-        document_workflows.update().where(document_workflows.c.id == wf).values(initial_state_id=draft)
+        document_workflows.update()
+        .where(document_workflows.c.id == wf)
+        .values(initial_state_id=draft)
     )
     conn.execute(
         placeholder_definitions.insert(),
         [
-            {"name": "company", "default_value": {"text": "ACME ✓", "size": 12.5, "list": [1, "x", None, True]}},
+            {
+                "name": "company",
+                "default_value": {"text": "ACME ✓", "size": 12.5, "list": [1, "x", None, True]},
+            },
             {"name": "empty", "default_value": None},
         ],
     )
     first = add_document(conn, "DOC-0001", author="alice")
     add_document(conn, "DOC-0002", author="bob", parent=first)
+
+
+def _new_id(result: sa.CursorResult[Any]) -> Any:
+    """The primary key value of the one row an INSERT made."""
+    key = result.inserted_primary_key
+    if key is None:
+        raise ValueError("the INSERT reported no primary key")
+    return key[0]
 
 
 def _id_of(conn: sa.Connection, table: sa.Table, column: str, value: Any) -> int:
@@ -220,14 +240,16 @@ def _id_of(conn: sa.Connection, table: sa.Table, column: str, value: Any) -> int
 
 def add_user(conn: sa.Connection, username: str, *, roles_: tuple[str, ...] = ("reader",)) -> int:
     uid = int(
-        conn.execute(
-            users.insert().values(
-                username=username,
-                email=f"{username}@example.com",
-                full_name=username.title(),
-                created_at=T0,
+        _new_id(
+            conn.execute(
+                users.insert().values(
+                    username=username,
+                    email=f"{username}@example.com",
+                    full_name=username.title(),
+                    created_at=T0,
+                )
             )
-        ).inserted_primary_key[0]
+        )
     )
     for role in roles_:
         conn.execute(
@@ -250,20 +272,22 @@ def add_document(
     author_id = _id_of(conn, users, "username", author)
     state = conn.execute(sa.select(document_states.c.id).limit(1)).scalar()
     doc = int(
-        conn.execute(
-            documents.insert().values(
-                document_number=number,
-                title=f"Document {number} – naïve ünïcode ✓",
-                type_id=_id_of(conn, document_types, "code", type_code),
-                source_id=None,
-                state_id=state,
-                author_id=author_id,
-                parent_id=parent,
-                fee=Decimal("12.3400"),
-                tags=["a", "b,c", 'quote"d'],
-                created_at=T0 + timedelta(microseconds=1),
+        _new_id(
+            conn.execute(
+                documents.insert().values(
+                    document_number=number,
+                    title=f"Document {number} – naïve ünïcode ✓",
+                    type_id=_id_of(conn, document_types, "code", type_code),
+                    source_id=None,
+                    state_id=state,
+                    author_id=author_id,
+                    parent_id=parent,
+                    fee=Decimal("12.3400"),
+                    tags=["a", "b,c", 'quote"d'],
+                    created_at=T0 + timedelta(microseconds=1),
+                )
             )
-        ).inserted_primary_key[0]
+        )
     )
     conn.execute(
         document_versions.insert().values(

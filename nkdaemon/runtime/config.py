@@ -44,7 +44,7 @@ class SourceSettings:
 
     @property
     def password(self) -> str | None:
-        return self.sa_url.password  # type: ignore[return-value]
+        return self.sa_url.password
 
     def __repr__(self) -> str:
         return f"SourceSettings(url={self.redacted_url!r}, schema={self.schema!r})"
@@ -139,7 +139,8 @@ def parse_duration(value: Any, key: str) -> float:
     if not match:
         raise ConfigError(
             f"{key}: {value!r} is not a duration",
-            hint='write a number of seconds or a number with a unit: "250ms", "30s", "5m", "6h", "1d"',
+            hint="write a number of seconds or a number with a unit: "
+            '"250ms", "30s", "5m", "6h", "1d"',
         )
     return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
 
@@ -361,8 +362,10 @@ def _parse_tables(data: Any) -> dict[str, TableSettings]:
                 )
             if identity == "full":
                 raise ConfigError(
-                    f'[tables.{toml_key(name)}]: natural_key and identity = "full" exclude each other',
-                    hint='keep natural_key for a table that has one; identity = "full" is for keyless tables',
+                    f"[tables.{toml_key(name)}]: natural_key and "
+                    'identity = "full" exclude each other',
+                    hint="keep natural_key for a table that has one; "
+                    'identity = "full" is for keyless tables',
                 )
         out[name] = TableSettings(natural_key=key, identity=identity)  # type: ignore[arg-type]
     return out

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -64,8 +64,13 @@ def row_trigger_functions(spec: TableSpec) -> list[sql.Composed]:
     no = sql.SQL("NULL")
     bodies = {
         "i": ("I", no, sql.SQL("row_to_json(NEW)"), no, sql_nulls(spec, "NEW")),
-        "u": ("U", old_on_update, sql.SQL("row_to_json(NEW)"), sql_nulls(spec, "OLD"),
-              sql_nulls(spec, "NEW")),
+        "u": (
+            "U",
+            old_on_update,
+            sql.SQL("row_to_json(NEW)"),
+            sql_nulls(spec, "OLD"),
+            sql_nulls(spec, "NEW"),
+        ),
         "d": ("D", sql.SQL("row_to_json(OLD)"), no, sql_nulls(spec, "OLD"), no),
     }
     return [
@@ -184,7 +189,7 @@ class PostgresSource:
             return {str(name): int(number) for name, number in rows}
 
     def install(
-        self, tables: dict[int, TableSpec], seed: SeedConsumer, *, seed_all: bool
+        self, tables: Mapping[int, TableSpec], seed: SeedConsumer, *, seed_all: bool
     ) -> tuple[str, int]:
         with self._errors("installing capture"):
             conn = self._connection()
@@ -233,7 +238,7 @@ class PostgresSource:
             found = conn.execute("SELECT max(version) FROM nkdaemon.schema_version").fetchone()
             installed = int(found[0] or 0) if found else 0
         for _version, text in pending_migrations("postgresql", installed):
-            conn.execute(text)  # type: ignore[call-overload]
+            conn.execute(text)
         conn.execute(
             "CREATE TABLE IF NOT EXISTS nkdaemon.meta (name text PRIMARY KEY, value text NOT NULL)"
         )
@@ -315,7 +320,8 @@ class PostgresSource:
             with conn.transaction():
                 triggers = conn.execute(
                     "SELECT n.nspname, c.relname FROM pg_trigger t "
-                    "JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "JOIN pg_class c ON c.oid = t.tgrelid "
+                    "JOIN pg_namespace n ON n.oid = c.relnamespace "
                     "WHERE t.tgname = ANY(%s)",
                     (list(TRIGGERS),),
                 ).fetchall()
@@ -432,7 +438,7 @@ class PostgresSource:
                 .execute("SELECT min(commit_time) FROM nkdaemon.commits")
                 .fetchone()
             )
-            return None if not row or row[0] is None else row[0]  # type: ignore[no-any-return]
+            return None if not row or row[0] is None else row[0]
 
 
 def _decoders(spec: TableSpec) -> dict[str, Any]:

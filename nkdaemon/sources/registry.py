@@ -16,7 +16,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import types as sat
 from sqlalchemy.dialects import postgresql as pgt
-from sqlalchemy.engine import Engine, Inspector
+from sqlalchemy.engine import Dialect, Engine, Inspector
+from sqlalchemy.engine.interfaces import ReflectedColumn, ReflectedForeignKeyConstraint
 
 from nkdaemon.core.errors import SchemaError
 from nkdaemon.core.keys import (
@@ -53,9 +54,9 @@ class Registry:
 class _Reflected:
     name: str
     dialect: str
-    columns: list[dict[str, Any]]
+    columns: list[ReflectedColumn]
     primary_key: tuple[str, ...]
-    foreign_keys: list[dict[str, Any]]
+    foreign_keys: list[ReflectedForeignKeyConstraint]
     uniques: list[tuple[str, tuple[str, ...]]]
 
 
@@ -75,9 +76,7 @@ def reflect_registry(
             "[capture] tables selects no table of the source",
             hint=f"tables there: {_listing(available)}; check [capture] tables and exclude",
         )
-    reflected = {
-        name: _reflect(inspector, name, schema, engine.dialect.name) for name in selected
-    }
+    reflected = {name: _reflect(inspector, name, schema, engine.dialect.name) for name in selected}
     return build_registry(
         reflected,
         settings.tables,
@@ -298,7 +297,7 @@ def _is_surrogate(table: _Reflected) -> bool:
 
 
 def _fk_spec(
-    table: str, fk: Mapping[str, Any], reflected: Mapping[str, _Reflected]
+    table: str, fk: ReflectedForeignKeyConstraint, reflected: Mapping[str, _Reflected]
 ) -> ForeignKeySpec:
     ref_table = fk["referred_table"]
     columns = tuple(fk["constrained_columns"])
@@ -374,7 +373,7 @@ def _resolve_foreign_keys(
 
 
 def _replace_fk(fk: ForeignKeySpec, **changes: Any) -> ForeignKeySpec:
-    fields = {
+    fields: dict[str, Any] = {
         "columns": fk.columns,
         "ref_table": fk.ref_table,
         "ref_columns": fk.ref_columns,
@@ -413,7 +412,7 @@ def _check_key_cycles(specs: Mapping[str, TableSpec]) -> None:
 # --- logical types --------------------------------------------------------------------------
 
 
-def _column_spec(column: Mapping[str, Any], dialect: str) -> ColumnSpec:
+def _column_spec(column: ReflectedColumn, dialect: str) -> ColumnSpec:
     col_type = column["type"]
     return ColumnSpec(
         name=column["name"],
@@ -477,7 +476,8 @@ def _sqlite_logical(col_type: Any) -> str:
 def _compile(col_type: Any, dialect: str) -> str:
     try:
         if dialect == "postgresql":
-            return str(col_type.compile(dialect=pgt.dialect()))
+            dialect_class: type[Dialect] = pgt.dialect
+            return str(col_type.compile(dialect=dialect_class()))
         return str(col_type)
     except Exception:  # a type the dialect cannot render: keep its name
         return type(col_type).__name__

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -116,7 +116,7 @@ class SqliteSource:
             }
 
     def install(
-        self, tables: dict[int, TableSpec], seed: SeedConsumer, *, seed_all: bool
+        self, tables: Mapping[int, TableSpec], seed: SeedConsumer, *, seed_all: bool
     ) -> tuple[str, int]:
         with self._transaction("installing capture", write=True) as conn:
             self._migrate(conn)
@@ -231,7 +231,8 @@ class SqliteSource:
             triggers = [
                 r[0]
                 for r in conn.execute(
-                    "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE '\\_nkd\\_%' ESCAPE '\\'"
+                    "SELECT name FROM sqlite_master "
+                    "WHERE type = 'trigger' AND name LIKE '\\_nkd\\_%' ESCAPE '\\'"
                 )
             ]
             for name in triggers:
@@ -239,7 +240,8 @@ class SqliteSource:
             tables = [
                 r[0]
                 for r in conn.execute(
-                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE '\\_nkd\\_%' ESCAPE '\\'"
+                    "SELECT name FROM sqlite_master "
+                    "WHERE type = 'table' AND name LIKE '\\_nkd\\_%' ESCAPE '\\'"
                 )
             ]
             for name in tables:

@@ -1,0 +1,218 @@
+"""Capture overhead on pgbench: TPS with no triggers, with nkdaemon's triggers, with the
+triggers and a drain running on the same machine, and with a classic full-row audit
+trigger, measured side by side.
+
+Protocol (issue 2): pgbench scale 10, `-n -c 4 -j 2 -T 20`, a fresh copy of the database
+per run, configurations interleaved (rotated each round) over several rounds; medians and
+ratios to the no-trigger median are printed.
+
+pgbench_history has no key at all: nkdaemon captures it with whole-row identity
+(`identity = "full"`), as logical replication's REPLICA IDENTITY FULL does.
+
+    python benchmarks/capture_overhead.py [--rounds 3] [--seconds 20] [--scale 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (
+    db_url,
+    fresh_copy,
+    median,
+    nkdaemon_config,
+    pgbench,
+    pgbench_init,
+    run_sql,
+)
+
+TEMPLATE = "nkd_bench_pgbench"
+RUN_DB = "nkd_bench_run"
+TABLES = ("pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history")
+CONFIG_EXTRA = """
+[tables.pgbench_history]
+identity = "full"
+"""
+
+# The classic 2ndQuadrant audit trigger (audit-trigger 91plus), as commonly deployed:
+# hstore of the whole row, the changed fields on UPDATE, session and statement metadata.
+AUDIT_SQL = """
+CREATE EXTENSION IF NOT EXISTS hstore;
+CREATE SCHEMA audit;
+CREATE TABLE audit.logged_actions (
+    event_id bigserial PRIMARY KEY,
+    schema_name text NOT NULL,
+    table_name text NOT NULL,
+    relid oid NOT NULL,
+    session_user_name text,
+    action_tstamp_tx timestamptz NOT NULL,
+    action_tstamp_stm timestamptz NOT NULL,
+    action_tstamp_clk timestamptz NOT NULL,
+    transaction_id bigint,
+    application_name text,
+    client_addr inet,
+    client_port integer,
+    client_query text,
+    action text NOT NULL,
+    row_data hstore,
+    changed_fields hstore,
+    statement_only boolean NOT NULL
+);
+CREATE INDEX logged_actions_relid_idx ON audit.logged_actions (relid);
+CREATE INDEX logged_actions_action_tstamp_tx_stm_idx ON audit.logged_actions (action_tstamp_stm);
+CREATE INDEX logged_actions_action_idx ON audit.logged_actions (action);
+CREATE FUNCTION audit.if_modified_func() RETURNS trigger LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+DECLARE
+    audit_row audit.logged_actions;
+BEGIN
+    audit_row = ROW(
+        nextval('audit.logged_actions_event_id_seq'), TG_TABLE_SCHEMA::text,
+        TG_TABLE_NAME::text, TG_RELID, session_user::text, current_timestamp,
+        statement_timestamp(), clock_timestamp(), txid_current(),
+        current_setting('application_name'), inet_client_addr(), inet_client_port(),
+        current_query(), substring(TG_OP, 1, 1), NULL, NULL, 'f');
+    IF TG_OP = 'UPDATE' THEN
+        audit_row.row_data = hstore(OLD.*);
+        audit_row.changed_fields = (hstore(NEW.*) - audit_row.row_data);
+        IF audit_row.changed_fields = hstore('') THEN
+            RETURN NULL;
+        END IF;
+    ELSIF TG_OP = 'DELETE' THEN
+        audit_row.row_data = hstore(OLD.*);
+    ELSIF TG_OP = 'INSERT' THEN
+        audit_row.row_data = hstore(NEW.*);
+    END IF;
+    INSERT INTO audit.logged_actions VALUES (audit_row.*);
+    RETURN NULL;
+END
+$$;
+"""
+
+
+def setup_none() -> None:
+    pass
+
+
+def setup_audit() -> None:
+    run_sql(RUN_DB, AUDIT_SQL)
+    for table in TABLES:
+        run_sql(
+            RUN_DB,
+            f"CREATE TRIGGER audit_trigger_row AFTER INSERT OR UPDATE OR DELETE ON {table} "
+            "FOR EACH ROW EXECUTE FUNCTION audit.if_modified_func()",
+        )
+
+
+def install_nkdaemon(config: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "nkdaemon", "--config", str(config), "install"],
+        check=True,
+        capture_output=True,
+    )
+
+
+class DrainLoop:
+    """A drain running beside pgbench, as the daemon would, sampling the queue depth."""
+
+    def __init__(self, config: Path) -> None:
+        self.config = config
+        self.depths: list[int] = []
+        self._stop = threading.Event()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._sampler = threading.Thread(target=self._sample)
+
+    def __enter__(self) -> DrainLoop:
+        script = (
+            "import sys, time\n"
+            "from nkdaemon.runtime.config import load_settings\n"
+            "from nkdaemon.runtime.session import Session\n"
+            "s = Session(load_settings(sys.argv[1]), writer=True)\n"
+            "d = s.drainer()\n"
+            "while True:\n"
+            "    r = d.drain_once()\n"
+            "    if not r.transactions: time.sleep(0.05)\n"
+        )
+        self._process = subprocess.Popen([sys.executable, "-c", script, str(self.config)])
+        self._sampler.start()
+        return self
+
+    def _sample(self) -> None:
+        with psycopg.connect(db_url(RUN_DB), autocommit=True) as conn:
+            while not self._stop.wait(1.0):
+                row = conn.execute("SELECT count(*) FROM nkdaemon.queue").fetchone()
+                self.depths.append(int(row[0]) if row else 0)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._sampler.join()
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(timeout=30)
+
+
+def run_once(name: str, seconds: int) -> tuple[float, list[int]]:
+    fresh_copy(TEMPLATE, RUN_DB)
+    depths: list[int] = []
+    args = ("-n", "-c", "4", "-j", "2", "-T", str(seconds))
+    if name == "none":
+        run_sql(RUN_DB, "CHECKPOINT")
+        return pgbench(RUN_DB, *args), depths
+    if name == "audit":
+        setup_audit()
+        run_sql(RUN_DB, "CHECKPOINT")
+        return pgbench(RUN_DB, *args), depths
+    with nkdaemon_config(RUN_DB, CONFIG_EXTRA) as config:
+        install_nkdaemon(config)
+        run_sql(RUN_DB, "CHECKPOINT")
+        if name == "nkdaemon":
+            return pgbench(RUN_DB, *args), depths
+        with DrainLoop(config) as drain:
+            tps = pgbench(RUN_DB, *args)
+            time.sleep(1.5)
+        return tps, drain.depths
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--scale", type=int, default=10)
+    args = parser.parse_args()
+    configs = ["none", "nkdaemon", "nkdaemon+drain", "audit"]
+    print(f"pgbench -i -s {args.scale}; runs: -n -c 4 -j 2 -T {args.seconds}, {args.rounds} rounds")
+    pgbench_init(TEMPLATE, args.scale)
+    results: dict[str, list[float]] = {c: [] for c in configs}
+    depth_report: list[str] = []
+    for round_number in range(args.rounds):
+        order = configs[round_number % len(configs) :] + configs[: round_number % len(configs)]
+        for name in order:
+            tps, depths = run_once(name, args.seconds)
+            results[name].append(tps)
+            line = f"round {round_number + 1} {name:<15} {tps:9.1f} TPS"
+            if depths:
+                line += f"  queue depth max {max(depths)}, last {depths[-1]}"
+                depth_report.append(f"{max(depths)}/{depths[-1]}")
+            print(line, flush=True)
+    base = median(results["none"])
+    print()
+    print(f"{'configuration':<16}{'median TPS':>12}{'ratio':>8}   runs")
+    for name in configs:
+        m = median(results[name])
+        runs = ", ".join(f"{v:.0f}" for v in results[name])
+        print(f"{name:<16}{m:12.1f}{m / base:8.2f}   {runs}")
+    print()
+    print("targets: nkdaemon >= 0.85, nkdaemon+drain >= 0.70 with the queue depth bounded")
+    print(f"queue depth with the drain running (max/last per run): {', '.join(depth_report)}")
+
+
+if __name__ == "__main__":
+    main()

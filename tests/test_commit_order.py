@@ -24,7 +24,7 @@ from nkdaemon.core.ports import QueuedChange
 from nkdaemon.core.replay import ReplayError
 from nkdaemon.runtime.config import Settings
 from nkdaemon.runtime.session import Session
-from nkdaemon.sources.postgres import PostgresSource, _decode_row, _decoders
+from nkdaemon.sources.postgres import PostgresSource, RowDecoder
 from tests import workload
 from tests.helpers import do_install, engine_for, logged, replayed, settings_for, truth
 
@@ -40,9 +40,6 @@ class QueueIdOrderSource(PostgresSource):
             self._connection().execute("SELECT coalesce(max(id), 0) FROM nkdaemon.queue").fetchone()
         )
         return int(row[0]) if row else 0
-
-    def batch_end(self, after: int, fence: int, max_transactions: int) -> int:
-        return fence
 
     def read(self, tables: dict[int, TableSpec], after: int, upto: int) -> Iterator[QueuedChange]:
         rows = (
@@ -64,7 +61,7 @@ class QueueIdOrderSource(PostgresSource):
             position = run[-1][0]
             for _id, xid, when, tbl, op, old, new in run:
                 spec = tables[tbl]
-                decoders = _decoders(spec)
+                decoder = RowDecoder(spec)
                 yield QueuedChange(
                     position=position,
                     txid=xid,
@@ -72,8 +69,8 @@ class QueueIdOrderSource(PostgresSource):
                     change=RawChange(
                         table=tbl,
                         op=op,
-                        old=None if old is None else _decode_row(spec, decoders, old),
-                        new=None if new is None else _decode_row(spec, decoders, new),
+                        old=None if old is None else decoder.decode(old),
+                        new=None if new is None else decoder.decode(new),
                     ),
                 )
 

@@ -71,9 +71,6 @@ class CaptureSource(Protocol):
     def fence(self) -> int:
         """The highest position at which every committed transaction is final and visible."""
 
-    def batch_end(self, after: int, fence: int, max_transactions: int) -> int:
-        """A position <= fence that bounds about max_transactions whole transactions."""
-
     def read(self, tables: dict[int, TableSpec], after: int, upto: int) -> Iterator[QueuedChange]:
         """Committed changes with after < position <= upto, in order, grouped by transaction."""
 

@@ -18,6 +18,7 @@ from nkdaemon.core.events import ChangeEvent, RawChange
 from nkdaemon.core.keys import ForeignKeySpec, NaturalKey, Ref, Sid, TableSpec
 
 ShallowKey = tuple[Any, ...]
+RESOLVED_CACHE = 50_000
 
 
 def source_id(spec: TableSpec, row: Mapping[str, Any]) -> Sid:
@@ -61,6 +62,17 @@ class Translator:
         self._tables = dict(tables)
         self._numbers = {spec.name: number for number, spec in tables.items()}
         self._index = index
+        self._skip: dict[int, frozenset[str]] = {}
+        self._plans: dict[int, tuple[int, tuple[str, ...]]] = {}
+        # Resolved nested keys of referenced rows, shared by the events that name them.
+        # Dropped when a row whose key others' keys contain is renamed or deleted.
+        self._resolved: dict[tuple[int, Any], NaturalKey] = {}
+        self._nested = {
+            self._numbers[p.foreign_key.ref_table]
+            for spec in tables.values()
+            for p in spec.key_parts
+            if p.foreign_key is not None and not p.foreign_key.by_natural_key
+        }
         self._tombstones: dict[tuple[int, Sid], ShallowKey] = {}
         self._buffer: list[ChangeEvent | _Unfinished] = []
         self._pending_count = 0
@@ -153,6 +165,7 @@ class Translator:
         self._emit(spec, op="D", key=key, sid=sid)
 
     def _truncate(self, number: int, spec: TableSpec) -> None:
+        self._resolved.clear()
         self._tombstones = {k: v for k, v in self._tombstones.items() if k[0] != number}
         self._index.clear_table(number)
         self._emit(spec, op="T", key=None)
@@ -162,10 +175,19 @@ class Translator:
     def _put(self, number: int, sid: Sid, shallow: ShallowKey) -> None:
         self._tombstones.pop((number, sid), None)
         self._index.put(number, sid, shallow)
+        self._invalidate(number, sid)
 
     def _forget(self, number: int, sid: Sid, shallow: ShallowKey | None) -> None:
         if shallow is not None:
             self._tombstones[(number, sid)] = shallow
+        self._invalidate(number, sid)
+
+    def _invalidate(self, number: int, sid: Sid) -> None:
+        """A row's key changed (or it went): forget resolved keys that may contain it."""
+        if number in self._nested:
+            self._resolved.clear()
+        else:
+            self._resolved.pop((number, _hashable(sid)), None)
 
     def shallow_key(self, spec: TableSpec, row: Mapping[str, Any]) -> ShallowKey | None:
         if spec.full_row_identity:
@@ -176,16 +198,30 @@ class Translator:
         )
 
     def _fk_value(self, fk: ForeignKeySpec, row: Mapping[str, Any]) -> Any:
-        values = [row.get(c) for c in fk.columns]
+        plan = self._plans.get(id(fk))
+        if plan is None:
+            plan = self._plans[id(fk)] = self._plan(fk)
+        number, columns = plan
+        if len(columns) == 1:
+            value = row.get(columns[0])
+            if value is None:
+                return None
+            return {fk.ref_columns[0]: value} if number < 0 else Ref(number, value)
+        values = [row.get(c) for c in columns]
         if any(v is None for v in values):
             return None
-        if fk.by_natural_key:
+        if number < 0:
             return dict(zip(fk.ref_columns, values, strict=True))
-        ref_spec = self._tables[self._numbers[fk.ref_table]]
-        by_column = dict(zip(fk.ref_columns, values, strict=True))
-        pk_values = [by_column[c] for c in ref_spec.primary_key]
-        sid = pk_values[0] if len(pk_values) == 1 else pk_values
-        return Ref(self._numbers[fk.ref_table], sid)
+        return Ref(number, values)
+
+    def _plan(self, fk: ForeignKeySpec) -> tuple[int, tuple[str, ...]]:
+        """(referenced table number, or -1 for a reference by natural key; our columns in the
+        order of the referenced primary key)."""
+        if fk.by_natural_key:
+            return -1, fk.columns
+        number = self._numbers[fk.ref_table]
+        ours = dict(zip(fk.ref_columns, fk.columns, strict=True))
+        return number, tuple(ours[c] for c in self._tables[number].primary_key)
 
     def _key(
         self, spec: TableSpec, shallow: ShallowKey | None, row: Mapping[str, Any]
@@ -201,25 +237,33 @@ class Translator:
     def _resolve(self, value: Any) -> Any:
         if not isinstance(value, Ref):
             return value
+        cache_key = (value.table, _hashable(value.sid))
+        resolved = self._resolved.get(cache_key)
+        if resolved is not None:
+            return resolved
         shallow = self._tombstones.get((value.table, value.sid))
+        cacheable = shallow is None  # a row deleted in this transaction is not kept
         if shallow is None:
             shallow = self._index.get(value.table, value.sid)
         if shallow is None:
             self._pending_count += 1
             return _Pending(value)
         spec = self._tables[value.table]
-        return {
+        resolved = {
             part.name: self._resolve(v) for part, v in zip(spec.key_parts, shallow, strict=True)
         }
+        if cacheable and not _has_pending(resolved):
+            if len(self._resolved) >= RESOLVED_CACHE:
+                self._resolved.clear()
+            self._resolved[cache_key] = resolved
+        return resolved
 
     def _payload(self, spec: TableSpec, row: Mapping[str, Any]) -> dict[str, Any]:
-        skip = spec.surrogate_columns
-        fk_columns = {c for fk in spec.foreign_keys for c in fk.columns}
-        out = {
-            name: value
-            for name, value in row.items()
-            if name not in skip and name not in fk_columns
-        }
+        skip = self._skip.get(spec.number)
+        if skip is None:
+            fk_columns = {c for fk in spec.foreign_keys for c in fk.columns}
+            skip = self._skip[spec.number] = spec.surrogate_columns | fk_columns
+        out = {name: value for name, value in row.items() if name not in skip}
         for fk in spec.foreign_keys:
             out[fk.part_name] = self._resolve(self._fk_value(fk, row))
         return out
@@ -294,3 +338,7 @@ def _has_pending(value: Any) -> bool:
     if isinstance(value, dict):
         return any(_has_pending(v) for v in value.values())
     return False
+
+
+def _hashable(sid: Sid) -> Any:
+    return tuple(sid) if isinstance(sid, list) else sid

@@ -1,9 +1,10 @@
 """The drain: committed changes from the source queue into the log, exactly once.
 
-One pass: fence the queue, then batch by batch read whole transactions in commit order,
-translate ids to natural keys, append them to the log, fsync, commit the key index with
-the checkpoint, and only then delete the queue rows. A crash anywhere leaves either the
-queue rows (drained again, and skipped if the log already has them) or nothing to do.
+One pass: fence the queue, then read whole transactions in commit order, translate ids to
+natural keys and append them to the log; every batch of transactions, fsync the log and
+commit the key index with the checkpoint; at the end delete the drained queue rows. A
+crash anywhere leaves the queue rows (drained again, and skipped where the checkpoint or
+the log already has them) or nothing to do.
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ class Drainer:
         # after each step of a batch (metrics; crash tests kill the process there).
         self._on_stage = on_stage or (lambda stage: None)
         self._log_position = 0
+        self._flushed_log_position = 0
         self._last_time: str | None = None
         self._gap: tuple[int, int] | None = None
         self._opened = False
@@ -96,6 +98,7 @@ class Drainer:
             durable_segment=checkpoint.segment, durable_offset=checkpoint.offset
         )
         self._log_position = end.last_position
+        self._flushed_log_position = end.last_position
         self._last_time = end.last_commit_time or checkpoint.commit_time
         if end.last_lsn < checkpoint.lsn:
             self._record_gap(end.last_lsn + 1, checkpoint)
@@ -119,13 +122,14 @@ class Drainer:
                 commit_time=checkpoint.commit_time,
             )
         )
-        self._log_position = checkpoint.position
+        self._log_position = self._flushed_log_position = checkpoint.position
         self._gap = (first_lost, checkpoint.lsn)
         log.error("log.gap_recorded", first_lsn=first_lost, last_lsn=checkpoint.lsn)
 
     # --- one pass --------------------------------------------------------------------
 
     def drain_once(self) -> DrainResult:
+        """Drain everything committed before this call; return what was logged."""
         if not self._opened:
             self.open()
         result = DrainResult()
@@ -133,20 +137,11 @@ class Drainer:
         after = self._state.checkpoint().position
         if after < self._log_position:
             # The log got further than the checkpoint before a crash: bring the key index
-            # up to the log first, as a batch of its own, so that a source that cannot
-            # tell transactions apart (SQLite) does not mix logged and new changes.
-            self._run_batch(after, self._log_position)
-            after = self._log_position
+            # up to the log first, as a pass of its own, so that a source that cannot tell
+            # transactions apart (SQLite) does not mix logged and new changes.
+            after = self._stream(after, self._log_position, result)
         while after < fence:
-            end = self._source.batch_end(after, fence, self._batch_transactions)
-            batch = self._run_batch(after, end)
-            result.transactions += batch.transactions
-            result.events += batch.events
-            result.skipped += batch.skipped
-            if batch.lsn:
-                result.last_lsn = batch.lsn
-                result.last_commit_time = batch.commit_time
-            after = end
+            after = self._stream(after, fence, result)
         if self._gap is not None:
             first, last = self._gap
             self._gap = None
@@ -158,12 +153,14 @@ class Drainer:
             )
         return result
 
-    def _run_batch(self, after: int, end: int) -> _Batch:
+    def _stream(self, after: int, upto: int, result: DrainResult) -> int:
+        """Drain (after, upto]; a schema change restarts from the last durable batch."""
         for attempt in range(3):
             try:
-                return self._try_batch(after, end)
+                self._try_stream(after, upto, result)
+                return upto
             except SchemaDrift as drift:
-                self._abort()
+                after = self._abort()
                 if attempt == 2:
                     raise CaptureError(
                         f"table {drift.table!r} keeps changing shape ({', '.join(drift.columns)})"
@@ -174,21 +171,27 @@ class Drainer:
                 raise
         raise AssertionError("unreachable")
 
-    def _abort(self) -> None:
+    def _abort(self) -> int:
+        """Forget the batch in hand; return the position the repository has made durable."""
         self._log.rollback()
         self._state.rollback()
-        self._log_position = self._state.checkpoint().position
+        self._log_position = self._flushed_log_position
+        return self._state.checkpoint().position
 
-    def _try_batch(self, after: int, end: int) -> _Batch:
-        checkpoint = self._state.checkpoint()
-        self._state.begin()
+    def _try_stream(self, after: int, upto: int, result: DrainResult) -> None:
+        """One read of the queue; durable every batch_transactions transactions."""
         translator = Translator(self._tables, self._state)
         batch = _Batch()
         tx: _Tx | None = None
-        for queued in self._source.read(self._tables, after, end):
+        for queued in self._source.read(self._tables, after, upto):
             if tx is None or queued.position != tx.position:
                 if tx is not None:
                     self._finish_tx(tx, translator, batch)
+                    if batch.transactions + batch.skipped >= self._batch_transactions:
+                        # Durable now; the queue rows go at the end of the read, in one
+                        # delete (the queue has no index to find a batch's rows cheaply).
+                        self._flush(tx.position, batch, result, delete=False)
+                        batch = _Batch()
                 tx = self._start_tx(queued)
             translator.translate(queued.change)
             if tx.append:
@@ -197,21 +200,33 @@ class Drainer:
                     self._flush_chunk(tx)
         if tx is not None:
             self._finish_tx(tx, translator, batch)
+        self._flush(upto, batch, result, delete=True)
+
+    def _flush(self, position: int, batch: _Batch, result: DrainResult, *, delete: bool) -> None:
+        """Make a batch durable: log fsync, then the index and checkpoint, then the queue."""
+        checkpoint = self._state.checkpoint()
         segment, offset = self._log.sync()
         self._on_stage("log_synced")
         self._state.commit(
             Checkpoint(
                 lsn=max(batch.lsn, checkpoint.lsn),
-                position=end,
+                position=position,
                 segment=segment,
                 offset=offset,
                 commit_time=batch.commit_time or checkpoint.commit_time,
             )
         )
+        self._flushed_log_position = self._log_position
         self._on_stage("state_committed")
-        self._source.delete_through(end)
-        self._on_stage("queue_deleted")
-        if batch.transactions:
+        if delete:
+            self._source.delete_through(position)
+            self._on_stage("queue_deleted")
+        result.transactions += batch.transactions
+        result.events += batch.events
+        result.skipped += batch.skipped
+        if batch.lsn:
+            result.last_lsn = batch.lsn
+            result.last_commit_time = batch.commit_time
             log.info(
                 "drain.batch",
                 transactions=batch.transactions,
@@ -219,7 +234,6 @@ class Drainer:
                 last_lsn=batch.lsn,
                 skipped=batch.skipped,
             )
-        return batch
 
     def _start_tx(self, queued: QueuedChange) -> _Tx:
         append = queued.position > self._log_position

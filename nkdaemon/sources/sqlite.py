@@ -265,10 +265,6 @@ class SqliteSource:
             ).fetchone()
             return int(row[0]) if row else 0
 
-    def batch_end(self, after: int, fence: int, max_transactions: int) -> int:
-        # A pass cannot be split: the queue does not show where one transaction ends.
-        return fence
-
     def read(self, tables: dict[int, TableSpec], after: int, upto: int) -> Iterator[QueuedChange]:
         with self._transaction("reading the queue", write=False) as conn:
             layout = {

@@ -35,6 +35,7 @@ from _common import (
 )
 
 TEMPLATE = "nkd_bench_pgbench"
+DRAIN_INTERVAL = 1.0  # seconds between drain passes (the daemon's poll interval)
 RUN_DB = "nkd_bench_run"
 TABLES = ("pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history")
 CONFIG_EXTRA = """
@@ -98,8 +99,30 @@ $$;
 """
 
 
-def setup_none() -> None:
-    pass
+# The issue's reference point: a bare AFTER ROW trigger writing to_jsonb(OLD)/to_jsonb(NEW)
+# to a queue, with no transaction bookkeeping (it cannot order or time commits).
+BARE_SQL = """
+CREATE SCHEMA bare;
+CREATE TABLE bare.queue (id bigserial, tbl text, op text, old jsonb, new jsonb);
+CREATE FUNCTION bare.capture() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO bare.queue (tbl, op, old, new) VALUES (TG_TABLE_NAME, TG_OP,
+        CASE WHEN TG_OP <> 'INSERT' THEN to_jsonb(OLD) END,
+        CASE WHEN TG_OP <> 'DELETE' THEN to_jsonb(NEW) END);
+    RETURN NULL;
+END
+$$;
+"""
+
+
+def setup_bare() -> None:
+    run_sql(RUN_DB, BARE_SQL)
+    for table in TABLES:
+        run_sql(
+            RUN_DB,
+            f"CREATE TRIGGER bare_capture AFTER INSERT OR UPDATE OR DELETE ON {table} "
+            "FOR EACH ROW EXECUTE FUNCTION bare.capture()",
+        )
 
 
 def setup_audit() -> None:
@@ -135,13 +158,17 @@ class DrainLoop:
             "import sys, time\n"
             "from nkdaemon.runtime.config import load_settings\n"
             "from nkdaemon.runtime.session import Session\n"
-            "s = Session(load_settings(sys.argv[1]), writer=True)\n"
+            "from pathlib import Path\n"
+            "s = Session(load_settings(Path(sys.argv[1])), writer=True)\n"
             "d = s.drainer()\n"
             "while True:\n"
-            "    r = d.drain_once()\n"
-            "    if not r.transactions: time.sleep(0.05)\n"
+            "    started = time.monotonic()\n"
+            "    d.drain_once()\n"
+            "    time.sleep(max(0.0, float(sys.argv[2]) - (time.monotonic() - started)))\n"
         )
-        self._process = subprocess.Popen([sys.executable, "-c", script, str(self.config)])
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", script, str(self.config), str(DRAIN_INTERVAL)]
+        )
         self._sampler.start()
         return self
 
@@ -166,8 +193,8 @@ def run_once(name: str, seconds: int) -> tuple[float, list[int]]:
     if name == "none":
         run_sql(RUN_DB, "CHECKPOINT")
         return pgbench(RUN_DB, *args), depths
-    if name == "audit":
-        setup_audit()
+    if name in ("audit", "bare"):
+        setup_audit() if name == "audit" else setup_bare()
         run_sql(RUN_DB, "CHECKPOINT")
         return pgbench(RUN_DB, *args), depths
     with nkdaemon_config(RUN_DB, CONFIG_EXTRA) as config:
@@ -186,8 +213,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--scale", type=int, default=10)
+    parser.add_argument("--drain-interval", type=float, default=DRAIN_INTERVAL)
+    parser.add_argument("--only", nargs="*", help="run only these configurations")
     args = parser.parse_args()
-    configs = ["none", "nkdaemon", "nkdaemon+drain", "audit"]
+    globals()["DRAIN_INTERVAL"] = args.drain_interval
+    configs = args.only or ["none", "bare", "nkdaemon", "nkdaemon+drain", "audit"]
     print(f"pgbench -i -s {args.scale}; runs: -n -c 4 -j 2 -T {args.seconds}, {args.rounds} rounds")
     pgbench_init(TEMPLATE, args.scale)
     results: dict[str, list[float]] = {c: [] for c in configs}

@@ -10,7 +10,7 @@ queue id alone (the classic mistake) must fail the same check.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,13 @@ class QueueIdOrderSource(PostgresSource):
         )
         return int(row[0]) if row else 0
 
-    def read(self, tables: dict[int, TableSpec], after: int, upto: int) -> Iterator[QueuedChange]:
+    def read(
+        self,
+        tables: dict[int, TableSpec],
+        after: int,
+        upto: int,
+        cuts: Sequence[int] = (),
+    ) -> Iterator[QueuedChange]:
         rows = (
             self._connection()
             .execute(

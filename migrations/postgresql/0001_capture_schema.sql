@@ -4,8 +4,10 @@
 -- (rolled-back work leaves nothing). Nothing is looked up on this hot path: ids are
 -- translated to natural keys later, by the daemon.
 --
--- Commit order: the first queued change of a transaction also queues one deferred
--- constraint-trigger event; at commit it fires nkdaemon.seal_tx(), which takes a shared
+-- Commit order: the first queued change of a transaction (opens_tx, computed by the
+-- column default in the executor, not in PL/pgSQL, because it runs for every row) fires
+-- nkdaemon.open_tx(), which marks the transaction open, and queues one deferred
+-- constraint-trigger event; at commit that fires nkdaemon.seal_tx(), which takes a shared
 -- advisory lock (held until the transaction ends), draws the next commit sequence number
 -- and records the commit time. The drain briefly takes the same lock exclusively before
 -- reading the sequence, so every transaction with a number at or below what it reads has
@@ -30,13 +32,16 @@ CREATE TABLE IF NOT EXISTS nkdaemon.tables (
 CREATE SEQUENCE IF NOT EXISTS nkdaemon.commit_seq;
 
 -- No index: inserts stay cheap; the drain reads and deletes whole committed batches.
-CREATE SEQUENCE IF NOT EXISTS nkdaemon.queue_id_seq;
+-- Ids only order the changes within one transaction (one backend), so each backend may
+-- take them a thousand at a time.
+CREATE SEQUENCE IF NOT EXISTS nkdaemon.queue_id_seq CACHE 1000;
 CREATE TABLE IF NOT EXISTS nkdaemon.queue (
     id bigint NOT NULL DEFAULT nextval('nkdaemon.queue_id_seq'),
     xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
     tbl integer NOT NULL,
     op "char" NOT NULL,
-    opens_tx boolean NOT NULL,
+    opens_tx boolean NOT NULL
+        DEFAULT (current_setting('nkdaemon.open_tx', true) IS DISTINCT FROM pg_current_xact_id()::text),
     old json,
     new json,
     -- json/jsonb columns that are SQL NULL: row_to_json writes both SQL NULL and a JSON
@@ -58,17 +63,23 @@ CREATE TABLE IF NOT EXISTS nkdaemon.commits (
 
 CREATE OR REPLACE FUNCTION nkdaemon.capture_truncate() RETURNS trigger
 LANGUAGE plpgsql AS $$
-DECLARE
-    tx text := pg_current_xact_id()::text;
-    opens boolean := current_setting('nkdaemon.open_tx', true) IS DISTINCT FROM tx;
 BEGIN
-    IF opens THEN
-        PERFORM set_config('nkdaemon.open_tx', tx, true);
-    END IF;
-    INSERT INTO nkdaemon.queue (tbl, op, opens_tx) VALUES (TG_ARGV[0]::integer, 'T', opens);
+    INSERT INTO nkdaemon.queue (tbl, op) VALUES (TG_ARGV[0]::integer, 'T');
     RETURN NULL;
 END
 $$;
+
+CREATE OR REPLACE FUNCTION nkdaemon.open_tx() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM set_config('nkdaemon.open_tx', pg_current_xact_id()::text, true);
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS open_tx ON nkdaemon.queue;
+CREATE TRIGGER open_tx AFTER INSERT ON nkdaemon.queue
+    FOR EACH ROW WHEN (NEW.opens_tx) EXECUTE FUNCTION nkdaemon.open_tx();
 
 CREATE OR REPLACE FUNCTION nkdaemon.seal_tx() RETURNS trigger
 LANGUAGE plpgsql AS $$

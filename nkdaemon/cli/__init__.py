@@ -98,9 +98,16 @@ def here() -> Path:
 
 
 def _register_commands() -> None:
-    from nkdaemon.cli import capture_cmds, demo_cmd, history_cmd, init_cmd, status_cmd
+    from nkdaemon.cli import (
+        capture_cmds,
+        demo_cmd,
+        history_cmd,
+        init_cmd,
+        snapshot_cmd,
+        status_cmd,
+    )
 
-    for module in (init_cmd, capture_cmds, status_cmd, history_cmd, demo_cmd):
+    for module in (init_cmd, capture_cmds, snapshot_cmd, status_cmd, history_cmd, demo_cmd):
         module.register(cli)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -34,8 +34,20 @@ class SchemaDrift(Exception):
         self.columns = columns
 
 
-SeedConsumer = Callable[[TableSpec, Iterator[dict[str, Any]]], None]
-"""Receives every row of a table, in canonical form, read inside the install transaction."""
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SnapshotPoint:
+    """An instant of the source: every transaction at or below ``position`` and none above,
+    and the source clock's time then (commit times of later transactions are after it)."""
+
+    position: int
+    time: datetime
+
+
+TableReader = Callable[[TableSpec], Iterator[dict[str, Any]]]
+"""Reads every row of a table, in canonical form, within one consistent read (repeatable)."""
+
+SnapshotConsumer = Callable[[SnapshotPoint, TableReader], None]
+"""Receives a consistent read of the source and the instant it shows."""
 
 
 class CaptureSource(Protocol):
@@ -53,17 +65,19 @@ class CaptureSource(Protocol):
     def installed_tables(self) -> dict[str, int]:
         """Captured table name -> table number, as the triggers in the source know them."""
 
-    def install(
-        self, tables: Mapping[int, TableSpec], seed: SeedConsumer, *, seed_all: bool
-    ) -> tuple[str, int]:
-        """Install the capture schema and triggers (idempotent).
+    def install(self, tables: Mapping[int, TableSpec], seed: SnapshotConsumer) -> tuple[str, int]:
+        """Install the capture schema and triggers (idempotent); returns the installation id
+        and the baseline position.
 
-        Tables newly captured (every table, with ``seed_all``) are passed to ``seed`` with
-        all their rows, read in the same transaction that creates their triggers while
-        writers are locked out, so no change falls between the two. Returns the
-        installation id and the baseline position: every queued transaction at or below it
-        is already contained in the seeded rows.
+        ``seed`` gets a read of every captured table inside the transaction that creates
+        the triggers, while writers are locked out, so no change falls between the read
+        and the first captured change; every queued transaction at or below the baseline
+        position is contained in what it reads.
         """
+
+    def snapshot(self, tables: Mapping[int, TableSpec], consumer: SnapshotConsumer) -> None:
+        """A consistent read of every captured table, and the position it contains, while
+        writers go on (PostgreSQL: one REPEATABLE READ transaction taken inside the fence)."""
 
     def uninstall(self) -> None:
         """Remove every trigger and the capture schema (idempotent)."""
@@ -71,8 +85,18 @@ class CaptureSource(Protocol):
     def fence(self) -> int:
         """The highest position at which every committed transaction is final and visible."""
 
-    def read(self, tables: dict[int, TableSpec], after: int, upto: int) -> Iterator[QueuedChange]:
-        """Committed changes with after < position <= upto, in order, grouped by transaction."""
+    def read(
+        self,
+        tables: dict[int, TableSpec],
+        after: int,
+        upto: int,
+        cuts: Sequence[int] = (),
+    ) -> Iterator[QueuedChange]:
+        """Committed changes with after < position <= upto, in order, grouped by transaction.
+
+        ``cuts`` are snapshot positions: a source that groups several transactions into one
+        (SQLite) must not make a group straddle one.
+        """
 
     def delete_through(self, upto: int) -> None:
         """Remove from the queue every transaction with position <= upto."""

@@ -12,6 +12,7 @@ from nkdaemon.repository.layout import RepositoryLayout
 from nkdaemon.repository.segments import SegmentLog
 from nkdaemon.repository.state import StateStore
 from nkdaemon.runtime.config import Settings
+from nkdaemon.runtime.cuts import CutRegistry
 from nkdaemon.runtime.lock import RepositoryLock
 from nkdaemon.runtime.logging import register_secrets
 from nkdaemon.services.drain import Drainer
@@ -49,8 +50,14 @@ class Session:
     def log_store(self) -> SegmentLog:
         return SegmentLog(self.layout.log_dir, segment_bytes=self.settings.repository.segment_bytes)
 
+    @cached_property
+    def cuts(self) -> CutRegistry:
+        return CutRegistry(self.layout)
+
     def drainer(self, **options: Any) -> Drainer:
         options.setdefault("batch_transactions", self.settings.capture.batch_transactions)
+        options.setdefault("fence_guard", self.cuts.guard)
+        options.setdefault("cuts", self.cuts.positions)
         return Drainer(
             source=self.source,
             log_store=self.log_store,

@@ -9,7 +9,9 @@ the log already has them) or nothing to do.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -72,6 +74,8 @@ class Drainer:
         tables: Callable[[], dict[int, TableSpec]],
         batch_transactions: int = 1000,
         on_stage: Callable[[str], None] | None = None,
+        fence_guard: Callable[[], AbstractContextManager[Any]] | None = None,
+        cuts: Callable[[], Sequence[int]] | None = None,
     ) -> None:
         self._source = source
         self._log = log_store
@@ -83,6 +87,10 @@ class Drainer:
         # Observability hook: called with "log_synced", "state_committed", "queue_deleted"
         # after each step of a batch (metrics; crash tests kill the process there).
         self._on_stage = on_stage or (lambda stage: None)
+        # Snapshot positions must be known as of the fence: both are read under the guard.
+        self._fence_guard = fence_guard or contextlib.nullcontext
+        self._cuts_of = cuts or (lambda: ())
+        self._cuts: Sequence[int] = ()
         self._log_position = 0
         self._flushed_log_position = 0
         self._last_time: str | None = None
@@ -133,7 +141,9 @@ class Drainer:
         if not self._opened:
             self.open()
         result = DrainResult()
-        fence = self._source.fence()
+        with self._fence_guard():
+            fence = self._source.fence()
+            self._cuts = self._cuts_of()
         after = self._state.checkpoint().position
         if after < self._log_position:
             # The log got further than the checkpoint before a crash: bring the key index
@@ -183,7 +193,7 @@ class Drainer:
         translator = Translator(self._tables, self._state)
         batch = _Batch()
         tx: _Tx | None = None
-        for queued in self._source.read(self._tables, after, upto):
+        for queued in self._source.read(self._tables, after, upto, self._cuts):
             if tx is None or queued.position != tx.position:
                 if tx is not None:
                     self._finish_tx(tx, translator, batch)

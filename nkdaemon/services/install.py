@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any
 
 import orjson
 import structlog
 from sqlalchemy.engine import Engine
 
+from nkdaemon.core.definitions import spec_to_json
 from nkdaemon.core.errors import NkdError, NotInstalledError
 from nkdaemon.core.keys import TableSpec
-from nkdaemon.core.ports import CaptureSource
-from nkdaemon.core.translate import seed_entries
+from nkdaemon.core.ports import CaptureSource, SnapshotPoint, TableReader
+from nkdaemon.core.translate import ShallowKey
 from nkdaemon.repository.layout import RepositoryLayout
 from nkdaemon.repository.segments import SegmentLog
+from nkdaemon.repository.snapshots import SnapshotWriter
 from nkdaemon.repository.state import Checkpoint, StateStore
 from nkdaemon.runtime.config import Settings
+from nkdaemon.services.snapshot import collect_keys, natural_rows
 from nkdaemon.sources.registry import Registry, reflect_registry
 
 log = structlog.get_logger("nkdaemon.install")
@@ -31,6 +33,7 @@ class InstallResult:
     seeded_rows: int
     rebaselined: bool
     baseline_position: int
+    snapshot_id: str
 
 
 def known_table_numbers(state: StateStore, source: CaptureSource) -> dict[str, int]:
@@ -65,37 +68,58 @@ def install(
     rebaseline = source_installation is None or source_installation != state.get_meta(
         "installation_id"
     )
+    already = set(source.installed_tables()) if not rebaseline else set()
     seeded = 0
     state.begin()
     if rebaseline:
         state.clear_all()
+    snapshot: dict[str, Any] = {}
 
-    def seed(spec: TableSpec, rows: Iterator[dict[str, Any]]) -> None:
+    def seed_index(spec: TableSpec, entries: list[tuple[Any, ShallowKey]]) -> None:
+        # The drain's index follows the log; only tables it has never seen start here.
         nonlocal seeded
-        if not spec.referenced:
-            return
-        entries = list(seed_entries(registry.tables, spec, rows))
-        state.put_many(spec.number, entries)
-        seeded += len(entries)
+        if spec.name not in already:
+            state.put_many(spec.number, entries)
+            seeded += len(entries)
+
+    def baseline_snapshot(point: SnapshotPoint, read_table: TableReader) -> None:
+        writer = SnapshotWriter(layout.snapshots_dir, time=point.time, position=point.position)
+        snapshot.update(point=point, writer=writer, read_table=read_table)
+        index = collect_keys(registry.tables, read_table, seed_index)
+        for spec in registry.tables.values():
+            writer.write_table(
+                spec.number, spec.name, natural_rows(registry.tables, index, spec, read_table(spec))
+            )
 
     try:
-        installation, baseline = source.install(registry.tables, seed, seed_all=rebaseline)
-    except NkdError:
+        installation, baseline = source.install(registry.tables, baseline_snapshot)
+    except BaseException:
         state.rollback()
+        if "writer" in snapshot:
+            snapshot["writer"].abort()
         raise
+    point: SnapshotPoint = snapshot["point"]
     state.set_meta("tables", orjson.dumps({s.name: n for n, s in registry.tables.items()}).decode())
     state.set_meta("installation_id", installation)
     if rebaseline:
-        _write_epoch(state, log_store, installation, baseline)
+        log_lsn = _write_epoch(state, log_store, installation, point)
         source.delete_through(baseline)
     else:
         state.commit()
+        log_lsn = state.checkpoint().lsn
+    info = snapshot["writer"].commit(
+        installation=installation,
+        log_lsn=log_lsn,
+        dialect=source.dialect,
+        definitions=[spec_to_json(s) for s in registry.tables.values()],
+    )
     log.info(
         "install.done",
         tables=len(registry.tables),
         seeded_rows=seeded,
         rebaselined=rebaseline,
         baseline_position=baseline,
+        snapshot=info.id,
     )
     return InstallResult(
         installation_id=installation,
@@ -103,23 +127,27 @@ def install(
         seeded_rows=seeded,
         rebaselined=rebaseline,
         baseline_position=baseline,
+        snapshot_id=info.id,
     )
 
 
 def _write_epoch(
-    state: StateStore, log_store: SegmentLog, installation: str, baseline: int
-) -> None:
+    state: StateStore, log_store: SegmentLog, installation: str, point: SnapshotPoint
+) -> int:
     previous = state.checkpoint()
     log_store.recover(durable_segment=previous.segment, durable_offset=previous.offset)
     lsn = log_store.next_lsn
-    when = datetime.now(UTC).isoformat(timespec="microseconds")
+    when = point.time.astimezone(UTC).isoformat(timespec="microseconds")
     log_store.append_epoch(
-        {"lsn": lsn, "pos": baseline, "installation": installation, "time": when}
+        {"lsn": lsn, "pos": point.position, "installation": installation, "time": when}
     )
     segment, offset = log_store.sync()
     state.commit(
-        Checkpoint(lsn=lsn, position=baseline, segment=segment, offset=offset, commit_time=when)
+        Checkpoint(
+            lsn=lsn, position=point.position, segment=segment, offset=offset, commit_time=when
+        )
     )
+    return lsn
 
 
 def uninstall(source: CaptureSource, *, force: bool) -> int:

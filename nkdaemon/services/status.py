@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from nkdaemon.core.errors import NkdError
+from nkdaemon.repository.snapshots import list_snapshots
 from nkdaemon.runtime.session import Session
 
 
@@ -30,6 +31,15 @@ def collect_status(session: Session, *, now: datetime | None = None) -> dict[str
         status["last_commit_time"] = checkpoint.commit_time
         status["log_bytes"] = session.log_store.size_bytes()
         status["log_segments"] = len(session.log_store.segments())
+        status["snapshots"] = [
+            {
+                "id": s.id,
+                "time": s.time,
+                "position": s.position,
+                "rows": sum(t.rows for t in s.tables),
+            }
+            for s in list_snapshots(session.layout.snapshots_dir)
+        ]
     else:
         status["errors"].append("the repository does not exist yet (run `nkdaemon install`)")
     try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 from nkdaemon.core.errors import NotInstalledError, SourceError, SourceUnavailable
 from nkdaemon.core.events import RawChange
 from nkdaemon.core.keys import TableSpec
-from nkdaemon.core.ports import QueuedChange, SchemaDrift, SeedConsumer
+from nkdaemon.core.ports import QueuedChange, SchemaDrift, SnapshotConsumer, SnapshotPoint
 from nkdaemon.core.values import parse_json_exact, pg_decoder
 from nkdaemon.sources.migrations import pending_migrations
 
@@ -32,15 +32,9 @@ TRIGGERS = (f"{ROW_TRIGGER}_i", f"{ROW_TRIGGER}_u", f"{ROW_TRIGGER}_d", TRUNCATE
 
 _ROW_FUNCTION = """
 CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $nkd$
-DECLARE
-    tx text := pg_current_xact_id()::text;
-    opens boolean := current_setting('nkdaemon.open_tx', true) IS DISTINCT FROM tx;
 BEGIN
-    IF opens THEN
-        PERFORM set_config('nkdaemon.open_tx', tx, true);
-    END IF;
-    INSERT INTO nkdaemon.queue (tbl, op, opens_tx, old, new, old_nulls, new_nulls)
-    VALUES ({number}, '{op}', opens, {old}, {new}, {old_nulls}, {new_nulls});
+    INSERT INTO nkdaemon.queue (tbl, op, old, new, old_nulls, new_nulls)
+    VALUES ({number}, '{op}', {old}, {new}, {old_nulls}, {new_nulls});
     RETURN NULL;
 END
 $nkd$
@@ -189,9 +183,7 @@ class PostgresSource:
             ).fetchall()
             return {str(name): int(number) for name, number in rows}
 
-    def install(
-        self, tables: Mapping[int, TableSpec], seed: SeedConsumer, *, seed_all: bool
-    ) -> tuple[str, int]:
+    def install(self, tables: Mapping[int, TableSpec], seed: SnapshotConsumer) -> tuple[str, int]:
         with self._errors("installing capture"):
             conn = self._connection()
             with conn.transaction():
@@ -225,9 +217,10 @@ class PostgresSource:
                     "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM nkdaemon.commit_seq"
                 ).fetchone()
                 baseline = int(row[0]) if row else 0
-                for spec in tables.values():
-                    if seed_all or spec.name not in known:
-                        seed(spec, self._table_rows(conn, spec))
+                now = conn.execute("SELECT clock_timestamp()").fetchone()
+                assert now is not None
+                point = SnapshotPoint(position=baseline, time=now[0])
+                seed(point, lambda spec: self._table_rows(conn, spec))
             return installation, baseline
 
     def _migrate(self, conn: psycopg.Connection[Any]) -> None:
@@ -309,6 +302,30 @@ class PostgresSource:
             for text, nulls in cursor:
                 yield decoder.decode(text, nulls)
 
+    def snapshot(self, tables: Mapping[int, TableSpec], consumer: SnapshotConsumer) -> None:
+        with self._errors("taking a snapshot"):
+            reader = psycopg.connect(self._conninfo, application_name="nkdaemon snapshot")
+            try:
+                fence = self._connection()
+                self._require_installed(fence)
+                with reader.transaction():
+                    reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    with fence.transaction():
+                        fence.execute("SET LOCAL lock_timeout = '10s'")
+                        fence.execute("SELECT pg_advisory_xact_lock(%s, %s)", FENCE_LOCK)
+                        # No transaction can seal while the lock is held: the snapshot taken
+                        # now holds exactly those numbered at or below the value read next.
+                        reader.execute("SELECT 1")
+                        row = fence.execute(
+                            "SELECT CASE WHEN is_called THEN last_value ELSE 0 END, "
+                            "clock_timestamp() FROM nkdaemon.commit_seq"
+                        ).fetchone()
+                    assert row is not None
+                    point = SnapshotPoint(position=int(row[0]), time=row[1])
+                    consumer(point, lambda spec: self._table_rows(reader, spec))
+            finally:
+                reader.close()
+
     def read_rows(self, spec: TableSpec) -> list[dict[str, Any]]:
         with self._errors(f"reading {spec.name}"):
             conn = self._connection()
@@ -359,7 +376,13 @@ class PostgresSource:
                 ).fetchone()
             return int(row[0]) if row else 0
 
-    def read(self, tables: dict[int, TableSpec], after: int, upto: int) -> Iterator[QueuedChange]:
+    def read(
+        self,
+        tables: dict[int, TableSpec],
+        after: int,
+        upto: int,
+        cuts: Sequence[int] = (),
+    ) -> Iterator[QueuedChange]:
         decoders = {number: RowDecoder(spec) for number, spec in tables.items()}
         query = (
             "SELECT c.seq, c.xid::text, c.commit_time, q.tbl, q.op, q.old::text, q.new::text, "

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 from nkdaemon.core.errors import NotInstalledError, SourceError, SourceUnavailable
 from nkdaemon.core.events import RawChange
 from nkdaemon.core.keys import TableSpec
-from nkdaemon.core.ports import QueuedChange, SchemaDrift, SeedConsumer
+from nkdaemon.core.ports import QueuedChange, SchemaDrift, SnapshotConsumer, SnapshotPoint
 from nkdaemon.core.values import sqlite_decoder
 from nkdaemon.sources.migrations import pending_migrations
 
@@ -115,9 +115,7 @@ class SqliteSource:
                 for name, number in conn.execute("SELECT table_name, number FROM _nkd_tables")
             }
 
-    def install(
-        self, tables: Mapping[int, TableSpec], seed: SeedConsumer, *, seed_all: bool
-    ) -> tuple[str, int]:
+    def install(self, tables: Mapping[int, TableSpec], seed: SnapshotConsumer) -> tuple[str, int]:
         with self._transaction("installing capture", write=True) as conn:
             self._migrate(conn)
             conn.execute(
@@ -153,14 +151,9 @@ class SqliteSource:
                         "columns = excluded.columns",
                         (spec.number, spec.name, orjson.dumps(columns).decode()),
                     )
-            row = conn.execute(
-                "SELECT seq FROM sqlite_sequence WHERE name = '_nkd_changes'"
-            ).fetchone()
-            baseline = int(row[0]) if row else 0
-            for spec in tables.values():
-                if seed_all or spec.name not in known:
-                    seed(spec, self._table_rows(conn, spec))
-        return installation, baseline
+            point = self._point(conn)
+            seed(point, lambda spec: self._table_rows(conn, spec))
+        return installation, point.position
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         installed = 0
@@ -222,6 +215,24 @@ class SqliteSource:
         for row in cursor:
             yield {name: decode(value) for (name, decode), value in zip(decoders, row, strict=True)}
 
+    def _point(self, conn: sqlite3.Connection) -> SnapshotPoint:
+        """Within a read (or write) transaction: its position and the time now."""
+        row = conn.execute(
+            "SELECT (SELECT seq FROM sqlite_sequence WHERE name = '_nkd_changes'), "
+            "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
+        ).fetchone()
+        return SnapshotPoint(
+            position=int(row[0] or 0), time=datetime.fromisoformat(row[1]).replace(tzinfo=UTC)
+        )
+
+    def snapshot(self, tables: Mapping[int, TableSpec], consumer: SnapshotConsumer) -> None:
+        conn = self._connection()
+        with translate_errors("taking a snapshot"):
+            self._require_installed(conn)
+        with self._transaction("taking a snapshot", write=False) as conn:
+            point = self._point(conn)  # the first read fixes what the transaction sees
+            consumer(point, lambda spec: self._table_rows(conn, spec))
+
     def read_rows(self, spec: TableSpec) -> list[dict[str, Any]]:
         with self._transaction(f"reading {spec.name}", write=False) as conn:
             return list(self._table_rows(conn, spec))
@@ -265,23 +276,45 @@ class SqliteSource:
             ).fetchone()
             return int(row[0]) if row else 0
 
-    def read(self, tables: dict[int, TableSpec], after: int, upto: int) -> Iterator[QueuedChange]:
+    def read(
+        self,
+        tables: dict[int, TableSpec],
+        after: int,
+        upto: int,
+        cuts: Sequence[int] = (),
+    ) -> Iterator[QueuedChange]:
+        # One group per stretch between snapshot positions: a snapshot must never fall
+        # inside a logged transaction, or replaying after it would repeat part of it.
+        bounds = sorted({c for c in cuts if after < c < upto} | {upto})
         with self._transaction("reading the queue", write=False) as conn:
             layout = {
                 int(number): orjson.loads(columns)
                 for number, columns in conn.execute("SELECT number, columns FROM _nkd_tables")
             }
-            row = conn.execute(
-                "SELECT max(at) FROM _nkd_changes WHERE seq > ? AND seq <= ?", (after, upto)
-            ).fetchone()
-            if row[0] is None:
-                return
-            commit_time = datetime.fromisoformat(row[0]).replace(tzinfo=UTC)
             low = after
-            while low < upto:
-                high = min(upto, low + WINDOW)
-                yield from self._window(conn, tables, layout, low, high, upto, commit_time)
+            for high in bounds:
+                yield from self._group(conn, tables, layout, low, high)
                 low = high
+
+    def _group(
+        self,
+        conn: sqlite3.Connection,
+        tables: dict[int, TableSpec],
+        layout: dict[int, list[str]],
+        after: int,
+        upto: int,
+    ) -> Iterator[QueuedChange]:
+        row = conn.execute(
+            "SELECT max(at) FROM _nkd_changes WHERE seq > ? AND seq <= ?", (after, upto)
+        ).fetchone()
+        if row[0] is None:
+            return
+        commit_time = datetime.fromisoformat(row[0]).replace(tzinfo=UTC)
+        low = after
+        while low < upto:
+            high = min(upto, low + WINDOW)
+            yield from self._window(conn, tables, layout, low, high, upto, commit_time)
+            low = high
 
     def _window(
         self,

@@ -103,11 +103,20 @@ def _register_commands() -> None:
         demo_cmd,
         history_cmd,
         init_cmd,
+        restore_cmd,
         snapshot_cmd,
         status_cmd,
     )
 
-    for module in (init_cmd, capture_cmds, snapshot_cmd, status_cmd, history_cmd, demo_cmd):
+    for module in (
+        init_cmd,
+        capture_cmds,
+        snapshot_cmd,
+        restore_cmd,
+        status_cmd,
+        history_cmd,
+        demo_cmd,
+    ):
         module.register(cli)
 
 

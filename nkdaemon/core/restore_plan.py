@@ -1,0 +1,133 @@
+"""Planning a restore: which snapshot, which part of the log, in which order to write.
+
+Pure decisions; nothing here touches a file or a database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from nkdaemon.core.errors import UsageError
+from nkdaemon.core.keys import ForeignKeySpec, TableSpec
+
+
+@dataclass(frozen=True, kw_only=True)
+class RestoreTime:
+    """The instant to restore, as UTC, and whether the user gave no time zone."""
+
+    moment: datetime
+    assumed_utc: bool
+
+
+def parse_time(text: str) -> RestoreTime:
+    """ISO 8601; a time without zone is taken as UTC (the caller warns)."""
+    try:
+        moment = datetime.fromisoformat(text.strip().replace(" ", "T", 1))
+    except ValueError:
+        raise UsageError(
+            f"--at {text!r} is not an ISO 8601 time",
+            hint="write e.g. 2026-11-26T09:30:00+01:00 or 2026-11-26T08:30:00Z",
+        ) from None
+    if moment.tzinfo is None:
+        return RestoreTime(moment=moment.replace(tzinfo=UTC), assumed_utc=True)
+    return RestoreTime(moment=moment.astimezone(UTC), assumed_utc=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SnapshotChoice:
+    id: str
+    time: datetime
+    position: int
+    installation: str
+
+
+def choose_snapshot(
+    snapshots: Sequence[SnapshotChoice], at: datetime, last_logged: datetime | None
+) -> SnapshotChoice:
+    """The newest snapshot at or before ``at``; refuses a time outside what the repository holds."""
+    if not snapshots:
+        raise UsageError(
+            "the repository holds no snapshot to restore from",
+            hint="run `nkdaemon install` (it takes the baseline) or `nkdaemon snapshot`",
+        )
+    ordered = sorted(snapshots, key=lambda s: (s.time, s.position))
+    newest_time = max(ordered[-1].time, last_logged) if last_logged else ordered[-1].time
+    if at < ordered[0].time or at > newest_time:
+        raise UsageError(
+            f"cannot restore to {at.isoformat()}: the repository covers "
+            f"{ordered[0].time.isoformat()} to {newest_time.isoformat()}",
+            hint="choose a time in that range, or --latest",
+        )
+    return [s for s in ordered if s.time <= at][-1]
+
+
+@dataclass(frozen=True, kw_only=True)
+class InsertOrder:
+    """Tables in an order where every reference points backwards, except ``deferred``
+    foreign keys (self-references and cycle breakers), which are set after the rows exist."""
+
+    tables: tuple[str, ...]
+    deferred: Mapping[str, tuple[ForeignKeySpec, ...]]
+
+
+def insert_order(specs: Sequence[TableSpec]) -> InsertOrder:
+    """Order tables by foreign keys; break cycles at nullable references.
+
+    Key references can never be deferred (a row is found by its key), so a cycle through
+    keys alone is an error the registry already refuses.
+    """
+    names = {s.name for s in specs}
+    by_name = {s.name: s for s in specs}
+    deferred: dict[str, list[ForeignKeySpec]] = {n: [] for n in names}
+    edges: dict[str, set[str]] = {n: set() for n in names}
+    for spec in specs:
+        key_fks = {p.foreign_key.columns for p in spec.key_parts if p.foreign_key is not None}
+        for fk in spec.foreign_keys:
+            if fk.ref_table not in names:
+                continue
+            if fk.ref_table == spec.name and fk.columns not in key_fks:
+                deferred[spec.name].append(fk)
+            else:
+                edges[spec.name].add(fk.ref_table)
+    order: list[str] = []
+    remaining = set(names)
+    while remaining:
+        ready = sorted(n for n in remaining if not (edges[n] & remaining))
+        if not ready:
+            ready = [_break_cycle(remaining, edges, by_name, deferred)]
+            continue
+        order.extend(ready)
+        remaining -= set(ready)
+    return InsertOrder(
+        tables=tuple(order), deferred={n: tuple(v) for n, v in deferred.items() if v}
+    )
+
+
+def _break_cycle(
+    remaining: set[str],
+    edges: dict[str, set[str]],
+    specs: Mapping[str, TableSpec],
+    deferred: dict[str, list[ForeignKeySpec]],
+) -> str:
+    for name in sorted(remaining):
+        spec = specs[name]
+        key_fks = {p.foreign_key.columns for p in spec.key_parts if p.foreign_key is not None}
+        for fk in spec.foreign_keys:
+            nullable = all(spec.column(c).nullable for c in fk.columns)
+            if fk.ref_table in remaining and fk.columns not in key_fks and nullable:
+                deferred[name].append(fk)
+                if not any(
+                    f.ref_table == fk.ref_table
+                    for f in spec.foreign_keys
+                    if f not in deferred[name]
+                ):
+                    edges[name].discard(fk.ref_table)
+                return name
+    cycle = ", ".join(sorted(remaining))
+    raise UsageError(
+        f"the tables {cycle} refer to each other through NOT NULL foreign keys, so no insert "
+        "order works",
+        hint="make one of those foreign keys nullable or DEFERRABLE in the target",
+    )

@@ -1,0 +1,737 @@
+"""Point-in-time restore into any database, all or nothing, in stages.
+
+plan (which snapshot, which part of the log, which tables) -> load the snapshot and replay
+the log inside one target transaction, reconnecting every reference by natural key ->
+compare per-table counts and content with what the log says -> commit, or roll back and
+say what differed. Rows are matched by natural key, so a target whose ids differ (or
+whose reference data was seeded in another order) receives the right references.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from cachetools import LRUCache
+
+from nkdaemon.core.definitions import spec_from_json
+from nkdaemon.core.errors import NkdError, UsageError
+from nkdaemon.core.expectation import Expectation, TableDiff
+from nkdaemon.core.keys import ForeignKeySpec, TableSpec
+from nkdaemon.core.restore_plan import (
+    InsertOrder,
+    SnapshotChoice,
+    choose_snapshot,
+    insert_order,
+)
+from nkdaemon.repository.reader import LoggedTransaction, LogMarker, read_log
+from nkdaemon.repository.segments import SegmentLog
+from nkdaemon.repository.snapshots import SnapshotInfo, list_snapshots, read_table
+from nkdaemon.targets.database import Address, PostgresTarget, SqliteTarget, TargetTable
+
+log = structlog.get_logger("nkdaemon.restore")
+
+CHUNK = 5000
+Progress = Callable[[str, int], None]
+
+
+class RestoreError(NkdError):
+    """The restore could not be completed; the target was rolled back."""
+
+    kind = "restore"
+
+
+def _text(key: Any) -> str:
+    return json.dumps(key, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class RestorePlan:
+    snapshot: SnapshotInfo
+    at: datetime | None
+    tables: tuple[TableSpec, ...]
+    context: tuple[TableSpec, ...]
+    transactions: int
+    events: int
+    first_lsn: int | None
+    last_lsn: int | None
+    snapshot_rows: int
+    warnings: tuple[str, ...] = ()
+
+    def describe(self) -> list[str]:
+        when = "the latest logged state" if self.at is None else self.at.isoformat()
+        lines = [
+            f"restore {when}",
+            f"  snapshot {self.snapshot.id} ({self.snapshot_rows} rows, source position "
+            f"{self.snapshot.position})",
+        ]
+        if self.transactions:
+            lines.append(
+                f"  then {self.transactions} logged transactions ({self.events} events), "
+                f"log {self.first_lsn}..{self.last_lsn}"
+            )
+        else:
+            lines.append("  no logged transaction after the snapshot")
+        lines.append(f"  tables: {', '.join(s.name for s in self.tables)}")
+        return lines
+
+
+@dataclass(kw_only=True)
+class RestoreReport:
+    plan: RestorePlan
+    committed: bool = False
+    rows_loaded: int = 0
+    events_applied: int = 0
+    target_only: dict[str, int] = field(default_factory=dict)
+    pruned: dict[str, int] = field(default_factory=dict)
+    diffs: list[TableDiff] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _choices(snapshots: Sequence[SnapshotInfo]) -> list[SnapshotChoice]:
+    return [
+        SnapshotChoice(id=s.id, time=s.moment, position=s.position, installation=s.installation)
+        for s in snapshots
+    ]
+
+
+def plan_restore(
+    *,
+    snapshots_dir: Any,
+    log_store: SegmentLog,
+    at: datetime | None,
+    last_logged: datetime | None,
+    tables: Sequence[str] = (),
+) -> RestorePlan:
+    snapshots = list_snapshots(snapshots_dir)
+    if at is None:
+        if not snapshots:
+            choose_snapshot([], datetime.now(UTC), last_logged)
+        chosen = snapshots[-1]
+    else:
+        picked = choose_snapshot(_choices(snapshots), at, last_logged)
+        chosen = next(s for s in snapshots if s.id == picked.id)
+    definitions = [spec_from_json(d) for d in chosen.definitions]
+    by_name = {s.name: s for s in definitions}
+    unknown = [t for t in tables if t not in by_name]
+    if unknown:
+        raise UsageError(
+            f"--table {', '.join(unknown)}: not captured in snapshot {chosen.id}",
+            hint=f"tables there: {', '.join(sorted(by_name))}",
+        )
+    selected = tuple(by_name[t] for t in tables) if tables else tuple(definitions)
+    count = events = 0
+    first = last = None
+    for tx in replay_range(log_store, chosen, at):
+        count += 1
+        events += len(tx.events)
+        first = first or tx.lsn
+        last = tx.lsn
+    rows = sum(t.rows for t in chosen.tables if t.name in {s.name for s in selected})
+    return RestorePlan(
+        snapshot=chosen,
+        at=at,
+        tables=selected,
+        context=tuple(definitions),
+        transactions=count,
+        events=events,
+        first_lsn=first,
+        last_lsn=last,
+        snapshot_rows=rows,
+    )
+
+
+def replay_range(
+    log_store: SegmentLog, snapshot: SnapshotInfo, at: datetime | None
+) -> Iterator[LoggedTransaction]:
+    """The logged transactions after a snapshot, up to ``at``, within its capture epoch."""
+    limit = None if at is None else at.isoformat(timespec="microseconds")
+    for item in read_log(log_store, from_lsn=max(1, snapshot.log_lsn)):
+        if isinstance(item, LogMarker):
+            if item.lsn <= snapshot.log_lsn:
+                continue
+            if item.kind == "epoch":
+                return  # capture was re-installed: its baseline snapshot takes over
+            raise RestoreError(
+                f"the log lost transactions {item.payload['from_lsn']}..{item.payload['to_lsn']} "
+                "after the chosen snapshot",
+                hint="restore to a time before the gap, or after a snapshot taken after it",
+            )
+        if item.position <= snapshot.position:
+            continue
+        if limit is not None and _utc(item.commit_time) > limit:
+            return
+        yield item
+
+
+def _utc(text: str) -> str:
+    return datetime.fromisoformat(text).astimezone(UTC).isoformat(timespec="microseconds")
+
+
+class _Resolver:
+    """Natural key -> target address, through an LRU cache, in batches.
+
+    Entries are per table generation: renaming or deleting rows of a table bumps its
+    generation and that of every table whose keys contain its keys.
+    """
+
+    def __init__(self, target: Any, tables: Mapping[str, TargetTable], size: int = 200_000) -> None:
+        self._target = target
+        self._tables = tables
+        self._cache: LRUCache[tuple[str, int, str], Address] = LRUCache(maxsize=size)
+        self._generation: dict[str, int] = dict.fromkeys(tables, 0)
+        self._containers: dict[str, set[str]] = {name: set() for name in tables}
+        for name, table in tables.items():
+            for part in table.spec.key_parts:
+                if part.foreign_key is not None and part.foreign_key.ref_table in self._containers:
+                    self._containers[part.foreign_key.ref_table].add(name)
+
+    def remember(self, table: str, key: Any, address: Address) -> None:
+        self._cache[(table, self._generation[table], _text(key))] = address
+
+    def changed(self, table: str) -> None:
+        seen: set[str] = set()
+        todo = [table]
+        while todo:
+            name = todo.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            self._generation[name] += 1
+            todo.extend(self._containers.get(name, ()))
+
+    def key_values(self, table: str, keys: Sequence[Any]) -> list[tuple[Any, ...] | None]:
+        """Each key as the values of the table's key columns (references as addresses)."""
+        spec = self._tables[table].spec
+        nested: dict[str, dict[str, Address | None]] = {}
+        for part in spec.key_parts:
+            if part.foreign_key is not None and not part.foreign_key.by_natural_key:
+                nested[part.name] = self.resolve(
+                    part.foreign_key.ref_table, [k[part.name] for k in keys]
+                )
+        out: list[tuple[Any, ...] | None] = []
+        for key in keys:
+            values: list[Any] = []
+            for part in spec.key_parts:
+                fk = part.foreign_key
+                if fk is None:
+                    assert part.column is not None
+                    values.append(
+                        self._target.param(self._tables[table], part.column, key[part.name])
+                    )
+                elif fk.by_natural_key:
+                    values.extend(key[part.name][c] for c in fk.ref_columns)
+                else:
+                    address = nested[part.name].get(_text(key[part.name]))
+                    if address is None:
+                        values = []
+                        break
+                    values.extend(_fk_values(fk, self._tables[fk.ref_table], address))
+            out.append(tuple(values) if values else None)
+        return out
+
+    def resolve(self, table: str, keys: Sequence[Any]) -> dict[str, Address | None]:
+        """key text -> address (None when the target has no such row)."""
+        generation = self._generation[table]
+        result: dict[str, Address | None] = {}
+        missing: dict[str, Any] = {}
+        for key in keys:
+            text = _text(key)
+            address = self._cache.get((table, generation, text))
+            if address is not None:
+                result[text] = address
+            elif text not in result:
+                missing[text] = key
+        if missing:
+            texts = list(missing)
+            values = self.key_values(table, [missing[t] for t in texts])
+            columns = _key_columns(self._tables[table].spec)
+            lookup = [v for v in values if v is not None]
+            found = self._target.find(self._tables[table], columns, lookup) if lookup else {}
+            for text, value in zip(texts, values, strict=True):
+                address = found.get(_normalise(value)) if value is not None else None
+                result[text] = address
+                if address is not None:
+                    self._cache[(table, generation, text)] = address
+        return result
+
+
+def _normalise(value: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
+    return value
+
+
+def _key_columns(spec: TableSpec) -> list[str]:
+    columns: list[str] = []
+    for part in spec.key_parts:
+        if part.column is not None:
+            columns.append(part.column)
+        elif part.foreign_key is not None:
+            columns.extend(part.foreign_key.columns)
+    return columns
+
+
+def _fk_values(fk: ForeignKeySpec, ref: TargetTable, address: Address) -> list[Any]:
+    """Our foreign-key column values for a referenced row's address (its primary key)."""
+    by_column = dict(zip(ref.primary_key, address, strict=True))
+    return [by_column[c] for c in fk.ref_columns]
+
+
+class Restorer:
+    """Writes one plan into one target; see ``run``."""
+
+    def __init__(
+        self,
+        *,
+        plan: RestorePlan,
+        target: Any,
+        log_store: SegmentLog,
+        progress: Progress | None = None,
+    ) -> None:
+        self.plan = plan
+        self.target = target
+        self.log_store = log_store
+        self.progress = progress or (lambda stage, n: None)
+        self.report = RestoreReport(plan=plan)
+        self._tables: dict[str, TargetTable] = {}
+        self._selected = {s.name for s in plan.tables}
+        self._written: dict[str, set[Address]] = {}
+        self._deferred: list[tuple[str, Address, ForeignKeySpec, Any]] = []
+        # references waiting for their row (cycle breakers, forward references), by row
+        self._late: dict[int, list[tuple[ForeignKeySpec, Any]]] = {}
+
+    # --- stages -------------------------------------------------------------------------
+
+    def run(self, *, dry_run: bool, create_schema: bool, prune_target: bool) -> RestoreReport:
+        started = time.monotonic()
+        try:
+            self._prepare(create_schema)
+            order = insert_order([self._tables[n].spec for n in self._selected_order()])
+            self._load_snapshot(order)
+            self._replay()
+            for name in self._selected:
+                self.target.advance(self._tables[name])
+            if prune_target:
+                self._prune()
+            self._validate(order)
+            failed = [d for d in self.report.diffs if not d.ok]
+            if failed:
+                raise RestoreError(
+                    "the restored data does not match what the log says; nothing was written:\n  "
+                    + "\n  ".join(d.summary() for d in failed),
+                    hint="run `nkdaemon verify`; if the repository is sound, report this",
+                )
+            if dry_run:
+                self.target.rollback()
+            else:
+                self.target.commit()
+                self.report.committed = True
+        except BaseException:
+            self.target.rollback()
+            raise
+        finally:
+            self.report.seconds = time.monotonic() - started
+            self.target.close()
+        return self.report
+
+    def _selected_order(self) -> list[str]:
+        return [s.name for s in self.plan.tables]
+
+    def _prepare(self, create_schema: bool) -> None:
+        missing = []
+        for spec in self.plan.context:
+            table = self.target.inspect(spec)
+            if table is None:
+                if spec.name in self._selected:
+                    missing.append(spec)
+                continue
+            self._tables[spec.name] = table
+        if missing and create_schema:
+            self.target.create(missing)
+            for spec in missing:
+                self._tables[spec.name] = self.target.inspect(spec)
+        elif missing:
+            raise RestoreError(
+                f"the target has no table {', '.join(s.name for s in missing)}",
+                hint="create the application's schema first, or pass --create-schema",
+            )
+        for name in self._selected:
+            table = self._tables[name]
+            absent = [c.name for c in table.spec.columns if c.name not in table.columns]
+            if absent:
+                raise RestoreError(
+                    f"target table {name} has no column {', '.join(absent)}",
+                    hint="bring the target's schema up to the backup's (migrate it), or use "
+                    "--create-schema on an empty database",
+                )
+            for fk in table.spec.foreign_keys:
+                if fk.ref_table not in self._tables:
+                    raise RestoreError(
+                        f"{name} refers to {fk.ref_table}, which the target does not have",
+                        hint=f"restore {fk.ref_table} too, or create it in the target",
+                    )
+        self.resolver = _Resolver(self.target, self._tables)
+        self._written = {name: set() for name in self._selected if self._tables[name].rows_before}
+
+    # --- writing rows -------------------------------------------------------------------
+
+    def _write(
+        self,
+        table: TargetTable,
+        items: Sequence[tuple[Any, dict[str, Any]]],
+        *,
+        match: bool,
+        deferred: Sequence[ForeignKeySpec] = (),
+        late_refs: bool = False,
+    ) -> None:
+        """Insert rows (or update the rows matched by key) for (key, payload) pairs."""
+        spec = table.spec
+        name = spec.name
+        fk_columns = {c for fk in spec.foreign_keys for c in fk.columns}
+        plain = [
+            c.name
+            for c in spec.columns
+            if c.name not in spec.surrogate_columns and c.name not in fk_columns
+        ]
+        refs = self._resolve_refs(spec, [row for _, row in items], deferred, late_refs)
+        existing: dict[str, Address | None] = {}
+        if match:
+            existing = self.resolver.resolve(name, [k for k, _ in items])
+        new_rows = [
+            (k, r, refs[i]) for i, (k, r) in enumerate(items) if existing.get(_text(k)) is None
+        ]
+        generated = bool(spec.surrogate_columns) and table.generated
+        ids = self.target.allocate(table, len(new_rows)) if generated and new_rows else []
+        fk_cols = [c for fk in spec.foreign_keys for c in fk.columns]
+        columns = plain + fk_cols + (list(spec.surrogate_columns) if generated else [])
+        inserts = []
+        for i, (_key, row, ref_values) in enumerate(new_rows):
+            values = [self.target.param(table, c, row.get(c)) for c in plain] + ref_values
+            if generated:
+                values.append(ids[i])
+            inserts.append(values)
+        self.target.insert(table, columns if generated else plain + fk_cols, inserts)
+        updates = []
+        for i, (key, row) in enumerate(items):
+            address = existing.get(_text(key))
+            if address is not None:
+                values = [self.target.param(table, c, row.get(c)) for c in plain] + refs[i]
+                updates.append([*values, *address])
+        self.target.update(table, plain + fk_cols, updates)
+        for i, (key, row, _refs) in enumerate(new_rows):
+            address = (
+                (ids[i],)
+                if generated
+                else self._address_of(table, row, inserts[i], plain + fk_cols)
+            )
+            self.resolver.remember(name, key, address)
+            if name in self._written:
+                self._written[name].add(address)
+            for fk, ref_key in self._late.pop(id(row), []):
+                self._deferred.append((name, address, fk, ref_key))
+        for key, _row in items:
+            address = existing.get(_text(key))
+            if address is not None and name in self._written:
+                self._written[name].add(address)
+
+    def _address_of(
+        self, table: TargetTable, row: dict[str, Any], values: list[Any], columns: list[str]
+    ) -> Address:
+        by_column = dict(zip(columns, values, strict=False))
+        return tuple(by_column[c] for c in table.primary_key)
+
+    def _resolve_refs(
+        self,
+        spec: TableSpec,
+        rows: Sequence[dict[str, Any]],
+        deferred: Sequence[ForeignKeySpec],
+        late_refs: bool,
+    ) -> list[list[Any]]:
+        """The foreign-key column values of each row, in spec.foreign_keys column order."""
+        out: list[list[Any]] = [[] for _ in rows]
+        self._late = {}
+        for fk in spec.foreign_keys:
+            ref_table = self._tables[fk.ref_table]
+            keys = [row.get(fk.part_name) for row in rows]
+            wanted = [k for k in keys if k is not None]
+            found = (
+                {}
+                if fk in deferred or not wanted or fk.by_natural_key
+                else self.resolver.resolve(fk.ref_table, wanted)
+            )
+            for i, key in enumerate(keys):
+                if key is None:
+                    out[i].extend([None] * len(fk.columns))
+                elif fk.by_natural_key:
+                    out[i].extend(self.target.param(ref_table, c, key[c]) for c in fk.ref_columns)
+                elif fk in deferred:
+                    out[i].extend([None] * len(fk.columns))
+                    self._late.setdefault(id(rows[i]), []).append((fk, key))
+                else:
+                    address = found.get(_text(key))
+                    if address is None:
+                        if late_refs and all(spec.column(c).nullable for c in fk.columns):
+                            out[i].extend([None] * len(fk.columns))
+                            self._late.setdefault(id(rows[i]), []).append((fk, key))
+                            continue
+                        raise RestoreError(
+                            f"{spec.name} refers to {fk.ref_table} {_text(key)}, which neither the "
+                            "backup nor the target holds",
+                            hint=f"restore {fk.ref_table} too (drop --table), or create that row "
+                            "in the target first",
+                        )
+                    out[i].extend(_fk_values(fk, ref_table, address))
+        return out
+
+    def _apply_deferred(self) -> None:
+        pending, self._deferred = self._deferred, []
+        by_target: dict[tuple[str, int], list[tuple[Address, Any, ForeignKeySpec]]] = {}
+        for name, address, fk, key in pending:
+            by_target.setdefault((name, id(fk)), []).append((address, key, fk))
+        for (name, _), entries in by_target.items():
+            fk = entries[0][2]
+            table = self._tables[name]
+            found = self.resolver.resolve(fk.ref_table, [key for _, key, _ in entries])
+            rows = []
+            for address, key, _ in entries:
+                ref = found.get(_text(key))
+                if ref is None:
+                    raise RestoreError(
+                        f"{name} refers to {fk.ref_table} {_text(key)}, which does not exist"
+                    )
+                rows.append([*_fk_values(fk, self._tables[fk.ref_table], ref), *address])
+            self.target.update(table, list(fk.columns), rows)
+
+    # --- stage: snapshot ----------------------------------------------------------------
+
+    def _load_snapshot(self, order: InsertOrder) -> None:
+        snapshot = self.plan.snapshot
+        for name in order.tables:
+            file = snapshot.table(name)
+            if file is None:
+                continue
+            table = self._tables[name]
+            match = table.rows_before > 0 and not table.spec.full_row_identity
+            chunk: list[tuple[Any, dict[str, Any]]] = []
+            for item in read_table(snapshot, file):
+                chunk.append((item["k"], item["r"]))
+                if len(chunk) >= CHUNK:
+                    self._write(table, chunk, match=match, deferred=order.deferred.get(name, ()))
+                    self.report.rows_loaded += len(chunk)
+                    self.progress("load", len(chunk))
+                    chunk = []
+            if chunk:
+                self._write(table, chunk, match=match, deferred=order.deferred.get(name, ()))
+                self.report.rows_loaded += len(chunk)
+                self.progress("load", len(chunk))
+        self._apply_deferred()
+
+    # --- stage: log ---------------------------------------------------------------------
+
+    def _replay(self) -> None:
+        for tx in replay_range(self.log_store, self.plan.snapshot, self.plan.at):
+            for (table_name, op), events in _runs(tx.events):
+                if table_name not in self._selected:
+                    continue
+                self._apply(self._tables[table_name], op, events)
+                self.report.events_applied += len(events)
+            self._apply_deferred()
+            self.progress("replay", len(tx.events))
+
+    def _apply(self, table: TargetTable, op: str, events: list[dict[str, Any]]) -> None:
+        name = table.spec.name
+        if op == "T":
+            self.target.delete_all(table)
+            self.resolver.changed(name)
+            return
+        if table.spec.full_row_identity:
+            self._apply_multiset(table, op, events)
+            return
+        if op == "I":
+            self._write(table, [(e["k"], e["r"]) for e in events], match=True, late_refs=True)
+            return
+        if op == "D":
+            found = self.resolver.resolve(name, [e["k"] for e in events])
+            addresses = [a for a in found.values() if a is not None]  # cascades took the rest
+            self.target.delete(table, addresses)
+            self.resolver.changed(name)
+            return
+        for event in events:  # updates one by one: a rename changes what later ones find
+            old = event.get("ok") or event["k"]
+            address = self.resolver.resolve(name, [old]).get(_text(old))
+            if address is None:
+                raise RestoreError(
+                    f"the log updates {name} {_text(old)}, which the target does not hold"
+                )
+            self._update(table, address, event["k"], event["r"])
+            if event.get("ok") is not None:
+                self.resolver.changed(name)
+
+    def _update(self, table: TargetTable, address: Address, key: Any, row: dict[str, Any]) -> None:
+        spec = table.spec
+        fk_columns = [c for fk in spec.foreign_keys for c in fk.columns]
+        plain = [
+            c.name
+            for c in spec.columns
+            if c.name not in spec.surrogate_columns and c.name not in set(fk_columns)
+        ]
+        refs = self._resolve_refs(spec, [row], (), True)[0]
+        values = [self.target.param(table, c, row.get(c)) for c in plain] + refs
+        self.target.update(table, plain + fk_columns, [[*values, *address]])
+        new_address = address
+        if not spec.surrogate_columns:
+            new_address = self._address_of(table, row, values, plain + fk_columns)
+        self.resolver.remember(spec.name, key, new_address)
+        for fk, ref_key in self._late.pop(id(row), []):
+            self._deferred.append((spec.name, new_address, fk, ref_key))
+
+    def _apply_multiset(self, table: TargetTable, op: str, events: list[dict[str, Any]]) -> None:
+        for event in events:
+            if op in ("U", "D"):
+                old = event.get("ok") or event["k"]
+                self._delete_one_equal(table, old)
+            if op in ("I", "U"):
+                self._write(table, [(event["r"], event["r"])], match=False)
+
+    def _delete_one_equal(self, table: TargetTable, row: dict[str, Any]) -> None:
+        spec = table.spec
+        columns = [
+            c.name for c in spec.columns if c.name not in spec.surrogate_columns and c.name in row
+        ]
+        key = tuple(self.target.param(table, c, row.get(c)) for c in columns)
+        found = self.target.find(table, columns, [key])
+        address = found.get(key)
+        if address is None:
+            raise RestoreError(f"the log deletes a {spec.name} row the target does not hold")
+        self.target.delete(table, [address])
+
+    # --- stage: target-only rows and validation -----------------------------------------
+
+    def _prune(self) -> None:
+        for name, written in self._written.items():
+            table = self._tables[name]
+            extra = [a for a in self._addresses(table) if a not in written]
+            self.target.delete(table, extra)
+            self.report.pruned[name] = len(extra)
+
+    def _addresses(self, table: TargetTable) -> list[Address]:
+        return list(self.target.addresses(table))
+
+    def _validate(self, order: InsertOrder) -> None:
+        specs = [self._tables[n].spec for n in order.tables]
+        expectation = Expectation(specs)
+        snapshot = self.plan.snapshot
+        for name in order.tables:
+            file = snapshot.table(name)
+            if file is not None:
+                for item in read_table(snapshot, file):
+                    expectation.load(name, item["k"], item["r"])
+        expectation.finish_load()
+        for tx in replay_range(self.log_store, snapshot, self.plan.at):
+            expectation.apply_transaction(
+                (e for e in tx.events if e["t"] in self._selected),
+                where=f"log transaction {tx.lsn}: ",
+            )
+        renderer = _TargetRenderer(self.target, self._tables)
+        for name in order.tables:
+            diff = expectation.compare(name, renderer.rows(name))
+            if diff.unexpected and self._tables[name].rows_before:
+                # rows only the target had: reported, left alone (unless pruned)
+                self.report.target_only[name] = len(diff.unexpected)
+                diff.actual -= len(diff.unexpected)
+                diff.unexpected = []
+            self.report.diffs.append(diff)
+
+
+class _TargetRenderer:
+    """Reads target rows back as (natural key, payload), references named by natural key."""
+
+    def __init__(self, target: Any, tables: Mapping[str, TargetTable]) -> None:
+        self._target = target
+        self._tables = tables
+        self._keys: dict[str, dict[Address, Any]] = {}
+
+    def _keys_of(self, name: str) -> dict[Address, Any]:
+        if name not in self._keys:
+            table = self._tables[name]
+            self._keys[name] = {}
+            for row in self._read_with_address(table):
+                address, canonical = row
+                self._keys[name][address] = self._key(table, canonical)
+        return self._keys[name]
+
+    def _read_with_address(self, table: TargetTable) -> Iterator[tuple[Address, dict[str, Any]]]:
+        for row in self._target.read(table):
+            yield tuple(_raw_pk(table, row)), row
+
+    def _ref(self, fk: ForeignKeySpec, row: Mapping[str, Any]) -> Any:
+        values = [row.get(c) for c in fk.columns]
+        if any(v is None for v in values):
+            return None
+        if fk.by_natural_key:
+            return dict(zip(fk.ref_columns, values, strict=True))
+        ref = self._tables[fk.ref_table]
+        by_ref = dict(zip(fk.ref_columns, values, strict=True))
+        address = tuple(_pk_value(by_ref[c]) for c in ref.primary_key)
+        return self._keys_of(fk.ref_table).get(address, {"$missing": list(address)})
+
+    def _key(self, table: TargetTable, row: Mapping[str, Any]) -> Any:
+        spec = table.spec
+        if spec.full_row_identity:
+            return None
+        return {
+            p.name: row.get(p.column) if p.column is not None else self._ref(p.foreign_key, row)  # type: ignore[arg-type]
+            for p in spec.key_parts
+        }
+
+    def rows(self, name: str) -> Iterator[tuple[Any, dict[str, Any]]]:
+        table = self._tables[name]
+        spec = table.spec
+        fk_columns = {c for fk in spec.foreign_keys for c in fk.columns}
+        for _address, row in self._read_with_address(table):
+            payload = {
+                c.name: row.get(c.name)
+                for c in spec.columns
+                if c.name not in spec.surrogate_columns
+                and c.name not in fk_columns
+                and c.name in row
+            }
+            for fk in spec.foreign_keys:
+                payload[fk.part_name] = self._ref(fk, row)
+            yield self._key(table, row) if not spec.full_row_identity else payload, payload
+
+
+def _pk_value(value: Any) -> Any:
+    return value
+
+
+def _raw_pk(table: TargetTable, row: Mapping[str, Any]) -> list[Any]:
+    return [_pk_value(row.get(c)) for c in table.primary_key]
+
+
+def _runs(
+    events: Iterable[dict[str, Any]],
+) -> Iterator[tuple[tuple[str, str], list[dict[str, Any]]]]:
+    """Consecutive events of the same table and operation, in order."""
+    current: tuple[str, str] | None = None
+    batch: list[dict[str, Any]] = []
+    for event in events:
+        marker = (event["t"], event["o"])
+        if marker != current and batch:
+            assert current is not None
+            yield current, batch
+            batch = []
+        current = marker
+        batch.append(event)
+    if batch and current is not None:
+        yield current, batch
+
+
+def open_restore_target(url: str, source_dialect: str) -> PostgresTarget | SqliteTarget:
+    from nkdaemon.targets.database import open_target
+
+    return open_target(url, source_dialect=source_dialect)

@@ -1,0 +1,1 @@
+"""Restore targets: writing natural-key rows into a PostgreSQL or SQLite database."""

@@ -106,6 +106,7 @@ def _register_commands() -> None:
         restore_cmd,
         snapshot_cmd,
         status_cmd,
+        verify_cmd,
     )
 
     for module in (
@@ -115,6 +116,7 @@ def _register_commands() -> None:
         restore_cmd,
         status_cmd,
         history_cmd,
+        verify_cmd,
         demo_cmd,
     ):
         module.register(cli)

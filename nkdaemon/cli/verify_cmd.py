@@ -1,0 +1,55 @@
+"""`nkdaemon verify [--source]`."""
+
+from __future__ import annotations
+
+import click
+
+from nkdaemon.cli import AppContext, pass_app
+from nkdaemon.core.errors import LockHeldError
+from nkdaemon.runtime.session import Session
+from nkdaemon.services.install import load_registry
+from nkdaemon.services.verify import VerifyReport, verify_log, verify_snapshots, verify_source
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(verify_command)
+
+
+@click.command("verify")
+@click.option("--source", "with_source", is_flag=True, help="Also compare with the live source.")
+@pass_app
+def verify_command(app: AppContext, with_source: bool) -> None:
+    """Check every log segment and snapshot; with --source, that the log reproduces the source."""
+    report = VerifyReport()
+    if with_source:
+        try:  # bring the log up to date first, unless the daemon is doing it
+            with Session(app.settings, writer=True) as session:
+                session.drainer().drain_once()
+        except LockHeldError:
+            pass
+    with Session(app.settings, writer=False) as session:
+        session.layout.require()
+        verify_log(session.log_store, report)
+        snapshots = verify_snapshots(session.layout.snapshots_dir, report)
+        if with_source and not report.problems:
+            verify_source(
+                source=session.source,
+                tables=dict(load_registry(session.engine, session.settings, session.source).tables),
+                snapshots=snapshots,
+                log_store=session.log_store,
+                logged_position=session.state.checkpoint().position,
+                report=report,
+            )
+    click.echo(
+        f"log: {report.segments} segments, {report.transactions} transactions; "
+        f"snapshots: {report.snapshots}"
+    )
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}")
+    for diff in report.diffs:
+        click.echo(("ok      " if diff.ok else "DIFFERS ") + diff.summary())
+    for problem in report.problems:
+        click.echo(f"problem: {problem}", err=True)
+    if not report.ok:
+        raise SystemExit(1)
+    click.echo("verified: no problem found")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import structlog
 from cachetools import LRUCache
 
@@ -46,8 +47,13 @@ class RestoreError(NkdError):
     kind = "restore"
 
 
-def _text(key: Any) -> str:
-    return json.dumps(key, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+def _text(key: Any) -> bytes:
+    """Canonical bytes of a natural key (cache and dictionary key)."""
+    return orjson.dumps(key, option=orjson.OPT_SORT_KEYS)
+
+
+def _show(key: Any) -> str:
+    return json.dumps(key, sort_keys=True, ensure_ascii=False)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -91,6 +97,7 @@ class RestoreReport:
     pruned: dict[str, int] = field(default_factory=dict)
     diffs: list[TableDiff] = field(default_factory=list)
     seconds: float = 0.0
+    stages: dict[str, float] = field(default_factory=dict)
 
 
 def _choices(snapshots: Sequence[SnapshotInfo]) -> list[SnapshotChoice]:
@@ -183,7 +190,7 @@ class _Resolver:
     def __init__(self, target: Any, tables: Mapping[str, TargetTable], size: int = 200_000) -> None:
         self._target = target
         self._tables = tables
-        self._cache: LRUCache[tuple[str, int, str], Address] = LRUCache(maxsize=size)
+        self._cache: LRUCache[tuple[str, int, bytes], Address] = LRUCache(maxsize=size)
         self._generation: dict[str, int] = dict.fromkeys(tables, 0)
         self._containers: dict[str, set[str]] = {name: set() for name in tables}
         for name, table in tables.items():
@@ -208,7 +215,7 @@ class _Resolver:
     def key_values(self, table: str, keys: Sequence[Any]) -> list[tuple[Any, ...] | None]:
         """Each key as the values of the table's key columns (references as addresses)."""
         spec = self._tables[table].spec
-        nested: dict[str, dict[str, Address | None]] = {}
+        nested: dict[str, dict[bytes, Address | None]] = {}
         for part in spec.key_parts:
             if part.foreign_key is not None and not part.foreign_key.by_natural_key:
                 nested[part.name] = self.resolve(
@@ -235,11 +242,11 @@ class _Resolver:
             out.append(tuple(values) if values else None)
         return out
 
-    def resolve(self, table: str, keys: Sequence[Any]) -> dict[str, Address | None]:
+    def resolve(self, table: str, keys: Sequence[Any]) -> dict[bytes, Address | None]:
         """key text -> address (None when the target has no such row)."""
         generation = self._generation[table]
-        result: dict[str, Address | None] = {}
-        missing: dict[str, Any] = {}
+        result: dict[bytes, Address | None] = {}
+        missing: dict[bytes, Any] = {}
         for key in keys:
             text = _text(key)
             address = self._cache.get((table, generation, text))
@@ -303,6 +310,11 @@ class Restorer:
         self._deferred: list[tuple[str, Address, ForeignKeySpec, Any]] = []
         # references waiting for their row (cycle breakers, forward references), by row
         self._late: dict[int, list[tuple[ForeignKeySpec, Any]]] = {}
+        # only rows other tables refer to are worth remembering the address of
+        self._referenced = {
+            fk.ref_table for s in plan.context for fk in s.foreign_keys if not fk.by_natural_key
+        }
+        self._converter_cache: dict[tuple[str, tuple[str, ...]], list[tuple[str, Any]]] = {}
 
     # --- stages -------------------------------------------------------------------------
 
@@ -311,13 +323,13 @@ class Restorer:
         try:
             self._prepare(create_schema)
             order = insert_order([self._tables[n].spec for n in self._selected_order()])
-            self._load_snapshot(order)
-            self._replay()
+            self._timed("load", lambda: self._load_snapshot(order))
+            self._timed("replay", self._replay)
             for name in self._selected:
                 self.target.advance(self._tables[name])
             if prune_target:
                 self._prune()
-            self._validate(order)
+            self._timed("validate", lambda: self._validate(order))
             failed = [d for d in self.report.diffs if not d.ok]
             if failed:
                 raise RestoreError(
@@ -325,6 +337,7 @@ class Restorer:
                     + "\n  ".join(d.summary() for d in failed),
                     hint="run `nkdaemon verify`; if the repository is sound, report this",
                 )
+            self.target.check_constraints()  # what commit would check, also for a dry run
             if dry_run:
                 self.target.rollback()
             else:
@@ -337,6 +350,12 @@ class Restorer:
             self.report.seconds = time.monotonic() - started
             self.target.close()
         return self.report
+
+    def _timed(self, stage: str, work: Callable[[], None]) -> None:
+        started = time.monotonic()
+        work()
+        self.report.stages[stage] = time.monotonic() - started
+        log.info("restore.stage", stage=stage, seconds=round(self.report.stages[stage], 3))
 
     def _selected_order(self) -> list[str]:
         return [s.name for s in self.plan.tables]
@@ -398,7 +417,7 @@ class Restorer:
             if c.name not in spec.surrogate_columns and c.name not in fk_columns
         ]
         refs = self._resolve_refs(spec, [row for _, row in items], deferred, late_refs)
-        existing: dict[str, Address | None] = {}
+        existing: dict[bytes, Address | None] = {}
         if match:
             existing = self.resolver.resolve(name, [k for k, _ in items])
         new_rows = [
@@ -408,9 +427,10 @@ class Restorer:
         ids = self.target.allocate(table, len(new_rows)) if generated and new_rows else []
         fk_cols = [c for fk in spec.foreign_keys for c in fk.columns]
         columns = plain + fk_cols + (list(spec.surrogate_columns) if generated else [])
+        convert = self._converters(table, plain)
         inserts = []
         for i, (_key, row, ref_values) in enumerate(new_rows):
-            values = [self.target.param(table, c, row.get(c)) for c in plain] + ref_values
+            values = [f(row.get(c)) for c, f in convert] + ref_values
             if generated:
                 values.append(ids[i])
             inserts.append(values)
@@ -419,16 +439,20 @@ class Restorer:
         for i, (key, row) in enumerate(items):
             address = existing.get(_text(key))
             if address is not None:
-                values = [self.target.param(table, c, row.get(c)) for c in plain] + refs[i]
+                values = [f(row.get(c)) for c, f in convert] + refs[i]
                 updates.append([*values, *address])
         self.target.update(table, plain + fk_cols, updates)
+        remember = name in self._referenced
         for i, (key, row, _refs) in enumerate(new_rows):
+            if not (remember or name in self._written or id(row) in self._late):
+                continue
             address = (
                 (ids[i],)
                 if generated
                 else self._address_of(table, row, inserts[i], plain + fk_cols)
             )
-            self.resolver.remember(name, key, address)
+            if remember:
+                self.resolver.remember(name, key, address)
             if name in self._written:
                 self._written[name].add(address)
             for fk, ref_key in self._late.pop(id(row), []):
@@ -437,6 +461,14 @@ class Restorer:
             address = existing.get(_text(key))
             if address is not None and name in self._written:
                 self._written[name].add(address)
+
+    def _converters(self, table: TargetTable, columns: list[str]) -> list[tuple[str, Any]]:
+        key = (table.spec.name, tuple(columns))
+        found = self._converter_cache.get(key)
+        if found is None:
+            found = [(c, self.target.converter(table, c)) for c in columns]
+            self._converter_cache[key] = found
+        return found
 
     def _address_of(
         self, table: TargetTable, row: dict[str, Any], values: list[Any], columns: list[str]
@@ -479,7 +511,7 @@ class Restorer:
                             self._late.setdefault(id(rows[i]), []).append((fk, key))
                             continue
                         raise RestoreError(
-                            f"{spec.name} refers to {fk.ref_table} {_text(key)}, which neither the "
+                            f"{spec.name} refers to {fk.ref_table} {_show(key)}, which neither the "
                             "backup nor the target holds",
                             hint=f"restore {fk.ref_table} too (drop --table), or create that row "
                             "in the target first",
@@ -501,7 +533,7 @@ class Restorer:
                 ref = found.get(_text(key))
                 if ref is None:
                     raise RestoreError(
-                        f"{name} refers to {fk.ref_table} {_text(key)}, which does not exist"
+                        f"{name} refers to {fk.ref_table} {_show(key)}, which does not exist"
                     )
                 rows.append([*_fk_values(fk, self._tables[fk.ref_table], ref), *address])
             self.target.update(table, list(fk.columns), rows)
@@ -565,7 +597,7 @@ class Restorer:
             address = self.resolver.resolve(name, [old]).get(_text(old))
             if address is None:
                 raise RestoreError(
-                    f"the log updates {name} {_text(old)}, which the target does not hold"
+                    f"the log updates {name} {_show(old)}, which the target does not hold"
                 )
             self._update(table, address, event["k"], event["r"])
             if event.get("ok") is not None:

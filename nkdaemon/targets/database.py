@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,6 +83,11 @@ class PostgresTarget(Target):
     def close(self) -> None:
         with contextlib.suppress(psycopg.Error):
             self.conn.close()
+
+    def check_constraints(self) -> None:
+        """Check now what would be checked at commit (deferred constraints)."""
+        with _pg_errors("the deferred constraint checks"):
+            self.conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
 
     def commit(self) -> None:
         with _pg_errors("the commit"):
@@ -164,6 +169,14 @@ class PostgresTarget(Target):
     def param(self, table: TargetTable, column: str, value: Any) -> Any:
         spec_column = table.spec.column_index.get(column)
         return pg_param(spec_column.logical_type if spec_column else "other", value)
+
+    def converter(self, table: TargetTable, column: str) -> Callable[[Any], Any]:
+        """The function turning a canonical value of this column into a parameter."""
+        spec_column = table.spec.column_index.get(column)
+        logical = spec_column.logical_type if spec_column else "other"
+        if self.source_dialect == "postgresql" and logical in _AS_PARAM:
+            return _same
+        return lambda value: pg_param(logical, value)
 
     def find(
         self, table: TargetTable, columns: Sequence[str], keys: Sequence[Address]
@@ -298,7 +311,17 @@ class PostgresTarget(Target):
                     yield decoder.decode(text, nulls)
 
 
-_BINARY_SAFE = frozenset({"int", "decimal", "float", "bool", "bytes", "uuid", "text"})
+# Canonical values of these types are already what psycopg should send (PostgreSQL source).
+_AS_PARAM = frozenset(
+    {"int", "text", "bool", "json", "other", "timestamptz", "timestamp", "date", "time"}
+)
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+_BINARY_SAFE = frozenset({"int", "decimal", "float", "bool", "bytes", "uuid"})
 
 
 def _pg_create_table(name: sql.Composable, spec: TableSpec, source_dialect: str) -> sql.Composed:
@@ -378,6 +401,16 @@ class SqliteTarget(Target):
         with contextlib.suppress(sqlite3.Error):
             self.conn.close()
 
+    def check_constraints(self) -> None:
+        with _sqlite_errors("the foreign key check"):
+            broken = self.conn.execute("PRAGMA foreign_key_check").fetchall()
+        if broken:
+            tables = sorted({f"{row[0]} -> {row[2]}" for row in broken})
+            raise RestoreTargetError(
+                f"the target refused the restore: {len(broken)} rows would break foreign keys "
+                f"({', '.join(tables)})"
+            )
+
     def commit(self) -> None:
         with _sqlite_errors("the commit"):
             self.conn.execute("COMMIT")
@@ -428,6 +461,12 @@ class SqliteTarget(Target):
                 for row in self.conn.execute(query, params):
                     found[tuple(row[width:])] = tuple(row[:width])
         return found
+
+    def converter(self, table: TargetTable, column: str) -> Callable[[Any], Any]:
+        spec_column = table.spec.column_index.get(column)
+        logical = spec_column.logical_type if spec_column else "other"
+        source = self.source_dialect
+        return lambda value: sqlite_param(logical, value, source_dialect=source)
 
     def param(self, table: TargetTable, column: str, value: Any) -> Any:
         spec_column = table.spec.column_index.get(column)

@@ -38,6 +38,7 @@ from nkdaemon.targets.database import Address, PostgresTarget, SqliteTarget, Tar
 log = structlog.get_logger("nkdaemon.restore")
 
 CHUNK = 5000
+WINDOW_EVENTS = 2000
 Progress = Callable[[str, int], None]
 
 
@@ -565,14 +566,51 @@ class Restorer:
     # --- stage: log ---------------------------------------------------------------------
 
     def _replay(self) -> None:
+        window: list[LoggedTransaction] = []
+        size = 0
         for tx in replay_range(self.log_store, self.plan.snapshot, self.plan.at):
-            for (table_name, op), events in _runs(tx.events):
-                if table_name not in self._selected:
+            window.append(tx)
+            size += len(tx.events)
+            if size >= WINDOW_EVENTS:
+                self._replay_window(window)
+                window, size = [], 0
+        if window:
+            self._replay_window(window)
+
+    def _replay_window(self, window: list[LoggedTransaction]) -> None:
+        """Resolve the keys a window of transactions names in a few queries, then apply it
+        with the writes pipelined (their results are not waited for one by one)."""
+        self._prefetch(window)
+        with self.target.batch():
+            for tx in window:
+                for (table_name, op), events in _runs(tx.events):
+                    if table_name not in self._selected:
+                        continue
+                    self._apply(self._tables[table_name], op, events)
+                    self.report.events_applied += len(events)
+                self._apply_deferred()
+                self.progress("replay", len(tx.events))
+
+    def _prefetch(self, window: list[LoggedTransaction]) -> None:
+        wanted: dict[str, list[Any]] = {}
+        for tx in window:
+            for event in tx.events:
+                name = event["t"]
+                if name not in self._selected:
                     continue
-                self._apply(self._tables[table_name], op, events)
-                self.report.events_applied += len(events)
-            self._apply_deferred()
-            self.progress("replay", len(tx.events))
+                spec = self._tables[name].spec
+                if spec.full_row_identity:
+                    continue
+                if event["o"] in ("U", "D"):
+                    wanted.setdefault(name, []).append(event.get("ok") or event["k"])
+                row = event.get("r") or {}
+                for fk in spec.foreign_keys:
+                    value = row.get(fk.part_name)
+                    if value is not None and not fk.by_natural_key:
+                        wanted.setdefault(fk.ref_table, []).append(value)
+        for name, keys in wanted.items():
+            if name in self._tables:
+                self.resolver.resolve(name, keys)
 
     def _apply(self, table: TargetTable, op: str, events: list[dict[str, Any]]) -> None:
         name = table.spec.name

@@ -79,10 +79,21 @@ class PostgresTarget(Target):
             self.conn = psycopg.connect(conninfo, application_name="nkdaemon restore")
         with _pg_errors("deferring constraints"):
             self.conn.execute("SET CONSTRAINTS ALL DEFERRED")
+        self._pipelined = False
 
     def close(self) -> None:
         with contextlib.suppress(psycopg.Error):
             self.conn.close()
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Statements sent inside are pipelined: not waited for one by one."""
+        with self.conn.pipeline():
+            self._pipelined = True
+            try:
+                yield
+            finally:
+                self._pipelined = False
 
     def check_constraints(self) -> None:
         """Check now what would be checked at commit (deferred constraints)."""
@@ -222,6 +233,9 @@ class PostgresTarget(Target):
     ) -> None:
         if not rows:
             return
+        if self._pipelined:  # COPY cannot run in a pipeline; small batches do not need it
+            self._insert_statements(table, columns, rows)
+            return
         statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
             self._qualified(table.spec.name), sql.SQL(", ").join(map(sql.Identifier, columns))
         )
@@ -232,6 +246,20 @@ class PostgresTarget(Target):
             copy.set_types([table.copy_types[c] for c in columns])
             for row in rows:
                 copy.write_row(row)
+
+    def _insert_statements(
+        self, table: TargetTable, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        statement = sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+            self._qualified(table.spec.name),
+            sql.SQL(", ").join(map(sql.Identifier, columns)),
+            sql.SQL(", ").join(
+                sql.SQL("{}::{}").format(sql.Placeholder(), sql.SQL(table.types[c]))
+                for c in columns
+            ),
+        )
+        with _pg_errors(f"rows for {table.spec.name}"), self.conn.cursor() as cursor:
+            cursor.executemany(statement, rows)
 
     def update(
         self, table: TargetTable, columns: Sequence[str], rows: Sequence[Sequence[Any]]
@@ -400,6 +428,9 @@ class SqliteTarget(Target):
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
             self.conn.close()
+
+    def batch(self) -> contextlib.AbstractContextManager[Any]:
+        return contextlib.nullcontext()
 
     def check_constraints(self) -> None:
         with _sqlite_errors("the foreign key check"):

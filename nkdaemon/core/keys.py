@@ -76,31 +76,43 @@ class TableSpec:
     full_row_identity: bool = False
     referenced: bool = False
     column_index: Mapping[str, ColumnSpec] = field(default_factory=dict, compare=False)
+    derived: _Derived = field(default_factory=lambda: _Derived(), compare=False)
 
     @property
     def surrogate_columns(self) -> frozenset[str]:
         """Primary-key columns that carry no meaning (not part of the natural key)."""
-        key_columns = set(self.key_column_names)
-        return frozenset(c for c in self.primary_key if c not in key_columns)
+        return self.derived.surrogate
 
     @property
     def key_column_names(self) -> tuple[str, ...]:
-        names: list[str] = []
-        for part in self.key_parts:
-            if part.column is not None:
-                names.append(part.column)
-            elif part.foreign_key is not None:
-                names.extend(part.foreign_key.columns)
-        return tuple(names)
+        return self.derived.key_columns
 
     def column(self, name: str) -> ColumnSpec:
         return self.column_index[name]
 
 
+@dataclass(frozen=True, slots=True)
+class _Derived:
+    """Facts computed once from a TableSpec's fields (hot paths ask for them per row)."""
+
+    key_columns: tuple[str, ...] = ()
+    surrogate: frozenset[str] = frozenset()
+
+
 def make_table_spec(**fields: Any) -> TableSpec:
-    """Build a TableSpec with its column index filled in."""
+    """Build a TableSpec with its column index and derived facts filled in."""
     columns: Sequence[ColumnSpec] = fields["columns"]
-    return TableSpec(**fields, column_index={c.name: c for c in columns})
+    key_columns: list[str] = []
+    for part in fields["key_parts"]:
+        if part.column is not None:
+            key_columns.append(part.column)
+        elif part.foreign_key is not None:
+            key_columns.extend(part.foreign_key.columns)
+    derived = _Derived(
+        key_columns=tuple(key_columns),
+        surrogate=frozenset(c for c in fields["primary_key"] if c not in set(key_columns)),
+    )
+    return TableSpec(**fields, column_index={c.name: c for c in columns}, derived=derived)
 
 
 def replace_spec(spec: TableSpec, **changes: Any) -> TableSpec:

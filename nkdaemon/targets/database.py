@@ -80,6 +80,8 @@ class PostgresTarget(Target):
         with _pg_errors("deferring constraints"):
             self.conn.execute("SET CONSTRAINTS ALL DEFERRED")
         self._pipelined = False
+        self._cursor = self.conn.cursor()
+        self._statements: dict[tuple[str, str, tuple[str, ...]], str] = {}
 
     def close(self) -> None:
         with contextlib.suppress(psycopg.Error):
@@ -247,19 +249,35 @@ class PostgresTarget(Target):
             for row in rows:
                 copy.write_row(row)
 
+    def _run_many(self, statement: Any, rows: Sequence[Sequence[Any]]) -> None:
+        """executemany, except that in a pipeline single rows are queued, not waited for."""
+        if self._pipelined and len(rows) < 8:
+            for row in rows:
+                self._cursor.execute(statement, row)
+        else:
+            self._cursor.executemany(statement, rows)
+
     def _insert_statements(
         self, table: TargetTable, columns: Sequence[str], rows: Sequence[Sequence[Any]]
     ) -> None:
-        statement = sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
-            self._qualified(table.spec.name),
-            sql.SQL(", ").join(map(sql.Identifier, columns)),
-            sql.SQL(", ").join(
-                sql.SQL("{}::{}").format(sql.Placeholder(), sql.SQL(table.types[c]))
-                for c in columns
-            ),
-        )
-        with _pg_errors(f"rows for {table.spec.name}"), self.conn.cursor() as cursor:
-            cursor.executemany(statement, rows)
+        key = (table.spec.name, "insert", tuple(columns))
+        statement = self._statements.get(key)
+        if statement is None:
+            statement = (
+                sql.SQL("INSERT INTO {} ({}) VALUES ({})")
+                .format(
+                    self._qualified(table.spec.name),
+                    sql.SQL(", ").join(map(sql.Identifier, columns)),
+                    sql.SQL(", ").join(
+                        sql.SQL("{}::{}").format(sql.Placeholder(), sql.SQL(table.types[c]))
+                        for c in columns
+                    ),
+                )
+                .as_string(self.conn)
+            )
+            self._statements[key] = statement
+        with _pg_errors(f"rows for {table.spec.name}"):
+            self._run_many(statement, rows)
 
     def update(
         self, table: TargetTable, columns: Sequence[str], rows: Sequence[Sequence[Any]]
@@ -267,15 +285,25 @@ class PostgresTarget(Target):
         """``rows`` hold the new values of ``columns`` followed by the row's address."""
         if not rows:
             return
-        statement = sql.SQL("UPDATE {} SET {} WHERE {}").format(
-            self._qualified(table.spec.name),
-            sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in columns),
-            sql.SQL(" AND ").join(
-                sql.SQL("{} = %s").format(sql.Identifier(c)) for c in table.primary_key
-            ),
-        )
-        with _pg_errors(f"updates of {table.spec.name}"), self.conn.cursor() as cursor:
-            cursor.executemany(statement, rows)
+        key = (table.spec.name, "update", tuple(columns))
+        statement = self._statements.get(key)
+        if statement is None:
+            statement = (
+                sql.SQL("UPDATE {} SET {} WHERE {}")
+                .format(
+                    self._qualified(table.spec.name),
+                    sql.SQL(", ").join(
+                        sql.SQL("{} = %s").format(sql.Identifier(c)) for c in columns
+                    ),
+                    sql.SQL(" AND ").join(
+                        sql.SQL("{} = %s").format(sql.Identifier(c)) for c in table.primary_key
+                    ),
+                )
+                .as_string(self.conn)
+            )
+            self._statements[key] = statement
+        with _pg_errors(f"updates of {table.spec.name}"):
+            self._run_many(statement, rows)
 
     def delete(self, table: TargetTable, addresses: Sequence[Address]) -> None:
         if not addresses:

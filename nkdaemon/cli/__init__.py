@@ -104,6 +104,7 @@ def _register_commands() -> None:
         history_cmd,
         init_cmd,
         restore_cmd,
+        run_cmd,
         snapshot_cmd,
         status_cmd,
         verify_cmd,
@@ -112,6 +113,7 @@ def _register_commands() -> None:
     for module in (
         init_cmd,
         capture_cmds,
+        run_cmd,
         snapshot_cmd,
         restore_cmd,
         status_cmd,

@@ -207,3 +207,14 @@ def file_checksum(snapshot: SnapshotInfo, table: TableFile) -> str:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def prune_snapshots(directory: Path, keep: int) -> list[str]:
+    """Remove all but the newest ``keep`` snapshots; the only place snapshots are deleted."""
+    snapshots = list_snapshots(directory)
+    doomed = snapshots[: max(0, len(snapshots) - keep)]
+    for snapshot in doomed:
+        shutil.rmtree(snapshot.path)
+    if doomed:
+        _fsync_dir(directory)
+    return [s.id for s in doomed]

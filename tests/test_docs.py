@@ -28,8 +28,9 @@ def test_the_quick_start_demo_runs_on_a_machine_with_no_server(tmp_path: Path) -
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "history of users username=alice2: alice -> alice2" in result.stdout
-    assert "names {'username': 'alice'}" in result.stdout
+    assert "identical to the source at that moment (users: alice, bob" in result.stdout
+    assert "identical to the source at that moment (users: alice2, bob" in result.stdout
+    assert "DIFFERENT" not in result.stdout
     history = subprocess.run(
         [
             sys.executable,

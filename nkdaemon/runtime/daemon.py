@@ -79,6 +79,10 @@ class Daemon:
         self._stop.set()
         self._wake.set()
 
+    def request_drain(self) -> None:
+        """Wake the loop now (it drains on every wake-up)."""
+        self._wake.set()
+
     def request_reload(self) -> None:
         self._reload.set()
         self._wake.set()

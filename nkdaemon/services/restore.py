@@ -33,7 +33,7 @@ from nkdaemon.core.restore_plan import (
 from nkdaemon.repository.reader import LoggedTransaction, LogMarker, read_log
 from nkdaemon.repository.segments import SegmentLog
 from nkdaemon.repository.snapshots import SnapshotInfo, list_snapshots, read_table
-from nkdaemon.targets.database import Address, PostgresTarget, SqliteTarget, TargetTable
+from nkdaemon.targets.database import Address, PostgresTarget, SqliteTarget, TargetTable, _same
 
 log = structlog.get_logger("nkdaemon.restore")
 
@@ -421,23 +421,28 @@ class Restorer:
         existing: dict[bytes, Address | None] = {}
         if match:
             existing = self.resolver.resolve(name, [k for k, _ in items])
-        new_rows = [
-            (k, r, refs[i]) for i, (k, r) in enumerate(items) if existing.get(_text(k)) is None
-        ]
+            new_rows = [
+                (k, r, refs[i]) for i, (k, r) in enumerate(items) if existing.get(_text(k)) is None
+            ]
+        else:  # a snapshot into an empty table: every row is new
+            new_rows = [(k, r, refs[i]) for i, (k, r) in enumerate(items)]
         generated = bool(spec.surrogate_columns) and table.generated
         ids = self.target.allocate(table, len(new_rows)) if generated and new_rows else []
         fk_cols = [c for fk in spec.foreign_keys for c in fk.columns]
         columns = plain + fk_cols + (list(spec.surrogate_columns) if generated else [])
         convert = self._converters(table, plain)
+        as_is = all(f is _same for _c, f in convert)
         inserts = []
         for i, (_key, row, ref_values) in enumerate(new_rows):
-            values = [f(row.get(c)) for c, f in convert] + ref_values
+            get = row.get
+            values = [get(c) for c in plain] if as_is else [f(get(c)) for c, f in convert]
+            values += ref_values
             if generated:
                 values.append(ids[i])
             inserts.append(values)
         self.target.insert(table, columns if generated else plain + fk_cols, inserts)
         updates = []
-        for i, (key, row) in enumerate(items):
+        for i, (key, row) in enumerate(items if existing else ()):
             address = existing.get(_text(key))
             if address is not None:
                 values = [f(row.get(c)) for c, f in convert] + refs[i]
@@ -458,10 +463,8 @@ class Restorer:
                 self._written[name].add(address)
             for fk, ref_key in self._late.pop(id(row), []):
                 self._deferred.append((name, address, fk, ref_key))
-        for key, _row in items:
-            address = existing.get(_text(key))
-            if address is not None and name in self._written:
-                self._written[name].add(address)
+        if existing and name in self._written:
+            self._written[name].update(a for a in existing.values() if a is not None)
 
     def _converters(self, table: TargetTable, columns: list[str]) -> list[tuple[str, Any]]:
         key = (table.spec.name, tuple(columns))

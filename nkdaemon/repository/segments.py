@@ -11,6 +11,7 @@ durable point after a crash (a torn tail), and only by :meth:`SegmentLog.recover
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import zlib
@@ -335,7 +336,10 @@ class SegmentLog:
     def rollback(self) -> None:
         """Forget everything written since the last sync (a batch that failed)."""
         if self._file is not None:
-            self._file.close()
+            # Closing flushes the buffer, which fails again if the write failed (full disk):
+            # the buffered bytes are meant to be dropped anyway.
+            with contextlib.suppress(OSError):
+                self._file.close()
             self._file = None
         for name in self._created:
             (self.directory / name).unlink(missing_ok=True)

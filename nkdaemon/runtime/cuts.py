@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from nkdaemon.core.errors import RepositoryError
 from nkdaemon.repository.layout import RepositoryLayout
 from nkdaemon.repository.snapshots import list_snapshots
 
@@ -45,13 +46,15 @@ class CutRegistry:
         (self._pending() / f".cut-{position}").unlink(missing_ok=True)
 
     def positions(self) -> list[int]:
+        """Snapshot positions; a snapshots folder that cannot be read is the snapshot
+        job's problem (it reports it), never a reason to stop draining."""
         directory = self._pending()
-        pending = (
-            [int(p.name[5:]) for p in directory.glob(".cut-*") if p.name[5:].isdigit()]
-            if directory.exists()
-            else []
-        )
-        return sorted({*pending, *(s.position for s in list_snapshots(directory))})
+        try:
+            pending = [int(p.name[5:]) for p in directory.glob(".cut-*") if p.name[5:].isdigit()]
+            taken = [s.position for s in list_snapshots(directory)]
+        except (OSError, RepositoryError):
+            return []
+        return sorted({*pending, *taken})
 
     @contextlib.contextmanager
     def guard(self) -> Iterator[CutRegistry]:

@@ -172,10 +172,22 @@ class Daemon:
                 self.notifier.watchdog()
                 self.notifier.status(self._status_line())
                 last_ping = now
-            timeout = self._backoff or interval
-            if watchdog is not None:
-                timeout = min(timeout, watchdog)
+            if self._backoff:
+                # Backing off is measured in time: wake-ups do not cut it short.
+                self._sleep(self._backoff, watchdog)
+                continue
+            timeout = interval if watchdog is None else min(interval, watchdog)
             self._wake.wait(timeout)
+
+    def _sleep(self, seconds: float, watchdog: float | None) -> None:
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set() and not self._reload.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._stop.wait(min(left, watchdog) if watchdog else left)
+            if watchdog is not None:
+                self.notifier.watchdog()
 
     def _drain_pass(self) -> None:
         assert self._session is not None and self._health is not None
@@ -203,6 +215,10 @@ class Daemon:
             self._drainer = None
         except NkdError as exc:
             self._fault(exc.kind, exc.message, repository_error=exc.message)
+            self._drainer = None
+        except Exception as exc:  # the loop survives what it did not foresee, and says so
+            log.exception("daemon.unexpected_error")
+            self._fault("unexpected", f"{type(exc).__name__}: {exc}", repository_error=str(exc))
             self._drainer = None
 
     def _fault(self, kind: str, message: str, **health: Any) -> None:

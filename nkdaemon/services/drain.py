@@ -183,9 +183,11 @@ class Drainer:
 
     def _abort(self) -> int:
         """Forget the batch in hand; return the position the repository has made durable."""
-        self._log.rollback()
-        self._state.rollback()
-        self._log_position = self._flushed_log_position
+        try:
+            self._log.rollback()
+        finally:  # the key index must never keep a failed batch's keys
+            self._state.rollback()
+            self._log_position = self._flushed_log_position
         return self._state.checkpoint().position
 
     def _try_stream(self, after: int, upto: int, result: DrainResult) -> None:

@@ -19,7 +19,7 @@ from sqlalchemy.dialects import postgresql as pgt
 from sqlalchemy.engine import Dialect, Engine, Inspector
 from sqlalchemy.engine.interfaces import ReflectedColumn, ReflectedForeignKeyConstraint
 
-from nkdaemon.core.errors import SchemaError
+from nkdaemon.core.errors import SchemaError, SourceError, SourceUnavailable
 from nkdaemon.core.keys import (
     ColumnSpec,
     ForeignKeySpec,
@@ -64,6 +64,27 @@ def reflect_registry(
     engine: Engine, settings: Settings, numbers: Mapping[str, int] | None = None
 ) -> Registry:
     """Reflect the source and build the registry, refusing what cannot be captured."""
+    try:
+        return _reflect_registry(engine, settings, numbers)
+    except sa.exc.OperationalError as exc:
+        raise SourceUnavailable(
+            f"the source cannot be read: {_first_line(exc.orig or exc)}",
+            hint="check that the database runs and [source] url is right; nkdaemon retries",
+        ) from None
+    except sa.exc.DBAPIError as exc:
+        raise SourceError(
+            f"the source refused reflection: {_first_line(exc.orig or exc)}"
+        ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _reflect_registry(
+    engine: Engine, settings: Settings, numbers: Mapping[str, int] | None
+) -> Registry:
     schema = settings.source.schema
     inspector = sa.inspect(engine)
     available = [

@@ -177,7 +177,12 @@ T0 = datetime(2026, 1, 1, 9, 0, 0, 123456, tzinfo=UTC)
 
 
 def create_schema(engine: sa.Engine) -> None:
-    metadata.create_all(engine)
+    """Create the tables (from a fresh copy of the definitions each time: SQLAlchemy marks
+    a constraint it added with ALTER TABLE, which would drop the cycle on a later SQLite)."""
+    fresh = sa.MetaData()
+    for table in metadata.sorted_tables:
+        table.to_metadata(fresh)
+    fresh.create_all(engine)
 
 
 def seed_reference(conn: sa.Connection, *, reverse: bool = False) -> None:

@@ -523,7 +523,10 @@ class Restorer:
                     out[i].extend(_fk_values(fk, ref_table, address))
         return out
 
-    def _apply_deferred(self) -> None:
+    def _apply_deferred(self, *, partial: bool = False) -> None:
+        """Set references that waited for their row. ``partial``: those whose row exists
+        now, keeping the rest (called after every run of events, so a reference is set
+        before a later event can rename or delete the row it names); otherwise all."""
         pending, self._deferred = self._deferred, []
         by_target: dict[tuple[str, int], list[tuple[Address, Any, ForeignKeySpec]]] = {}
         for name, address, fk, key in pending:
@@ -536,6 +539,9 @@ class Restorer:
             for address, key, _ in entries:
                 ref = found.get(_text(key))
                 if ref is None:
+                    if partial:
+                        self._deferred.append((name, address, fk, key))
+                        continue
                     raise RestoreError(
                         f"{name} refers to {fk.ref_table} {_show(key)}, which does not exist"
                     )
@@ -591,6 +597,8 @@ class Restorer:
                         continue
                     self._apply(self._tables[table_name], op, events)
                     self.report.events_applied += len(events)
+                    if self._deferred:
+                        self._apply_deferred(partial=True)
                 self._apply_deferred()
                 self.progress("replay", len(tx.events))
 
@@ -661,6 +669,8 @@ class Restorer:
         self.resolver.remember(spec.name, key, new_address)
         for fk, ref_key in self._late.pop(id(row), []):
             self._deferred.append((spec.name, new_address, fk, ref_key))
+        if self._deferred:  # a reference to this row's new key can be set right away
+            self._apply_deferred(partial=True)
 
     def _apply_multiset(self, table: TargetTable, op: str, events: list[dict[str, Any]]) -> None:
         for event in events:

@@ -62,6 +62,7 @@ class Daemon:
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._signals = 0
+        self._stop_signal: int | None = None
         self._backoff = 0.0
         self._session: Session | None = None
         self._drainer: Drainer | None = None
@@ -105,11 +106,12 @@ class Daemon:
             return  # in-process use (the demo, tests): the caller stops it
 
         def on_term(signum: int, _frame: FrameType | None) -> None:
+            # Only flags here: a handler that logs could wait for the lock its own thread
+            # holds in the middle of a log line, and never return.
             self._signals += 1
             if self._signals > 1:
-                log.warning("daemon.second_signal", signal=signum)
                 os._exit(1)  # the queue keeps every committed change the log lacks
-            log.info("daemon.stopping", signal=signum)
+            self._stop_signal = signum
             self.request_stop()
 
         signal.signal(signal.SIGTERM, on_term)
@@ -157,6 +159,12 @@ class Daemon:
     # --- the loop -------------------------------------------------------------------------
 
     def _loop(self) -> None:
+        self._loop_until_stopped()
+        log.info("daemon.stopping", signal=self._stop_signal)
+        # Changes committed before the stop request reach the log before we exit.
+        self._drain_pass()
+
+    def _loop_until_stopped(self) -> None:
         interval = self.settings.capture.poll_interval
         watchdog = self.notifier.watchdog_interval()
         last_ping = 0.0

@@ -202,6 +202,11 @@ class _Resolver:
     def remember(self, table: str, key: Any, address: Address) -> None:
         self._cache[(table, self._generation[table], _text(key))] = address
 
+    def forget(self) -> None:
+        """Drop every cached address (the target's rows were rolled back to an earlier state)."""
+        for name in self._generation:
+            self._generation[name] += 1
+
     def changed(self, table: str) -> None:
         seen: set[str] = set()
         todo = [table]
@@ -316,6 +321,7 @@ class Restorer:
             fk.ref_table for s in plan.context for fk in s.foreign_keys if not fk.by_natural_key
         }
         self._converter_cache: dict[tuple[str, tuple[str, ...]], list[tuple[str, Any]]] = {}
+        self._order = InsertOrder(tables=(), deferred={})  # set once the target is known
 
     # --- stages -------------------------------------------------------------------------
 
@@ -324,6 +330,7 @@ class Restorer:
         try:
             self._prepare(create_schema)
             order = insert_order([self._tables[n].spec for n in self._selected_order()])
+            self._order = order
             self._timed("load", lambda: self._load_snapshot(order))
             self._timed("replay", self._replay)
             for name in self._selected:
@@ -588,19 +595,90 @@ class Restorer:
 
     def _replay_window(self, window: list[LoggedTransaction]) -> None:
         """Resolve the keys a window of transactions names in a few queries, then apply it
-        with the writes pipelined (their results are not waited for one by one)."""
+        with the writes pipelined (their results are not waited for one by one).
+
+        Runs of transactions that only insert rows and update them in place are applied as
+        their net change, table by table; anything else, one transaction after another."""
         self._prefetch(window)
         with self.target.batch():
-            for tx in window:
-                for (table_name, op), events in _runs(tx.events):
-                    if table_name not in self._selected:
-                        continue
-                    self._apply(self._tables[table_name], op, events)
-                    self.report.events_applied += len(events)
-                    if self._deferred:
-                        self._apply_deferred(partial=True)
+            for run, foldable in _foldable_runs(window, self._foldable):
+                if not (foldable and len(run) > 1 and self._apply_folded(run)):
+                    for tx in run:
+                        self._apply_transaction(tx)
+
+    def _apply_transaction(self, tx: LoggedTransaction) -> None:
+        for (table_name, op), events in _runs(tx.events):
+            if table_name not in self._selected:
+                continue
+            self._apply(self._tables[table_name], op, events)
+            self.report.events_applied += len(events)
+            if self._deferred:
+                self._apply_deferred(partial=True)
+        self._apply_deferred()
+        self.progress("replay", len(tx.events))
+
+    def _foldable(self, tx: LoggedTransaction) -> bool:
+        """True when the transaction only inserts rows and updates rows without renaming
+        them: such transactions commute table by table, so a run of them can be applied as
+        its net change (each row's last version), parents before children."""
+        for event in tx.events:
+            name = event["t"]
+            if name not in self._selected:
+                continue
+            op = event["o"]
+            if op == "I":
+                continue
+            if op != "U" or event.get("ok") is not None:
+                return False
+            if self._tables[name].spec.full_row_identity:
+                return False
+        return True
+
+    def _apply_folded(self, run: list[LoggedTransaction]) -> bool:
+        """Apply a run of foldable transactions as its net change, inside a savepoint.
+
+        The order of rows within a table can differ from the log's (each row moves to its
+        first change), which a target's own unique constraint on other columns may refuse
+        for a moment (two rows swapping a value). Then the savepoint is rolled back and the
+        caller applies the run in log order: returns False."""
+        inserts: dict[str, dict[bytes, tuple[Any, dict[str, Any]]]] = {}
+        updates: dict[str, dict[bytes, tuple[Any, dict[str, Any]]]] = {}
+        multiset: dict[str, list[dict[str, Any]]] = {}
+        events = 0
+        for tx in run:
+            for event in tx.events:
+                name = event["t"]
+                if name not in self._selected:
+                    continue
+                events += 1
+                if self._tables[name].spec.full_row_identity:
+                    multiset.setdefault(name, []).append(event["r"])
+                    continue
+                text = _text(event["k"])
+                inserted = inserts.setdefault(name, {})
+                if event["o"] == "I" or text in inserted:
+                    inserted[text] = (event["k"], event["r"])
+                else:
+                    updates.setdefault(name, {})[text] = (event["k"], event["r"])
+        try:
+            with self.target.attempt():
+                for name in self._order.tables:
+                    table = self._tables[name]
+                    if name in multiset:
+                        self._write(table, [(r, r) for r in multiset[name]], match=False)
+                    if name in inserts:
+                        self._write(table, list(inserts[name].values()), match=True, late_refs=True)
+                    if name in updates:
+                        self._update_many(table, list(updates[name].values()))
                 self._apply_deferred()
-                self.progress("replay", len(tx.events))
+        except NkdError as exc:
+            log.info("restore.fold_refused", transactions=len(run), reason=str(exc))
+            self._deferred, self._late = [], {}
+            self.resolver.forget()
+            return False
+        self.report.events_applied += events
+        self.progress("replay", sum(len(tx.events) for tx in run))
+        return True
 
     def _prefetch(self, window: list[LoggedTransaction]) -> None:
         wanted: dict[str, list[Any]] = {}
@@ -642,34 +720,45 @@ class Restorer:
             self.resolver.changed(name)
             return
         for event in events:  # updates one by one: a rename changes what later ones find
-            old = event.get("ok") or event["k"]
-            address = self.resolver.resolve(name, [old]).get(_text(old))
-            if address is None:
-                raise RestoreError(
-                    f"the log updates {name} {_show(old)}, which the target does not hold"
-                )
-            self._update(table, address, event["k"], event["r"])
+            self._update_many(table, [(event["k"], event["r"])], old_key=event.get("ok"))
             if event.get("ok") is not None:
                 self.resolver.changed(name)
 
-    def _update(self, table: TargetTable, address: Address, key: Any, row: dict[str, Any]) -> None:
+    def _update_many(
+        self, table: TargetTable, items: Sequence[tuple[Any, dict[str, Any]]], old_key: Any = None
+    ) -> None:
+        """Update rows in place to (key, row); ``old_key``: the one row's key before a rename."""
         spec = table.spec
+        name = spec.name
+        olds = [old_key] if old_key is not None else [key for key, _ in items]
+        found = self.resolver.resolve(name, olds)
         fk_columns = [c for fk in spec.foreign_keys for c in fk.columns]
         plain = [
             c.name
             for c in spec.columns
             if c.name not in spec.surrogate_columns and c.name not in set(fk_columns)
         ]
-        refs = self._resolve_refs(spec, [row], (), True)[0]
-        values = [self.target.param(table, c, row.get(c)) for c in plain] + refs
-        self.target.update(table, plain + fk_columns, [[*values, *address]])
-        new_address = address
-        if not spec.surrogate_columns:
-            new_address = self._address_of(table, row, values, plain + fk_columns)
-        self.resolver.remember(spec.name, key, new_address)
-        for fk, ref_key in self._late.pop(id(row), []):
-            self._deferred.append((spec.name, new_address, fk, ref_key))
-        if self._deferred:  # a reference to this row's new key can be set right away
+        convert = self._converters(table, plain)
+        refs = self._resolve_refs(spec, [row for _, row in items], (), True)
+        rows: list[list[Any]] = []
+        addresses: list[Address] = []
+        for (_key, row), old, ref_values in zip(items, olds, refs, strict=True):
+            address = found.get(_text(old))
+            if address is None:
+                raise RestoreError(
+                    f"the log updates {name} {_show(old)}, which the target does not hold"
+                )
+            values = [f(row.get(c)) for c, f in convert] + ref_values
+            rows.append([*values, *address])
+            if not spec.surrogate_columns:
+                address = self._address_of(table, row, values, plain + fk_columns)
+            addresses.append(address)
+        self.target.update(table, plain + fk_columns, rows)
+        for (key, row), address in zip(items, addresses, strict=True):
+            self.resolver.remember(name, key, address)
+            for fk, ref_key in self._late.pop(id(row), []):
+                self._deferred.append((name, address, fk, ref_key))
+        if self._deferred:  # a reference to these rows' keys can be set right away
             self._apply_deferred(partial=True)
 
     def _apply_multiset(self, table: TargetTable, op: str, events: list[dict[str, Any]]) -> None:
@@ -794,6 +883,23 @@ def _pk_value(value: Any) -> Any:
 
 def _raw_pk(table: TargetTable, row: Mapping[str, Any]) -> list[Any]:
     return [_pk_value(row.get(c)) for c in table.primary_key]
+
+
+def _foldable_runs(
+    window: Sequence[LoggedTransaction], foldable: Callable[[LoggedTransaction], bool]
+) -> Iterator[tuple[list[LoggedTransaction], bool]]:
+    """Consecutive transactions split into runs that are all foldable or all not."""
+    run: list[LoggedTransaction] = []
+    kind = False
+    for tx in window:
+        this = foldable(tx)
+        if run and this != kind:
+            yield run, kind
+            run = []
+        kind = this
+        run.append(tx)
+    if run:
+        yield run, kind
 
 
 def _runs(

@@ -97,6 +97,15 @@ class PostgresTarget(Target):
             finally:
                 self._pipelined = False
 
+    @contextlib.contextmanager
+    def attempt(self) -> Iterator[None]:
+        """Work inside is undone if it fails, the rest of the transaction kept (a savepoint).
+
+        Pipelined statements are synchronised on the way out, so their errors surface here.
+        """
+        with _pg_errors("a batch of changes"), self.conn.transaction():
+            yield
+
     def check_constraints(self) -> None:
         """Check now what would be checked at commit (deferred constraints)."""
         with _pg_errors("the deferred constraint checks"):
@@ -459,6 +468,19 @@ class SqliteTarget(Target):
 
     def batch(self) -> contextlib.AbstractContextManager[Any]:
         return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def attempt(self) -> Iterator[None]:
+        """Work inside is undone if it fails, the rest of the transaction kept (a savepoint)."""
+        self.conn.execute("SAVEPOINT nkd_attempt")
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.execute("ROLLBACK TO nkd_attempt")
+                self.conn.execute("RELEASE nkd_attempt")
+            raise
+        self.conn.execute("RELEASE nkd_attempt")
 
     def check_constraints(self) -> None:
         with _sqlite_errors("the foreign key check"):

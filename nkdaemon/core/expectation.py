@@ -234,7 +234,10 @@ class Expectation:
     def compare(
         self, table: str, actual: Iterator[tuple[Mapping[str, Any], Mapping[str, Any]]]
     ) -> TableDiff:
-        """Compare (natural key, row) pairs read back from the target (refs as natural keys)."""
+        """Compare (natural key, row) pairs read back from the target (refs as natural keys).
+
+        Consumes the table's expected rows (each matched row is dropped as it is seen, so a
+        million-row table is not held twice); compare each table once."""
         t = self._tables[table]
         diff = TableDiff(table=table, expected=self.count(table))
         if t.spec.full_row_identity:
@@ -249,7 +252,7 @@ class Expectation:
             if counts != t.rows:
                 diff.differing.append("the multiset of rows differs")
             return diff
-        seen: set[str] = set()
+        remaining = t.rows
         for key, row in actual:
             diff.actual += 1
             try:
@@ -258,13 +261,13 @@ class Expectation:
             except _Unresolved as missing:
                 diff.unexpected.append(f"{_text(key)} (refers to {missing})")
                 continue
-            seen.add(text)
-            expected = t.rows.get(text)
-            if expected is None:
+            expected = remaining.pop(text, None)
+            if expected is None:  # not expected, or a second row with the same key
                 diff.unexpected.append(_text(key))
             elif expected != digest:
                 diff.differing.append(_text(key))
-        diff.missing.extend(k for k in t.rows if k not in seen)
+        diff.missing.extend(remaining)
+        remaining.clear()
         return diff
 
 

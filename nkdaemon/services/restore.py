@@ -34,7 +34,7 @@ from nkdaemon.core.restore_plan import (
 )
 from nkdaemon.repository.reader import LoggedTransaction, LogMarker, read_log
 from nkdaemon.repository.segments import SegmentLog
-from nkdaemon.repository.snapshots import SnapshotInfo, list_snapshots, read_table
+from nkdaemon.repository.snapshots import SnapshotInfo, list_snapshots, read_table_batches
 from nkdaemon.targets.database import Address, PostgresTarget, SqliteTarget, TargetTable, _same
 
 log = structlog.get_logger("nkdaemon.restore")
@@ -581,18 +581,12 @@ class Restorer:
                 continue
             table = self._tables[name]
             match = table.rows_before > 0 and not table.spec.full_row_identity
-            chunk: list[tuple[Any, dict[str, Any]]] = []
-            for item in read_table(snapshot, file):
-                chunk.append((item["k"], item["r"]))
-                if len(chunk) >= CHUNK:
+            for batch in read_table_batches(snapshot, file):
+                for start in range(0, len(batch), CHUNK):
+                    chunk = [(item["k"], item["r"]) for item in batch[start : start + CHUNK]]
                     self._write(table, chunk, match=match, deferred=order.deferred.get(name, ()))
                     self.report.rows_loaded += len(chunk)
                     self.progress("load", len(chunk))
-                    chunk = []
-            if chunk:
-                self._write(table, chunk, match=match, deferred=order.deferred.get(name, ()))
-                self.report.rows_loaded += len(chunk)
-                self.progress("load", len(chunk))
         self._apply_deferred()
 
     # --- stage: log ---------------------------------------------------------------------
@@ -816,8 +810,9 @@ class Restorer:
         for name in order.tables:
             file = snapshot.table(name)
             if file is not None:
-                for item in read_table(snapshot, file):
-                    expectation.load(name, item["k"], item["r"])
+                for batch in read_table_batches(snapshot, file):
+                    for item in batch:
+                        expectation.load(name, item["k"], item["r"])
         expectation.finish_load()
         for tx in replay_range(self.log_store, snapshot, self.plan.at):
             expectation.apply_transaction(

@@ -6,7 +6,7 @@ the same table into another empty database, in the same run. Then a pgbench run 
 captured and drained, and `restore --latest` replays it: events per second of the replay
 stage. Each restore runs in its own process, whose peak memory (max RSS) is printed.
 
-    python benchmarks/restore_throughput.py [--scale 10] [--seconds 20]
+    python benchmarks/restore_throughput.py [--scale 10] [--seconds 20] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -94,25 +95,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", type=int, default=10)
     parser.add_argument("--seconds", type=int, default=20, help="captured pgbench run to replay")
+    parser.add_argument("--rounds", type=int, default=3, help="pg_restore / load pairs")
     args = parser.parse_args()
     pgbench_init(SOURCE, args.scale)
     rows = args.scale * 100_000
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with nkdaemon_config(SOURCE, CONFIG) as config, tempfile.TemporaryDirectory() as tmp:
+        # the dump first: the table as the application has it, without capture triggers
         dump = Path(tmp) / "accounts.dump"
         subprocess.run(
             [pg_bin("pg_dump"), "-Fc", "-t", "pgbench_accounts", "-f", str(dump), db_url(SOURCE)],
             check=True,
         )
-        admin(f'DROP DATABASE IF EXISTS "{PG_RESTORE_DB}" WITH (FORCE)')
-        admin(f'CREATE DATABASE "{PG_RESTORE_DB}"')
-        start = time.perf_counter()
-        subprocess.run([pg_bin("pg_restore"), "-d", db_url(PG_RESTORE_DB), str(dump)], check=True)
-        pg_seconds = time.perf_counter() - start
-    print(f"pg_restore of pgbench_accounts ({rows} rows): {pg_seconds:.2f} s", end=" ")
-    print(f"= {rows / pg_seconds:,.0f} rows/s")
-
-    with nkdaemon_config(SOURCE, CONFIG) as config:
         start = time.perf_counter()
         subprocess.run(
             [sys.executable, "-m", "nkdaemon", "--config", str(config), "install"],
@@ -120,14 +114,30 @@ def main() -> None:
             capture_output=True,
         )
         print(f"install with the baseline snapshot: {time.perf_counter() - start:.1f} s")
-
-        empty_pgbench_schema(TARGET)  # as the application creates it: primary keys in place
-        result = nk_restore(config, TARGET, "pgbench_accounts")
-        stages, load = result["stages"], result["stages"]["load"]
-        print(f"nkdaemon snapshot load of pgbench_accounts: {load:.2f} s", end=" ")
-        print(f"= {rows / load:,.0f} rows/s, {load / pg_seconds:.2f}x pg_restore (target: 3x);")
-        print(f"  whole restore {result['seconds']:.1f} s, validation {stages['validate']:.1f} s,")
-        print(f"  peak memory {result['max_rss_kb'] / 1024:.0f} MB (target < 500 MB)")
+        pg_times: list[float] = []
+        nk_times: list[float] = []
+        for round_ in range(1, args.rounds + 1):  # interleaved: the machine's drift hits both
+            admin(f'DROP DATABASE IF EXISTS "{PG_RESTORE_DB}" WITH (FORCE)')
+            admin(f'CREATE DATABASE "{PG_RESTORE_DB}"')
+            start = time.perf_counter()
+            subprocess.run(
+                [pg_bin("pg_restore"), "-d", db_url(PG_RESTORE_DB), str(dump)], check=True
+            )
+            pg_times.append(time.perf_counter() - start)
+            empty_pgbench_schema(TARGET)  # as the application creates it: primary keys in place
+            result = nk_restore(config, TARGET, "pgbench_accounts")
+            nk_times.append(result["stages"]["load"])
+            print(
+                f"round {round_}: pg_restore {pg_times[-1]:.2f} s, nkdaemon load "
+                f"{nk_times[-1]:.2f} s ({nk_times[-1] / pg_times[-1]:.2f}x); whole restore "
+                f"{result['seconds']:.1f} s, validation {result['stages']['validate']:.1f} s, "
+                f"peak memory {result['max_rss_kb'] / 1024:.0f} MB"
+            )
+        pg_seconds, load = statistics.median(pg_times), statistics.median(nk_times)
+        print(f"pg_restore of pgbench_accounts ({rows} rows), median: {pg_seconds:.2f} s", end=" ")
+        print(f"= {rows / pg_seconds:,.0f} rows/s")
+        print(f"nkdaemon snapshot load, median: {load:.2f} s = {rows / load:,.0f} rows/s,", end=" ")
+        print(f"{load / pg_seconds:.2f}x pg_restore (target: 3x; ratio of medians)")
 
         pgbench(SOURCE, "-n", "-c", "4", "-j", "2", "-T", str(args.seconds))
         subprocess.run(

@@ -26,7 +26,7 @@ from tests.helpers import do_drain, do_install, engine_for, run_cli, write_confi
 
 CONFIG = """
 [capture]
-tables = ["owners", "items"]
+tables = ["owners", "items", "codes"]
 [tables.items]
 natural_key = ["code"]
 """
@@ -41,6 +41,7 @@ STATE_SQL = (
 def _ddl(dialect: str) -> list[str]:
     pk = "serial PRIMARY KEY" if dialect == "postgresql" else "integer PRIMARY KEY"
     return [
+        "CREATE TABLE codes (code text PRIMARY KEY, label text, weight integer)",
         f"CREATE TABLE owners (id {pk}, name text NOT NULL UNIQUE)",
         f"CREATE TABLE items (id {pk}, code text NOT NULL UNIQUE, slot integer NOT NULL UNIQUE,"
         " note text, owner_id integer REFERENCES owners (id),"
@@ -166,3 +167,52 @@ def test_a_unique_value_swapped_across_transactions_restores_exactly_at_every_in
         result = run_cli(config, "restore", "--target", target, "--at", moment.isoformat())
         assert result.exit_code == 0, f"instant {number}: {result.output}"
         assert _state(target) == expected, f"instant {number}"
+
+
+BULK = 25_000
+CODES = [
+    ("plain", "a label", 1),
+    ("tab\tnewline\nreturn\rback\\slash", "\\N is not null", None),
+    ("ünïcödé 🧾", None, -2147483648),
+    ("quote'double\"", "", 2147483647),
+]
+
+
+def test_a_table_keyed_by_its_own_columns_loads_from_the_snapshot_exactly(
+    databases: Databases, tmp_path: Path
+) -> None:
+    """Such a table (no id to draw, no reference to resolve) is streamed into the target
+    in one COPY; every awkward character must survive it."""
+    source = databases.source
+    _run(source, *_ddl(databases.dialect))
+    engine = engine_for(source)
+    with engine.begin() as conn:
+        for row in CODES:
+            conn.exec_driver_sql(
+                "INSERT INTO codes VALUES (?, ?, ?)".replace("?", _mark(source)), row
+            )
+        conn.exec_driver_sql(  # more rows than one reader block (1 MB of text) holds
+            "INSERT INTO codes VALUES (?, ?, ?)".replace("?", _mark(source)),
+            [(f"bulk-{n}", f"label {n}", n) for n in range(BULK)],
+        )
+    engine.dispose()
+    config = write_config(tmp_path, source, CONFIG)
+    do_install(load_settings(config))
+
+    target = databases.make_target()
+    result = run_cli(config, "restore", "--target", target, "--latest")
+    assert result.exit_code == 0, result.output
+    assert _codes(target) == _codes(source)
+    assert len(_codes(target)) == len(CODES) + BULK
+
+
+def _mark(url: str) -> str:
+    return "%s" if url.startswith("postgresql") else "?"
+
+
+def _codes(url: str) -> list[tuple[Any, ...]]:
+    engine = engine_for(url)
+    with engine.connect() as conn:
+        rows = [tuple(r) for r in conn.exec_driver_sql("SELECT * FROM codes ORDER BY code")]
+    engine.dispose()
+    return rows

@@ -34,7 +34,12 @@ from nkdaemon.core.restore_plan import (
 )
 from nkdaemon.repository.reader import LoggedTransaction, LogMarker, read_log
 from nkdaemon.repository.segments import SegmentLog
-from nkdaemon.repository.snapshots import SnapshotInfo, list_snapshots, read_table_batches
+from nkdaemon.repository.snapshots import (
+    SnapshotInfo,
+    TableFile,
+    list_snapshots,
+    read_table_batches,
+)
 from nkdaemon.targets.database import Address, PostgresTarget, SqliteTarget, TargetTable, _same
 
 log = structlog.get_logger("nkdaemon.restore")
@@ -581,6 +586,11 @@ class Restorer:
                 continue
             table = self._tables[name]
             match = table.rows_before > 0 and not table.spec.full_row_identity
+            pick = None if match or order.deferred.get(name) else self._straight_copy(table)
+            if pick is not None:
+                # one COPY for the whole table: the server inserts while rows are parsed here
+                self.target.insert(table, pick.columns, self._picked_rows(snapshot, file, pick))
+                continue
             for batch in read_table_batches(snapshot, file):
                 for start in range(0, len(batch), CHUNK):
                     chunk = [(item["k"], item["r"]) for item in batch[start : start + CHUNK]]
@@ -588,6 +598,33 @@ class Restorer:
                     self.report.rows_loaded += len(chunk)
                     self.progress("load", len(chunk))
         self._apply_deferred()
+
+    def _picked_rows(
+        self, snapshot: SnapshotInfo, file: TableFile, pick: _Picker
+    ) -> Iterator[tuple[Any, ...]]:
+        take, columns = pick.take, pick.columns
+        for batch in read_table_batches(snapshot, file):
+            try:
+                rows = [take(item["r"]) for item in batch]
+            except KeyError:  # a row without some column (an older snapshot): as NULL
+                rows = [tuple(item["r"].get(c) for c in columns) for item in batch]
+            yield from rows
+            self.report.rows_loaded += len(batch)
+            self.progress("load", len(batch))
+
+    def _straight_copy(self, table: TargetTable) -> _Picker | None:
+        """For a table whose snapshot rows go into the target as they are (no reference
+        to resolve, no id to draw, no value to convert, no address to remember): the
+        function taking a row's values in column order; otherwise None."""
+        spec = table.spec
+        if spec.foreign_keys or spec.surrogate_columns or spec.name in self._referenced:
+            return None
+        if spec.name in self._written:
+            return None
+        plain = [c.name for c in spec.columns]
+        if len(plain) < 2 or not all(f is _same for _c, f in self._converters(table, plain)):
+            return None
+        return _Picker(plain)
 
     # --- stage: log ---------------------------------------------------------------------
 
@@ -894,6 +931,14 @@ def _pk_value(value: Any) -> Any:
 
 def _raw_pk(table: TargetTable, row: Mapping[str, Any]) -> list[Any]:
     return [_pk_value(row.get(c)) for c in table.primary_key]
+
+
+class _Picker:
+    """``take``: a row's values in column order, in C (KeyError if a column is absent)."""
+
+    def __init__(self, columns: list[str]) -> None:
+        self.columns = columns
+        self.take: Callable[[Mapping[str, Any]], tuple[Any, ...]] = operator.itemgetter(*columns)
 
 
 def _foldable_runs(

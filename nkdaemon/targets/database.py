@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.copy import QueuedLibpqWriter
 from sqlalchemy.engine import make_url
 
 from nkdaemon.core.errors import NkdError
@@ -240,19 +241,22 @@ class PostgresTarget(Target):
         return [int(r[0]) for r in rows]
 
     def insert(
-        self, table: TargetTable, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+        self, table: TargetTable, columns: Sequence[str], rows: Iterable[Sequence[Any]]
     ) -> None:
-        if not rows:
+        """Insert rows, a list or a stream (a stream is sent as one COPY as it comes)."""
+        if isinstance(rows, Sequence) and not rows:
             return
         if self._pipelined:  # COPY cannot run in a pipeline; small batches do not need it
-            self._insert_statements(table, columns, rows)
+            self._insert_statements(table, columns, list(rows))
             return
         statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
             self._qualified(table.spec.name), sql.SQL(", ").join(map(sql.Identifier, columns))
         )
+        cursor = self.conn.cursor()
         with (
             _pg_errors(f"rows for {table.spec.name}"),
-            self.conn.cursor().copy(statement) as copy,
+            # a writer thread sends to the server while this one prepares the next rows
+            cursor.copy(statement, writer=QueuedLibpqWriter(cursor)) as copy,
         ):
             copy.set_types([table.copy_types[c] for c in columns])
             for row in rows:
@@ -588,9 +592,9 @@ class SqliteTarget(Target):
         )
 
     def insert(
-        self, table: TargetTable, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+        self, table: TargetTable, columns: Sequence[str], rows: Iterable[Sequence[Any]]
     ) -> None:
-        if not rows:
+        if isinstance(rows, Sequence) and not rows:
             return
         statement = (
             f"INSERT INTO {_quote(table.spec.name)} ({', '.join(map(_quote, columns))}) "

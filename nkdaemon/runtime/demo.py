@@ -149,7 +149,8 @@ def run_demo(directory: Path | None, say: Say) -> Path:
         verdict = "identical to" if restored == truth else "DIFFERENT from"
         users = ", ".join(sorted(json.loads(k)["username"] for k in restored.get("users", {})))
         say(
-            f"{3 + number}. restored {moment.isoformat(timespec='seconds')} into {target.name}: "
+            f"{3 + number}. restored {moment.isoformat(timespec='milliseconds')} "
+            f"into {target.name}: "
             f"{report.rows_loaded} snapshot rows + {report.events_applied} changes, {verdict} "
             f"the source at that moment (users: {users})"
         )

@@ -381,6 +381,50 @@ def test_sigkill_under_load_then_restart_loses_and_doubles_nothing(
     assert problems(settings, baseline, tally, merged=db_url.startswith("sqlite")) == []
 
 
+def test_a_second_sigterm_exits_at_once_and_a_restart_loses_and_doubles_nothing(
+    db_url: str, tmp_path: Path, daemons: Callable[..., DaemonProcess]
+) -> None:
+    """An impatient operator: SIGTERM twice while the daemon works through a backlog. It
+    must exit promptly (not finish the backlog), and the next run logs every committed
+    change exactly once: the queue kept what the log lacked."""
+    engine, config, settings = prepare(db_url, tmp_path, "[capture]\nbatch_transactions = 5\n")
+    baseline = truth(settings)
+    tally = workload.Tally()
+    backlog = [  # before the daemon starts (tags w50-*, w51-*: none of keep_writing's)
+        threading.Thread(target=workload.writer, args=(engine, n, 250, tally, 77)) for n in (50, 51)
+    ]
+    for thread in backlog:
+        thread.start()
+    for thread in backlog:
+        thread.join()
+    daemon = daemons(config)
+    daemon.wait_ready()
+    stop = threading.Event()
+    writers = keep_writing(engine, tally, writers=2, stop=stop)
+    try:
+        daemon.send(signal.SIGTERM)
+        time.sleep(0.1)  # two signals at once would merge into one
+        daemon.send(signal.SIGTERM)
+        started = time.monotonic()
+        code = daemon.wait(timeout=10)
+        assert time.monotonic() - started < 5, "a second SIGTERM must not wait for the drain"
+        assert code in (0, 1), daemon.stderr()  # 1 here; 0 if the first stop beat the second
+        daemon = daemons(config)
+        daemon.wait_ready()
+    finally:
+        stop.set()
+        for thread in writers:
+            thread.join()
+    wait_for(
+        lambda: set(logged_notes(settings)) >= set(tally.committed),
+        timeout=60,
+        what="every committed tag in the log",
+    )
+    daemon.send(signal.SIGTERM)
+    assert daemon.wait() == 0, daemon.stderr()
+    assert problems(settings, baseline, tally, merged=db_url.startswith("sqlite")) == []
+
+
 @pytest.mark.parametrize("moment", ["busy", "idle"])
 def test_sigterm_exits_zero_with_the_queue_drained_to_the_last_commit(
     db_url: str, tmp_path: Path, daemons: Callable[..., DaemonProcess], moment: str

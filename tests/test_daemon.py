@@ -335,6 +335,27 @@ def test_writes_are_logged_within_a_second_and_health_and_metrics_report_it(
     assert daemon.wait() == 0, daemon.stderr()
 
 
+def test_wake_ups_alone_keep_the_log_fresh_when_polling_is_rare(
+    db_url: str, tmp_path: Path, daemons: Callable[..., DaemonProcess]
+) -> None:
+    """With the poll fallback at 30 s, only the wake-ups (LISTEN/NOTIFY on PostgreSQL,
+    watchfiles on the SQLite files) can bring a change to the log within a second."""
+    engine, config, settings = prepare(db_url, tmp_path, '[capture]\npoll_interval = "30s"\n')
+    daemon = daemons(config)
+    daemon.wait_ready()
+    delays = []
+    for i, gap in enumerate((0.2, 0.5, 1.2, 2.0)):
+        time.sleep(gap)  # pacing on purpose: the daemon is asleep when the write comes
+        note = f"woken-{i}"
+        add_ledger_row(engine, note)
+        committed = time.monotonic()
+        wait_for(lambda note=note: note in logged_notes(settings), timeout=40, what=note)
+        delays.append(time.monotonic() - committed)
+    assert all(delay < 1.0 for delay in delays), f"seconds from commit to log: {delays}"
+    daemon.send(signal.SIGTERM)
+    assert daemon.wait() == 0, daemon.stderr()
+
+
 # --- crashes and shutdown ---------------------------------------------------------------
 
 

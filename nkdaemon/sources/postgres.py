@@ -369,6 +369,9 @@ class PostgresSource:
             conn = self._connection()
             self._require_installed(conn)
             with conn.transaction():
+                # Arm the wake-up before the fence (migration 0003 says why that order
+                # loses none); NULL, and nothing done, on a schema from before it.
+                conn.execute("SELECT setval(to_regclass('nkdaemon.wake_armed'), 1, false)")
                 conn.execute("SET LOCAL lock_timeout = '10s'")
                 conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", FENCE_LOCK)
                 row = conn.execute(

@@ -1,0 +1,60 @@
+"""PostgreSQL wake-ups: a notification only when the daemon has armed one.
+
+Every notifying transaction takes a database-wide lock at commit, so capture must not
+notify from every transaction: after each drain pass arms the flag, the first sealed
+transaction notifies and disarms it; later ones stay quiet until the next pass arms it
+again (tests/test_daemon.py shows no write waits for the poll because of it).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import psycopg
+
+from tests.helpers import do_drain, do_install, engine_for, logged, settings_for
+
+
+def _notifications(listener: psycopg.Connection[tuple[object, ...]]) -> int:
+    time.sleep(0.2)  # delivered at the notifying commit; give the socket a moment
+    return sum(1 for _ in listener.notifies(timeout=0.5))
+
+
+def _commit(url: str, note: str) -> None:
+    engine = engine_for(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO notes (body) VALUES (%s)", (note,))
+    engine.dispose()
+
+
+def test_one_notification_per_armed_wait(pg_url: str, tmp_path: Path) -> None:
+    engine = engine_for(pg_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE notes (id serial PRIMARY KEY, body text NOT NULL)")
+    engine.dispose()
+    settings = settings_for(tmp_path, pg_url, '[tables.notes]\nidentity = "full"\n')
+    do_install(settings)
+    conninfo = pg_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(conninfo, autocommit=True) as listener:
+        listener.execute("LISTEN nkdaemon_queue")
+
+        do_drain(settings)  # a pass arms the flag
+        for n in range(3):
+            _commit(pg_url, f"first-{n}")
+        assert _notifications(listener) == 1, "only the first transaction after arming"
+
+        for n in range(3):
+            _commit(pg_url, f"unarmed-{n}")
+        assert _notifications(listener) == 0, "nobody re-armed: no wake-up needed"
+
+        do_drain(settings)  # logs all six, and arms again
+        _commit(pg_url, "second")
+        assert _notifications(listener) == 1
+    do_drain(settings)
+    notes = [e["r"]["body"] for tx in logged(settings) for e in tx.events]
+    assert notes == [
+        *(f"first-{n}" for n in range(3)),
+        *(f"unarmed-{n}" for n in range(3)),
+        "second",
+    ]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psycopg
 
+from nkdaemon.sources.migrations import migrations_dir
 from tests.helpers import do_drain, do_install, engine_for, logged, settings_for
 
 
@@ -58,3 +59,41 @@ def test_one_notification_per_armed_wait(pg_url: str, tmp_path: Path) -> None:
         *(f"unarmed-{n}" for n in range(3)),
         "second",
     ]
+
+
+def test_a_version_2_capture_schema_drains_and_install_upgrades_it(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """A database installed by the previous release (schema version 2: a notification from
+    every transaction) keeps draining under this release, and `install` migrates it."""
+    engine = engine_for(pg_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE notes (id serial PRIMARY KEY, body text NOT NULL)")
+    engine.dispose()
+    settings = settings_for(tmp_path, pg_url, '[tables.notes]\nidentity = "full"\n')
+    do_install(settings)
+    version_2 = (migrations_dir("postgresql") / "0002_notify.sql").read_text()
+    conninfo = pg_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(conninfo, autocommit=True) as conn:  # back to version 2
+        conn.execute("DELETE FROM nkdaemon.schema_version WHERE version = 3")
+        conn.execute(version_2)
+        conn.execute("DROP SEQUENCE nkdaemon.wake_armed")
+
+    _commit(pg_url, "under version 2")
+    do_drain(settings)
+    with psycopg.connect(conninfo, autocommit=True) as listener:
+        listener.execute("LISTEN nkdaemon_queue")
+        _commit(pg_url, "a")
+        _commit(pg_url, "b")
+        assert _notifications(listener) == 2, "version 2 notifies from every transaction"
+
+        do_install(settings)
+        row = listener.execute("SELECT max(version) FROM nkdaemon.schema_version").fetchone()
+        assert row is not None and row[0] == 3
+        do_drain(settings)
+        _commit(pg_url, "c")
+        _commit(pg_url, "d")
+        assert _notifications(listener) == 1, "version 3 notifies once per armed wait"
+    do_drain(settings)
+    notes = [e["r"]["body"] for tx in logged(settings) for e in tx.events]
+    assert notes == ["under version 2", "a", "b", "c", "d"]

@@ -24,6 +24,7 @@ import orjson
 import zstandard
 
 from nkdaemon.core.errors import LogCorruptionError, RepositoryError
+from nkdaemon.repository.files import fsync_dir
 
 MAGIC = b"NKDLOG\r\n"
 FORMAT_VERSION = 1
@@ -209,7 +210,7 @@ class SegmentLog:
                     self._open_for_append(name, end.offset)
                 return end
             (self.directory / name).unlink()
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
             names.pop()
         self._segment = None
         self._next_lsn = 1
@@ -319,7 +320,7 @@ class SegmentLog:
             handle.write(_header())
             handle.flush()
             os.fsync(handle.fileno())
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
         self._file = path.open("r+b")
         self._file.seek(0, os.SEEK_END)
         self._segment = name
@@ -357,11 +358,3 @@ class SegmentLog:
         if self._file is not None:
             self._file.close()
             self._file = None
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

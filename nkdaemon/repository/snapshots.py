@@ -23,6 +23,7 @@ import orjson
 import zstandard
 
 from nkdaemon.core.errors import RepositoryError
+from nkdaemon.repository.files import fsync_dir
 
 SNAPSHOT_FORMAT = 1
 MANIFEST = "manifest.json"
@@ -121,11 +122,11 @@ class SnapshotWriter:
             handle.write(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
             handle.flush()
             os.fsync(handle.fileno())
-        _fsync_dir(self._tmp / "tables")
-        _fsync_dir(self._tmp)
+        fsync_dir(self._tmp / "tables")
+        fsync_dir(self._tmp)
         final = self.directory / self.id
         self._tmp.rename(final)
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
         return _info(final, manifest)
 
     def abort(self) -> None:
@@ -143,14 +144,6 @@ class _HashingWriter(io.RawIOBase):
     def write(self, data: Any) -> int:
         self._digest.update(data)
         return self._target.write(data)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _info(path: Path, manifest: dict[str, Any]) -> SnapshotInfo:
@@ -233,5 +226,5 @@ def prune_snapshots(directory: Path, keep: int) -> list[str]:
     for snapshot in doomed:
         shutil.rmtree(snapshot.path)
     if doomed:
-        _fsync_dir(directory)
+        fsync_dir(directory)
     return [s.id for s in doomed]

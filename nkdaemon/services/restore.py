@@ -277,15 +277,11 @@ class _Resolver:
             lookup = [v for v in values if v is not None]
             found = self._target.find(self._tables[table], columns, lookup) if lookup else {}
             for text, value in zip(texts, values, strict=True):
-                address = found.get(_normalise(value)) if value is not None else None
+                address = found.get(value) if value is not None else None
                 result[text] = address
                 if address is not None:
                     self._cache[(table, generation, text)] = address
         return result
-
-
-def _normalise(value: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
-    return value
 
 
 def _key_columns(spec: TableSpec) -> list[str]:
@@ -428,12 +424,7 @@ class Restorer:
         """Insert rows (or update the rows matched by key) for (key, payload) pairs."""
         spec = table.spec
         name = spec.name
-        fk_columns = {c for fk in spec.foreign_keys for c in fk.columns}
-        plain = [
-            c.name
-            for c in spec.columns
-            if c.name not in spec.surrogate_columns and c.name not in fk_columns
-        ]
+        plain, fk_cols = _value_columns(spec)
         refs = self._resolve_refs(spec, [row for _, row in items], deferred, late_refs)
         existing: dict[str, Address | None] = {}
         if match:
@@ -445,25 +436,22 @@ class Restorer:
             new_rows = [(k, r, refs[i]) for i, (k, r) in enumerate(items)]
         generated = bool(spec.surrogate_columns) and table.generated
         ids = self.target.allocate(table, len(new_rows)) if generated and new_rows else []
-        fk_cols = [c for fk in spec.foreign_keys for c in fk.columns]
         columns = plain + fk_cols + (list(spec.surrogate_columns) if generated else [])
         convert = self._converters(table, plain)
         as_is = all(f is _same for _c, f in convert)
-        inserts: list[Sequence[Any]] = []
-        if as_is and not fk_cols and not generated and len(plain) > 1:
-            # the bulk of a snapshot load: values straight from the row, in C
-            pick = operator.itemgetter(*plain)
-            with contextlib.suppress(KeyError):  # a row without some column: the slow way
-                inserts = [pick(row) for _key, row, _refs in new_rows]
-        if len(inserts) != len(new_rows):
-            inserts = []
+        inserts: Sequence[Sequence[Any]]
+        if as_is and not fk_cols and not generated:  # values straight from the row
+            inserts = _in_column_order([row for _key, row, _refs in new_rows], plain)
+        else:
+            built: list[list[Any]] = []
             for i, (_key, row, ref_values) in enumerate(new_rows):
                 get = row.get
                 values = [get(c) for c in plain] if as_is else [f(get(c)) for c, f in convert]
                 values += ref_values
                 if generated:
                     values.append(ids[i])
-                inserts.append(values)
+                built.append(values)
+            inserts = built
         self.target.insert(table, columns if generated else plain + fk_cols, inserts)
         updates = []
         for i, (key, row) in enumerate(items if existing else ()):
@@ -586,10 +574,10 @@ class Restorer:
                 continue
             table = self._tables[name]
             match = table.rows_before > 0 and not table.spec.full_row_identity
-            pick = None if match or order.deferred.get(name) else self._straight_copy(table)
-            if pick is not None:
+            straight = None if match or order.deferred.get(name) else self._straight_copy(table)
+            if straight is not None:
                 # one COPY for the whole table: the server inserts while rows are parsed here
-                self.target.insert(table, pick.columns, self._picked_rows(snapshot, file, pick))
+                self.target.insert(table, straight, self._picked_rows(snapshot, file, straight))
                 continue
             for batch in read_table_batches(snapshot, file):
                 for start in range(0, len(batch), CHUNK):
@@ -600,31 +588,26 @@ class Restorer:
         self._apply_deferred()
 
     def _picked_rows(
-        self, snapshot: SnapshotInfo, file: TableFile, pick: _Picker
+        self, snapshot: SnapshotInfo, file: TableFile, columns: list[str]
     ) -> Iterator[tuple[Any, ...]]:
-        take, columns = pick.take, pick.columns
         for batch in read_table_batches(snapshot, file):
-            try:
-                rows = [take(item["r"]) for item in batch]
-            except KeyError:  # a row without some column (an older snapshot): as NULL
-                rows = [tuple(item["r"].get(c) for c in columns) for item in batch]
-            yield from rows
+            yield from _in_column_order([item["r"] for item in batch], columns)
             self.report.rows_loaded += len(batch)
             self.progress("load", len(batch))
 
-    def _straight_copy(self, table: TargetTable) -> _Picker | None:
+    def _straight_copy(self, table: TargetTable) -> list[str] | None:
         """For a table whose snapshot rows go into the target as they are (no reference
-        to resolve, no id to draw, no value to convert, no address to remember): the
-        function taking a row's values in column order; otherwise None."""
+        to resolve, no id to draw, no value to convert, no address to remember): its
+        columns; otherwise None."""
         spec = table.spec
         if spec.foreign_keys or spec.surrogate_columns or spec.name in self._referenced:
             return None
         if spec.name in self._written:
             return None
-        plain = [c.name for c in spec.columns]
-        if len(plain) < 2 or not all(f is _same for _c, f in self._converters(table, plain)):
+        columns = [c.name for c in spec.columns]
+        if not all(f is _same for _c, f in self._converters(table, columns)):
             return None
-        return _Picker(plain)
+        return columns
 
     # --- stage: log ---------------------------------------------------------------------
 
@@ -779,12 +762,7 @@ class Restorer:
         name = spec.name
         olds = [old_key] if old_key is not None else [key for key, _ in items]
         found = self.resolver.resolve(name, olds)
-        fk_columns = [c for fk in spec.foreign_keys for c in fk.columns]
-        plain = [
-            c.name
-            for c in spec.columns
-            if c.name not in spec.surrogate_columns and c.name not in set(fk_columns)
-        ]
+        plain, fk_columns = _value_columns(spec)
         convert = self._converters(table, plain)
         refs = self._resolve_refs(spec, [row for _, row in items], (), True)
         rows: list[list[Any]] = []
@@ -896,7 +874,7 @@ class _TargetRenderer:
             return dict(zip(fk.ref_columns, values, strict=True))
         ref = self._tables[fk.ref_table]
         by_ref = dict(zip(fk.ref_columns, values, strict=True))
-        address = tuple(_pk_value(by_ref[c]) for c in ref.primary_key)
+        address = tuple(by_ref[c] for c in ref.primary_key)
         return self._keys_of(fk.ref_table).get(address, {"$missing": list(address)})
 
     def _key(self, table: TargetTable, row: Mapping[str, Any]) -> Any:
@@ -925,20 +903,31 @@ class _TargetRenderer:
             yield self._key(table, row) if not spec.full_row_identity else payload, payload
 
 
-def _pk_value(value: Any) -> Any:
-    return value
-
-
 def _raw_pk(table: TargetTable, row: Mapping[str, Any]) -> list[Any]:
-    return [_pk_value(row.get(c)) for c in table.primary_key]
+    return [row.get(c) for c in table.primary_key]
 
 
-class _Picker:
-    """``take``: a row's values in column order, in C (KeyError if a column is absent)."""
+def _value_columns(spec: TableSpec) -> tuple[list[str], list[str]]:
+    """(plain, references): the columns a payload fills as they are, and the foreign-key
+    columns filled from resolved references, each in definition order."""
+    references = [c for fk in spec.foreign_keys for c in fk.columns]
+    taken = set(references)
+    plain = [
+        c.name for c in spec.columns if c.name not in spec.surrogate_columns and c.name not in taken
+    ]
+    return plain, references
 
-    def __init__(self, columns: list[str]) -> None:
-        self.columns = columns
-        self.take: Callable[[Mapping[str, Any]], tuple[Any, ...]] = operator.itemgetter(*columns)
+
+def _in_column_order(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[str]
+) -> list[tuple[Any, ...]]:
+    """Each row's values in column order, None where a row lacks a column (an older
+    snapshot); taken in C when every row has them all."""
+    if len(columns) > 1:  # itemgetter of one column gives the value, not a tuple
+        take = operator.itemgetter(*columns)
+        with contextlib.suppress(KeyError):
+            return [take(row) for row in rows]
+    return [tuple(row.get(c) for c in columns) for row in rows]
 
 
 def _foldable_runs(

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import textwrap
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +20,8 @@ from nkdaemon.runtime.config import Settings, load_settings
 from nkdaemon.runtime.session import Session
 from nkdaemon.services.drain import DrainResult
 from nkdaemon.services.install import InstallResult, install, load_registry
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def write_config(
@@ -106,3 +112,19 @@ def replayed(
 def run_cli(config: Path, *args: str, env: dict[str, Any] | None = None) -> Result:
     runner = CliRunner()
     return runner.invoke(cli, ["--config", str(config), *args], env=env, catch_exceptions=False)
+
+
+def cli_status(config: Path, *, exit_codes: Collection[int] = (0,)) -> dict[str, Any]:
+    """`nkdaemon status --json` in its own process; ``exit_codes``: the codes accepted
+    (it exits 1 when it reports a problem)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "nkdaemon", "--config", str(config), "status", "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode in exit_codes, done.stderr
+    document: dict[str, Any] = json.loads(done.stdout)
+    return document

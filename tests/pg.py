@@ -21,12 +21,14 @@ from pathlib import Path
 import psycopg
 from sqlalchemy.engine import make_url
 
+from nkdaemon.sources.postgres import conninfo_from_url
+
 LOCAL_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
 def _answers(url: str) -> bool:
     try:
-        conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+        conninfo = conninfo_from_url(url)
         with psycopg.connect(conninfo, connect_timeout=3):
             return True
     except psycopg.Error:
@@ -128,13 +130,9 @@ def server_url() -> tuple[str | None, str]:
     return None, "no PostgreSQL answers at 127.0.0.1:5432"
 
 
-def admin_conninfo(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 def create_database(server: str) -> str:
     name = f"nkd_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin_conninfo(server), autocommit=True) as conn:
+    with psycopg.connect(conninfo_from_url(server), autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
     return str(make_url(server).set(database=name).render_as_string(hide_password=False))
 
@@ -143,7 +141,7 @@ def drop_database(server: str, url: str) -> None:
     name = make_url(url).database
     for _ in range(3):
         try:
-            with psycopg.connect(admin_conninfo(server), autocommit=True) as conn:
+            with psycopg.connect(conninfo_from_url(server), autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[arg-type]
             return
         except psycopg.Error:

@@ -35,7 +35,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from nkdaemon.runtime.config import Settings, load_settings
 from tests import workload
-from tests.helpers import do_install, engine_for, logged, truth, write_config
+from tests.helpers import cli_status, do_install, engine_for, logged, truth, write_config
 from tests.test_commit_order import problems
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -224,12 +224,21 @@ def add_ledger_row(engine: sa.Engine, note: str) -> None:
         conn.execute(workload.ledger.insert().values(note=note, account_id=None, amount=1))
 
 
+def wait_all_committed_logged(settings: Settings, tally: workload.Tally) -> None:
+    wait_for(
+        lambda: set(logged_notes(settings)) >= set(tally.committed),
+        timeout=60,
+        what="every committed tag in the log",
+    )
+
+
 def start_writers(
-    engine: sa.Engine, tally: workload.Tally, writers: int, each: int, seed: int
+    engine: sa.Engine, tally: workload.Tally, writers: int, each: int, seed: int, first: int = 0
 ) -> list[threading.Thread]:
+    """Writer threads numbered from ``first`` (their tags: w{number}-{i})."""
     threads = [
         threading.Thread(target=workload.writer, args=(engine, n, each, tally, seed))
-        for n in range(writers)
+        for n in range(first, first + writers)
     ]
     for thread in threads:
         thread.start()
@@ -251,20 +260,6 @@ def keep_writing(
     for thread in threads:
         thread.start()
     return threads
-
-
-def cli_status(config: Path) -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, "-m", "nkdaemon", "--config", str(config), "status", "--json"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    document: dict[str, Any] = json.loads(done.stdout)
-    return document
 
 
 # --- freshness, health, metrics -------------------------------------------------------------
@@ -389,11 +384,7 @@ def test_sigkill_under_load_then_restart_loses_and_doubles_nothing(
         stop.set()
         for thread in writers:
             thread.join()
-    wait_for(
-        lambda: set(logged_notes(settings)) >= set(tally.committed),
-        timeout=60,
-        what="every committed tag in the log",
-    )
+    wait_all_committed_logged(settings, tally)
     wait_for(lambda: daemon.status()["queue_depth"] == 0, timeout=10, what="an empty queue")
     daemon.send(signal.SIGTERM)
     assert daemon.wait() == 0, daemon.stderr()
@@ -411,12 +402,8 @@ def test_a_second_sigterm_exits_at_once_and_a_restart_loses_and_doubles_nothing(
     engine, config, settings = prepare(db_url, tmp_path, "[capture]\nbatch_transactions = 5\n")
     baseline = truth(settings)
     tally = workload.Tally()
-    backlog = [  # before the daemon starts (tags w50-*, w51-*: none of keep_writing's)
-        threading.Thread(target=workload.writer, args=(engine, n, 250, tally, 77)) for n in (50, 51)
-    ]
-    for thread in backlog:
-        thread.start()
-    for thread in backlog:
+    # a backlog before the daemon starts (tags w50-*, w51-*: none of keep_writing's)
+    for thread in start_writers(engine, tally, writers=2, each=250, seed=77, first=50):
         thread.join()
     daemon = daemons(config)
     daemon.wait_ready()
@@ -436,11 +423,7 @@ def test_a_second_sigterm_exits_at_once_and_a_restart_loses_and_doubles_nothing(
         stop.set()
         for thread in writers:
             thread.join()
-    wait_for(
-        lambda: set(logged_notes(settings)) >= set(tally.committed),
-        timeout=60,
-        what="every committed tag in the log",
-    )
+    wait_all_committed_logged(settings, tally)
     daemon.send(signal.SIGTERM)
     assert daemon.wait() == 0, daemon.stderr()
     assert problems(settings, baseline, tally, merged=db_url.startswith("sqlite")) == []

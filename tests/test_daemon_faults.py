@@ -46,8 +46,17 @@ from sqlalchemy.exc import DBAPIError
 
 from nkdaemon.runtime.config import Settings, load_settings
 from nkdaemon.runtime.daemon import GRACE_SECONDS
+from nkdaemon.sources.postgres import conninfo_from_url
 from tests import pg, workload
-from tests.helpers import do_drain, do_install, engine_for, logged, truth, write_config
+from tests.helpers import (
+    cli_status,
+    do_drain,
+    do_install,
+    engine_for,
+    logged,
+    truth,
+    write_config,
+)
 from tests.test_commit_order import problems
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -198,25 +207,11 @@ def spawn() -> Iterator[Callable[..., Daemon]]:
         daemon.kill()
 
 
-def cli_status(config: Path) -> dict[str, Any]:
-    """`nkdaemon status --json` in its own process (it exits 1 when it reports a problem)."""
-    done = subprocess.run(
-        [sys.executable, "-m", "nkdaemon", "--config", str(config), "status", "--json"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode in (0, 1), done.stderr
-    document: dict[str, Any] = json.loads(done.stdout)
-    return document
-
-
 def wait_caught_up(daemon: Daemon, config: Path, timeout: float = 60.0) -> None:
     """Every committed change has left the source queue (the log and checkpoint have it)."""
     daemon.wait_for(
         "the source queue to be drained (status --json queue_depth == 0)",
-        lambda: cli_status(config)["queue_depth"] == 0,
+        lambda: cli_status(config, exit_codes=(0, 1))["queue_depth"] == 0,
         timeout,
     )
 
@@ -295,7 +290,7 @@ def _resilient_writer(
 
 
 def _terminate_daemon_connections(server_url: str) -> int:
-    with psycopg.connect(pg.admin_conninfo(server_url), autocommit=True) as admin:
+    with psycopg.connect(conninfo_from_url(server_url), autocommit=True) as admin:
         rows = admin.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE application_name LIKE 'nkdaemon%' AND pid <> pg_backend_pid()"
@@ -498,7 +493,7 @@ def test_full_repository_disk_keeps_changes_queued_and_resumes_by_itself(
     status = daemon.status()
     assert status["repository_error"], status
     assert daemon.metric("nkdaemon_errors_total", kind="repository") >= 1
-    queued = cli_status(config)
+    queued = cli_status(config, exit_codes=(0, 1))
     assert queued["queue_depth"] > 0, queued
     assert segment.stat().st_size <= limit
     assert daemon.get("/healthz")[0] == 200, "the process is alive while the disk is full"

@@ -33,6 +33,7 @@ from psycopg.types.json import set_json_loads
 
 from nkdaemon.examples import edms
 from nkdaemon.runtime.config import Settings, load_settings
+from nkdaemon.sources.postgres import conninfo_from_url
 from tests import pg
 from tests.helpers import do_drain, do_install, engine_for, logged, run_cli, write_config
 
@@ -270,7 +271,7 @@ def read_raw(url: str) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {}
     parsed = sa.make_url(url)
     if parsed.get_backend_name() == "postgresql":
-        with psycopg.connect(pg.admin_conninfo(url), row_factory=dict_row) as conn:
+        with psycopg.connect(conninfo_from_url(url), row_factory=dict_row) as conn:
             set_json_loads(_exact_json, conn)
             for table in NATURAL_KEYS:
                 rows = conn.execute(f'SELECT * FROM "{table}"').fetchall()  # type: ignore[arg-type]

@@ -13,13 +13,30 @@ from pathlib import Path
 
 import psycopg
 
+from nkdaemon.runtime.config import Settings
 from nkdaemon.sources.migrations import migrations_dir
+from nkdaemon.sources.postgres import conninfo_from_url
 from tests.helpers import do_drain, do_install, engine_for, logged, settings_for
 
 
 def _notifications(listener: psycopg.Connection[tuple[object, ...]]) -> int:
     time.sleep(0.2)  # delivered at the notifying commit; give the socket a moment
     return sum(1 for _ in listener.notifies(timeout=0.5))
+
+
+def _captured_notes(pg_url: str, tmp_path: Path) -> Settings:
+    """A table of notes, captured (keyless: whole rows)."""
+    engine = engine_for(pg_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE notes (id serial PRIMARY KEY, body text NOT NULL)")
+    engine.dispose()
+    settings = settings_for(tmp_path, pg_url, '[tables.notes]\nidentity = "full"\n')
+    do_install(settings)
+    return settings
+
+
+def _logged_notes(settings: Settings) -> list[str]:
+    return [e["r"]["body"] for tx in logged(settings) for e in tx.events]
 
 
 def _commit(url: str, note: str) -> None:
@@ -30,13 +47,8 @@ def _commit(url: str, note: str) -> None:
 
 
 def test_one_notification_per_armed_wait(pg_url: str, tmp_path: Path) -> None:
-    engine = engine_for(pg_url)
-    with engine.begin() as conn:
-        conn.exec_driver_sql("CREATE TABLE notes (id serial PRIMARY KEY, body text NOT NULL)")
-    engine.dispose()
-    settings = settings_for(tmp_path, pg_url, '[tables.notes]\nidentity = "full"\n')
-    do_install(settings)
-    conninfo = pg_url.replace("postgresql+psycopg://", "postgresql://")
+    settings = _captured_notes(pg_url, tmp_path)
+    conninfo = conninfo_from_url(pg_url)
     with psycopg.connect(conninfo, autocommit=True) as listener:
         listener.execute("LISTEN nkdaemon_queue")
 
@@ -53,7 +65,7 @@ def test_one_notification_per_armed_wait(pg_url: str, tmp_path: Path) -> None:
         _commit(pg_url, "second")
         assert _notifications(listener) == 1
     do_drain(settings)
-    notes = [e["r"]["body"] for tx in logged(settings) for e in tx.events]
+    notes = _logged_notes(settings)
     assert notes == [
         *(f"first-{n}" for n in range(3)),
         *(f"unarmed-{n}" for n in range(3)),
@@ -66,14 +78,9 @@ def test_a_version_2_capture_schema_drains_and_install_upgrades_it(
 ) -> None:
     """A database installed by the previous release (schema version 2: a notification from
     every transaction) keeps draining under this release, and `install` migrates it."""
-    engine = engine_for(pg_url)
-    with engine.begin() as conn:
-        conn.exec_driver_sql("CREATE TABLE notes (id serial PRIMARY KEY, body text NOT NULL)")
-    engine.dispose()
-    settings = settings_for(tmp_path, pg_url, '[tables.notes]\nidentity = "full"\n')
-    do_install(settings)
+    settings = _captured_notes(pg_url, tmp_path)
     version_2 = (migrations_dir("postgresql") / "0002_notify.sql").read_text()
-    conninfo = pg_url.replace("postgresql+psycopg://", "postgresql://")
+    conninfo = conninfo_from_url(pg_url)
     with psycopg.connect(conninfo, autocommit=True) as conn:  # back to version 2
         conn.execute("DELETE FROM nkdaemon.schema_version WHERE version = 3")
         conn.execute(version_2)
@@ -95,5 +102,5 @@ def test_a_version_2_capture_schema_drains_and_install_upgrades_it(
         _commit(pg_url, "d")
         assert _notifications(listener) == 1, "version 3 notifies once per armed wait"
     do_drain(settings)
-    notes = [e["r"]["body"] for tx in logged(settings) for e in tx.events]
+    notes = _logged_notes(settings)
     assert notes == ["under version 2", "a", "b", "c", "d"]

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 import psycopg
+import structlog
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
@@ -24,10 +25,14 @@ from nkdaemon.core.ports import QueuedChange, SchemaDrift, SnapshotConsumer, Sna
 from nkdaemon.core.values import parse_json_exact, pg_decoder
 from nkdaemon.sources.migrations import pending_migrations
 
+log = structlog.get_logger("nkdaemon.source")
+
 SCHEMA = "nkdaemon"
 FENCE_LOCK = (1852533605, 1)
 ROW_TRIGGER = "nkdaemon_capture"
 TRUNCATE_TRIGGER = "nkdaemon_capture_truncate"
+# Drained queue rows after which the drain vacuums the queue (a few ms at this size).
+VACUUM_AFTER_ROWS = 5000
 TRIGGERS = (f"{ROW_TRIGGER}_i", f"{ROW_TRIGGER}_u", f"{ROW_TRIGGER}_d", TRUNCATE_TRIGGER)
 
 _ROW_FUNCTION = """
@@ -138,6 +143,7 @@ class PostgresSource:
         self._schema = schema or "public"
         self._secrets = secrets
         self._conn: psycopg.Connection[Any] | None = None
+        self._deleted_since_vacuum = 0
 
     # --- connection ------------------------------------------------------------------
 
@@ -431,8 +437,26 @@ class PostgresSource:
                     "GROUP BY xid HAVING max(seq) <= %s",
                     (upto,),
                 )
-                conn.execute("DELETE FROM nkdaemon.queue q USING nkd_done d WHERE q.xid = d.xid")
+                deleted = conn.execute(
+                    "DELETE FROM nkdaemon.queue q USING nkd_done d WHERE q.xid = d.xid"
+                ).rowcount
                 conn.execute("DELETE FROM nkdaemon.commits c USING nkd_done d WHERE c.xid = d.xid")
+        self._deleted_since_vacuum += max(deleted, 0)
+        if self._deleted_since_vacuum >= VACUUM_AFTER_ROWS:
+            self._vacuum_queue()
+
+    def _vacuum_queue(self) -> None:
+        """Give the drained rows' space back, without locking the application out.
+
+        Where autovacuum is off or behind, the queue (no index: every pass scans it) would
+        otherwise grow with every row ever captured. TRUNCATE false: cutting empty tail
+        pages takes an ACCESS EXCLUSIVE lock, which would stall the application's inserts.
+        """
+        self._deleted_since_vacuum = 0
+        try:
+            self._connection().execute("VACUUM (TRUNCATE false) nkdaemon.queue, nkdaemon.commits")
+        except psycopg.Error as exc:  # the changes are drained; only space is at stake
+            log.warning("queue.vacuum_failed", error=_clean(exc, self._secrets))
 
     def queue_depth(self) -> int:
         with self._errors("measuring the queue"):

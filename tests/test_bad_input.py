@@ -139,6 +139,11 @@ CONFIG_ERRORS = [
         id="bad-duration",
     ),
     pytest.param(
+        "[capture]\npoll_interval = '1s'\nmin_pass_interval = '5s'\n",
+        ["[capture] min_pass_interval", "5s is longer than", "poll_interval (1s)", "at most"],
+        id="pass-spacing-longer-than-poll",
+    ),
+    pytest.param(
         "[health]\nmax_lag = '-5s'\n",
         ["[health] max_lag", "'-5s'", "is not a duration", '"5m"'],
         id="negative-duration",

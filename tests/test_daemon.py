@@ -351,6 +351,34 @@ def test_wake_ups_alone_keep_the_log_fresh_when_polling_is_rare(
     assert daemon.wait() == 0, daemon.stderr()
 
 
+def test_a_stream_of_wake_ups_is_drained_in_passes_spaced_by_min_pass_interval(
+    db_url: str, tmp_path: Path, daemons: Callable[..., DaemonProcess]
+) -> None:
+    """Every commit wakes the daemon; under a steady stream it must not run a pass per
+    commit (each pass costs the application throughput), yet every commit is logged
+    within about min_pass_interval."""
+    engine, config, settings = prepare(
+        db_url, tmp_path, '[capture]\npoll_interval = "30s"\nmin_pass_interval = "1s"\n'
+    )
+    daemon = daemons(config)
+    daemon.wait_ready()
+    passes_before = daemon.scrape()["nkdaemon_drain_passes_total"]
+    started = time.monotonic()
+    notes = [f"stream-{i}" for i in range(40)]
+    for note in notes:
+        add_ledger_row(engine, note)
+        time.sleep(0.075)
+    last_commit = time.monotonic()
+    wait_for(lambda: set(logged_notes(settings)) >= set(notes), timeout=40, what="the stream")
+    delay = time.monotonic() - last_commit
+    passes = daemon.scrape()["nkdaemon_drain_passes_total"] - passes_before
+    seconds = time.monotonic() - started
+    assert passes <= seconds + 2, f"{passes} passes in {seconds:.1f} s for {len(notes)} commits"
+    assert delay < 2.0, f"the last commit reached the log after {delay:.2f} s"
+    daemon.send(signal.SIGTERM)
+    assert daemon.wait() == 0, daemon.stderr()
+
+
 # --- crashes and shutdown ---------------------------------------------------------------
 
 

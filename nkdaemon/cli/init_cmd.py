@@ -29,6 +29,7 @@ tables = ["*"]               # globs of tables to capture
 # key_cache_size = 100000    # id -> natural key LRU cache entries
 # batch_transactions = 1000 # source transactions per durable batch (one fsync each)
 # poll_interval = "1s"       # how often the daemon looks for changes without a wake-up
+# min_pass_interval = "200ms" # least time between passes, however often woken
 
 # A table with no unique NOT NULL constraint needs its natural key declared:
 # [tables.documents]

@@ -63,6 +63,7 @@ class CaptureSettings:
     key_cache_size: int = 100_000
     batch_transactions: int = 1000
     poll_interval: float = 1.0
+    min_pass_interval: float = 0.2
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -256,7 +257,14 @@ def parse_settings(
             _Section(
                 "capture",
                 top.get("capture", {}),
-                ("tables", "exclude", "key_cache_size", "batch_transactions", "poll_interval"),
+                (
+                    "tables",
+                    "exclude",
+                    "key_cache_size",
+                    "batch_transactions",
+                    "poll_interval",
+                    "min_pass_interval",
+                ),
             )
         ),
         tables=_parse_tables(top.get("tables", {})),
@@ -334,14 +342,24 @@ def _parse_repository(section: _Section, base_dir: Path) -> RepositorySettings:
 
 
 def _parse_capture(section: _Section) -> CaptureSettings:
+    poll_interval = parse_duration(section.get("poll_interval", 1.0), section.key("poll_interval"))
+    min_pass_interval = parse_duration(
+        section.get("min_pass_interval", min(0.2, poll_interval)),
+        section.key("min_pass_interval"),
+    )
+    if min_pass_interval > poll_interval:
+        raise ConfigError(
+            f"{section.key('min_pass_interval')}: {min_pass_interval:g}s is longer than "
+            f"{section.key('poll_interval')} ({poll_interval:g}s)",
+            hint="make min_pass_interval at most poll_interval (default 200ms)",
+        )
     return CaptureSettings(
         tables=section.strings("tables", ("*",)),
         exclude=section.strings("exclude", ()),
         key_cache_size=section.positive_int("key_cache_size", 100_000),
         batch_transactions=section.positive_int("batch_transactions", 1000),
-        poll_interval=parse_duration(
-            section.get("poll_interval", 1.0), section.key("poll_interval")
-        ),
+        poll_interval=poll_interval,
+        min_pass_interval=min_pass_interval,
     )
 
 

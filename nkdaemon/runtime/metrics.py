@@ -46,6 +46,11 @@ class Metrics:
         self.errors = Counter(
             "nkdaemon_errors_total", "Errors by kind", ["kind"], registry=self.registry
         )
+        self.drain_passes = Counter(
+            "nkdaemon_drain_passes_total",
+            "Drain passes completed (at most one per [capture] min_pass_interval)",
+            registry=self.registry,
+        )
         self.last_drain = Gauge(
             "nkdaemon_last_drain_timestamp_seconds",
             "When the last drain pass finished",

@@ -1,6 +1,6 @@
 """Capture overhead on pgbench: TPS with no triggers, with nkdaemon's triggers, with the
-triggers and a drain running on the same machine, and with a classic full-row audit
-trigger, measured side by side.
+triggers and the daemon (`nkdaemon run`, draining as users run it) on the same machine,
+and with a classic full-row audit trigger, measured side by side.
 
 Protocol (issue 2): pgbench scale 10, `-n -c 4 -j 2 -T 20`, a fresh copy of the database
 per run, configurations interleaved (rotated each round) over several rounds; medians and
@@ -10,15 +10,18 @@ pgbench_history has no key at all: nkdaemon captures it with whole-row identity
 (`identity = "full"`), as logical replication's REPLICA IDENTITY FULL does.
 
     python benchmarks/capture_overhead.py [--rounds 3] [--seconds 20] [--scale 10]
+        [--only none nkdaemon ...] [--min-pass-interval 200ms]
 """
 
 from __future__ import annotations
 
 import argparse
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import psycopg
@@ -35,7 +38,7 @@ from _common import (
 )
 
 TEMPLATE = "nkd_bench_pgbench"
-DRAIN_INTERVAL = 1.0  # seconds between drain passes (the daemon's poll interval)
+MIN_PASS_INTERVAL: str | None = None  # the daemon's own default unless given
 RUN_DB = "nkd_bench_run"
 TABLES = ("pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history")
 CONFIG_EXTRA = """
@@ -143,32 +146,37 @@ def install_nkdaemon(config: Path) -> None:
     )
 
 
-class DrainLoop:
-    """A drain running beside pgbench, as the daemon would, sampling the queue depth."""
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
-    def __init__(self, config: Path) -> None:
+
+class RunningDaemon:
+    """`nkdaemon run` beside pgbench, as a user runs it, sampling the queue depth."""
+
+    def __init__(self, config: Path, port: int) -> None:
         self.config = config
+        self.port = port
         self.depths: list[int] = []
         self._stop = threading.Event()
         self._process: subprocess.Popen[bytes] | None = None
         self._sampler = threading.Thread(target=self._sample)
 
-    def __enter__(self) -> DrainLoop:
-        script = (
-            "import sys, time\n"
-            "from nkdaemon.runtime.config import load_settings\n"
-            "from nkdaemon.runtime.session import Session\n"
-            "from pathlib import Path\n"
-            "s = Session(load_settings(Path(sys.argv[1])), writer=True)\n"
-            "d = s.drainer()\n"
-            "while True:\n"
-            "    started = time.monotonic()\n"
-            "    d.drain_once()\n"
-            "    time.sleep(max(0.0, float(sys.argv[2]) - (time.monotonic() - started)))\n"
-        )
+    def __enter__(self) -> RunningDaemon:
         self._process = subprocess.Popen(
-            [sys.executable, "-c", script, str(self.config), str(DRAIN_INTERVAL)]
+            [sys.executable, "-m", "nkdaemon", "--config", str(self.config), "run"],
+            stderr=subprocess.DEVNULL,
         )
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2).read()
+                break
+            except OSError:
+                if time.monotonic() > deadline or self._process.poll() is not None:
+                    raise SystemExit("nkdaemon run did not start") from None
+                time.sleep(0.1)
         self._sampler.start()
         return self
 
@@ -183,7 +191,7 @@ class DrainLoop:
         self._sampler.join()
         if self._process is not None:
             self._process.terminate()
-            self._process.wait(timeout=30)
+            self._process.wait(timeout=60)
 
 
 def run_once(name: str, seconds: int) -> tuple[float, list[int]]:
@@ -197,15 +205,19 @@ def run_once(name: str, seconds: int) -> tuple[float, list[int]]:
         setup_audit() if name == "audit" else setup_bare()
         run_sql(RUN_DB, "CHECKPOINT")
         return pgbench(RUN_DB, *args), depths
-    with nkdaemon_config(RUN_DB, CONFIG_EXTRA) as config:
+    port = free_port()
+    extra = CONFIG_EXTRA + f'[health]\nlisten = "127.0.0.1:{port}"\n'
+    if MIN_PASS_INTERVAL:
+        extra += f'[capture]\nmin_pass_interval = "{MIN_PASS_INTERVAL}"\n'
+    with nkdaemon_config(RUN_DB, extra) as config:
         install_nkdaemon(config)
         run_sql(RUN_DB, "CHECKPOINT")
         if name == "nkdaemon":
             return pgbench(RUN_DB, *args), depths
-        with DrainLoop(config) as drain:
+        with RunningDaemon(config, port) as daemon:
             tps = pgbench(RUN_DB, *args)
             time.sleep(1.5)
-        return tps, drain.depths
+        return tps, daemon.depths
 
 
 def main() -> None:
@@ -213,10 +225,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--scale", type=int, default=10)
-    parser.add_argument("--drain-interval", type=float, default=DRAIN_INTERVAL)
+    parser.add_argument(
+        "--min-pass-interval", help="the daemon's [capture] min_pass_interval (default: its own)"
+    )
     parser.add_argument("--only", nargs="*", help="run only these configurations")
     args = parser.parse_args()
-    globals()["DRAIN_INTERVAL"] = args.drain_interval
+    globals()["MIN_PASS_INTERVAL"] = args.min_pass_interval
     configs = args.only or ["none", "bare", "nkdaemon", "nkdaemon+drain", "audit"]
     print(f"pgbench -i -s {args.scale}; runs: -n -c 4 -j 2 -T {args.seconds}, {args.rounds} rounds")
     pgbench_init(TEMPLATE, args.scale)

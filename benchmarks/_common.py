@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import tempfile
@@ -26,6 +27,13 @@ def pg_bin(name: str) -> str:
         if candidate.exists():
             return str(candidate)
     raise SystemExit(f"{name} not found: install PostgreSQL's client programs")
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (for a daemon's health listener)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def db_url(name: str, driver: str = "postgresql") -> str:

@@ -16,7 +16,6 @@ pgbench_history has no key at all: nkdaemon captures it with whole-row identity
 from __future__ import annotations
 
 import argparse
-import socket
 import subprocess
 import sys
 import threading
@@ -29,6 +28,7 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     db_url,
+    free_port,
     fresh_copy,
     median,
     nkdaemon_config,
@@ -144,12 +144,6 @@ def install_nkdaemon(config: Path) -> None:
         check=True,
         capture_output=True,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class RunningDaemon:

@@ -13,7 +13,6 @@ passes. Prints the median, 95th percentile and maximum, and the TPS pgbench reac
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,16 +24,10 @@ from pathlib import Path
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import db_url, fresh_copy, nkdaemon_config, pgbench, pgbench_init
+from _common import db_url, free_port, fresh_copy, nkdaemon_config, pgbench, pgbench_init
 
 TEMPLATE = "nkd_bench_pgbench"
 RUN_DB = "nkd_bench_lag"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def ready(port: int) -> bool:

@@ -74,6 +74,17 @@ def do_install(settings: Settings) -> InstallResult:
         )
 
 
+def captured_notes(url: str, directory: Path) -> Settings:
+    """A table of notes (keyless: captured as whole rows), capture installed."""
+    engine = engine_for(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE notes (id serial PRIMARY KEY, body text NOT NULL)")
+    engine.dispose()
+    settings = settings_for(directory, url, '[tables.notes]\nidentity = "full"\n')
+    do_install(settings)
+    return settings
+
+
 def do_drain(settings: Settings) -> DrainResult:
     with Session(settings, writer=True) as s:
         return s.drainer().drain_once()

@@ -16,19 +16,8 @@ from pathlib import Path
 
 import psycopg
 
-from nkdaemon.runtime.config import Settings
 from nkdaemon.sources.postgres import FENCE_LOCK, VACUUM_AFTER_ROWS, conninfo_from_url
-from tests.helpers import do_drain, do_install, engine_for, logged, settings_for
-
-
-def _captured_notes(pg_url: str, tmp_path: Path) -> Settings:
-    engine = engine_for(pg_url)
-    with engine.begin() as conn:
-        conn.exec_driver_sql("CREATE TABLE notes (id serial PRIMARY KEY, body text NOT NULL)")
-    engine.dispose()
-    settings = settings_for(tmp_path, pg_url, '[tables.notes]\nidentity = "full"\n')
-    do_install(settings)
-    return settings
+from tests.helpers import captured_notes, do_drain, logged
 
 
 def _commit_sequence(conn: psycopg.Connection[tuple[object, ...]]) -> int:
@@ -42,7 +31,7 @@ def _commit_sequence(conn: psycopg.Connection[tuple[object, ...]]) -> int:
 def test_a_commit_during_the_fence_waits_for_it_and_is_numbered_after_it(
     pg_url: str, tmp_path: Path
 ) -> None:
-    settings = _captured_notes(pg_url, tmp_path)
+    settings = captured_notes(pg_url, tmp_path)
     conninfo = conninfo_from_url(pg_url)
     committed = threading.Event()
     failures: list[BaseException] = []
@@ -79,7 +68,7 @@ def test_a_commit_during_the_fence_waits_for_it_and_is_numbered_after_it(
 
 
 def test_the_queue_keeps_its_size_where_autovacuum_is_off(pg_url: str, tmp_path: Path) -> None:
-    settings = _captured_notes(pg_url, tmp_path)
+    settings = captured_notes(pg_url, tmp_path)
     conninfo = conninfo_from_url(pg_url)
     rows_per_round = VACUUM_AFTER_ROWS + 1000
     sizes: list[int] = []

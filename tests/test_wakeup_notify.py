@@ -16,23 +16,12 @@ import psycopg
 from nkdaemon.runtime.config import Settings
 from nkdaemon.sources.migrations import migrations_dir
 from nkdaemon.sources.postgres import conninfo_from_url
-from tests.helpers import do_drain, do_install, engine_for, logged, settings_for
+from tests.helpers import captured_notes, do_drain, do_install, engine_for, logged
 
 
 def _notifications(listener: psycopg.Connection[tuple[object, ...]]) -> int:
     time.sleep(0.2)  # delivered at the notifying commit; give the socket a moment
     return sum(1 for _ in listener.notifies(timeout=0.5))
-
-
-def _captured_notes(pg_url: str, tmp_path: Path) -> Settings:
-    """A table of notes, captured (keyless: whole rows)."""
-    engine = engine_for(pg_url)
-    with engine.begin() as conn:
-        conn.exec_driver_sql("CREATE TABLE notes (id serial PRIMARY KEY, body text NOT NULL)")
-    engine.dispose()
-    settings = settings_for(tmp_path, pg_url, '[tables.notes]\nidentity = "full"\n')
-    do_install(settings)
-    return settings
 
 
 def _logged_notes(settings: Settings) -> list[str]:
@@ -51,7 +40,7 @@ def _commit(url: str, note: str) -> None:
 
 
 def test_one_notification_per_armed_wait(pg_url: str, tmp_path: Path) -> None:
-    settings = _captured_notes(pg_url, tmp_path)
+    settings = captured_notes(pg_url, tmp_path)
     conninfo = conninfo_from_url(pg_url)
     with psycopg.connect(conninfo, autocommit=True) as listener:
         listener.execute("LISTEN nkdaemon_queue")
@@ -82,7 +71,7 @@ def test_a_version_2_capture_schema_drains_and_install_upgrades_it(
 ) -> None:
     """A database installed by the previous release (schema version 2: a notification from
     every transaction) keeps draining under this release, and `install` migrates it."""
-    settings = _captured_notes(pg_url, tmp_path)
+    settings = captured_notes(pg_url, tmp_path)
     version_2 = (migrations_dir("postgresql") / "0002_notify.sql").read_text()
     conninfo = conninfo_from_url(pg_url)
     with psycopg.connect(conninfo, autocommit=True) as conn:  # back to version 2

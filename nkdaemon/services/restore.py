@@ -38,6 +38,7 @@ from nkdaemon.repository.snapshots import (
     SnapshotInfo,
     TableFile,
     list_snapshots,
+    read_table,
     read_table_batches,
 )
 from nkdaemon.targets.database import Address, PostgresTarget, SqliteTarget, TargetTable, _same
@@ -825,9 +826,8 @@ class Restorer:
         for name in order.tables:
             file = snapshot.table(name)
             if file is not None:
-                for batch in read_table_batches(snapshot, file):
-                    for item in batch:
-                        expectation.load(name, item["k"], item["r"])
+                for item in read_table(snapshot, file):
+                    expectation.load(name, item["k"], item["r"])
         expectation.finish_load()
         for tx in replay_range(self.log_store, snapshot, self.plan.at):
             expectation.apply_transaction(

@@ -7,8 +7,11 @@ import shutil
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import textwrap
+import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -102,3 +105,36 @@ def nkdaemon_config(database: str, extra: str = "") -> Iterator[Path]:
 
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
+
+
+def nkdaemon(config: Path, *args: str) -> None:
+    """`nkdaemon --config CONFIG ARGS...` in its own process (install, drain, ...)."""
+    subprocess.run(
+        [sys.executable, "-m", "nkdaemon", "--config", str(config), *args],
+        check=True,
+        capture_output=True,
+    )
+
+
+@contextmanager
+def running_daemon(config: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """`nkdaemon run` for the length of the block, entered once /readyz answers 200 on
+    ``port`` (the configuration's [health] listen)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nkdaemon", "--config", str(config), "run"],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).read()
+                break
+            except OSError:  # not listening yet, or 503 until the first pass
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise SystemExit("nkdaemon run did not become ready") from None
+                time.sleep(0.1)
+        yield process
+    finally:
+        process.terminate()
+        process.wait(timeout=60)

@@ -16,11 +16,9 @@ pgbench_history has no key at all: nkdaemon captures it with whole-row identity
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import psycopg
@@ -31,10 +29,12 @@ from _common import (
     free_port,
     fresh_copy,
     median,
+    nkdaemon,
     nkdaemon_config,
     pgbench,
     pgbench_init,
     run_sql,
+    running_daemon,
 )
 
 TEMPLATE = "nkd_bench_pgbench"
@@ -138,39 +138,15 @@ def setup_audit() -> None:
         )
 
 
-def install_nkdaemon(config: Path) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "nkdaemon", "--config", str(config), "install"],
-        check=True,
-        capture_output=True,
-    )
+class QueueDepth:
+    """Samples the source queue's depth every second while the block runs."""
 
-
-class RunningDaemon:
-    """`nkdaemon run` beside pgbench, as a user runs it, sampling the queue depth."""
-
-    def __init__(self, config: Path, port: int) -> None:
-        self.config = config
-        self.port = port
+    def __init__(self) -> None:
         self.depths: list[int] = []
         self._stop = threading.Event()
-        self._process: subprocess.Popen[bytes] | None = None
         self._sampler = threading.Thread(target=self._sample)
 
-    def __enter__(self) -> RunningDaemon:
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "nkdaemon", "--config", str(self.config), "run"],
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline or self._process.poll() is not None:
-                    raise SystemExit("nkdaemon run did not start") from None
-                time.sleep(0.1)
+    def __enter__(self) -> QueueDepth:
         self._sampler.start()
         return self
 
@@ -183,9 +159,6 @@ class RunningDaemon:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._sampler.join()
-        if self._process is not None:
-            self._process.terminate()
-            self._process.wait(timeout=60)
 
 
 def run_once(name: str, seconds: int) -> tuple[float, list[int]]:
@@ -204,14 +177,14 @@ def run_once(name: str, seconds: int) -> tuple[float, list[int]]:
     if MIN_PASS_INTERVAL:
         extra += f'[capture]\nmin_pass_interval = "{MIN_PASS_INTERVAL}"\n'
     with nkdaemon_config(RUN_DB, extra) as config:
-        install_nkdaemon(config)
+        nkdaemon(config, "install")
         run_sql(RUN_DB, "CHECKPOINT")
         if name == "nkdaemon":
             return pgbench(RUN_DB, *args), depths
-        with RunningDaemon(config, port) as daemon:
+        with running_daemon(config, port), QueueDepth() as queue:
             tps = pgbench(RUN_DB, *args)
             time.sleep(1.5)
-        return tps, daemon.depths
+        return tps, queue.depths
 
 
 def main() -> None:

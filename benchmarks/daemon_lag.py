@@ -14,28 +14,27 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import db_url, free_port, fresh_copy, nkdaemon_config, pgbench, pgbench_init
+from _common import (
+    db_url,
+    free_port,
+    fresh_copy,
+    nkdaemon,
+    nkdaemon_config,
+    pgbench,
+    pgbench_init,
+    running_daemon,
+)
 
 TEMPLATE = "nkd_bench_pgbench"
 RUN_DB = "nkd_bench_lag"
-
-
-def ready(port: int) -> bool:
-    try:
-        urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).read()
-    except OSError:
-        return False
-    return True
 
 
 def lag(conn: psycopg.Connection[tuple[object, ...]]) -> float:
@@ -61,18 +60,8 @@ def main() -> None:
     if args.min_pass_interval:
         extra += f'[capture]\nmin_pass_interval = "{args.min_pass_interval}"\n'
     with nkdaemon_config(RUN_DB, extra) as config:
-        subprocess.run(
-            [sys.executable, "-m", "nkdaemon", "--config", str(config), "install"],
-            check=True,
-            capture_output=True,
-        )
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "nkdaemon", "--config", str(config), "run"],
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            while not ready(port):
-                time.sleep(0.1)
+        nkdaemon(config, "install")
+        with running_daemon(config, port):
             samples: list[float] = []
             done = threading.Event()
 
@@ -87,9 +76,6 @@ def main() -> None:
             tps = pgbench(RUN_DB, "-n", "-c", "4", "-j", "2", "-T", str(args.seconds))
             done.set()
             sampler.join()
-        finally:
-            daemon.terminate()
-            daemon.wait(timeout=60)
     samples.sort()
     p95 = samples[int(len(samples) * 0.95) - 1]
     print(

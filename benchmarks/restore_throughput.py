@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     admin,
     db_url,
+    nkdaemon,
     nkdaemon_config,
     pg_bin,
     pgbench,
@@ -108,11 +109,7 @@ def main() -> None:
             check=True,
         )
         start = time.perf_counter()
-        subprocess.run(
-            [sys.executable, "-m", "nkdaemon", "--config", str(config), "install"],
-            check=True,
-            capture_output=True,
-        )
+        nkdaemon(config, "install")
         print(f"install with the baseline snapshot: {time.perf_counter() - start:.1f} s")
         pg_times: list[float] = []
         nk_times: list[float] = []
@@ -140,11 +137,7 @@ def main() -> None:
         print(f"{load / pg_seconds:.2f}x pg_restore (target: 3x; ratio of medians)")
 
         pgbench(SOURCE, "-n", "-c", "4", "-j", "2", "-T", str(args.seconds))
-        subprocess.run(
-            [sys.executable, "-m", "nkdaemon", "--config", str(config), "drain"],
-            check=True,
-            capture_output=True,
-        )
+        nkdaemon(config, "drain")
         empty_pgbench_schema(TARGET)
         result = nk_restore(config, TARGET)
         stages, events = result["stages"], result["events"]

@@ -125,17 +125,30 @@ def run_cli(config: Path, *args: str, env: dict[str, Any] | None = None) -> Resu
     return runner.invoke(cli, ["--config", str(config), *args], env=env, catch_exceptions=False)
 
 
+def cli_process(
+    config: Path,
+    *args: str,
+    cwd: Path = ROOT,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """A real `python -m nkdaemon --config CONFIG ARGS...` process, run to its end, its
+    stdout and stderr captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "nkdaemon", "--config", str(config), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def cli_status(config: Path, *, exit_codes: Collection[int] = (0,)) -> dict[str, Any]:
     """`nkdaemon status --json` in its own process; ``exit_codes``: the codes accepted
     (it exits 1 when it reports a problem)."""
-    done = subprocess.run(
-        [sys.executable, "-m", "nkdaemon", "--config", str(config), "status", "--json"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = cli_process(config, "status", "--json", timeout=60)
     assert done.returncode in exit_codes, done.stderr
     document: dict[str, Any] = json.loads(done.stdout)
     return document

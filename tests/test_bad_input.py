@@ -11,7 +11,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from click.testing import CliRunner
 
 from nkdaemon.cli import cli
 from nkdaemon.runtime.config import load_settings
-from tests.helpers import engine_for, logged, run_cli, write_config
+from tests.helpers import cli_process, engine_for, logged, run_cli, write_config
 
 PASSWORD = "Sup3rS3cretPw"
 UNREACHABLE_URL = f"postgresql+psycopg://postgres:{PASSWORD}@127.0.0.1:1/nodb"
@@ -97,14 +96,7 @@ def _refused(result: Any, *expected: str) -> None:
 def _nkdaemon(config: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     """A real `python -m nkdaemon` process, its stdout and stderr captured."""
     env = {k: v for k, v in os.environ.items() if k != "NKDAEMON_CONFIG"}
-    return subprocess.run(
-        [sys.executable, "-m", "nkdaemon", "--config", str(config), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return cli_process(config, *args, cwd=cwd, env=env)
 
 
 def _files_containing(directory: Path, needle: str, *, skip: Path) -> list[Path]:

@@ -35,7 +35,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from nkdaemon.runtime.config import Settings, load_settings
 from tests import workload
-from tests.helpers import cli_status, do_install, engine_for, logged, truth, write_config
+from tests.helpers import (
+    cli_process,
+    cli_status,
+    do_install,
+    engine_for,
+    logged,
+    truth,
+    write_config,
+)
 from tests.test_commit_order import problems
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -644,14 +652,7 @@ def test_a_config_edit_adds_a_table_and_a_broken_edit_is_refused(
     daemon.send(signal.SIGTERM)
     assert daemon.wait() == 0, daemon.stderr()
 
-    verify = subprocess.run(
-        [sys.executable, "-m", "nkdaemon", "--config", str(config), "verify", "--source"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    verify = cli_process(config, "verify", "--source")
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 

@@ -48,7 +48,15 @@ from nkdaemon.runtime.config import Settings
 from nkdaemon.sources.factory import make_engine, open_source
 from nkdaemon.sources.registry import Registry, reflect_registry
 from tests import pg
-from tests.helpers import do_drain, do_install, engine_for, run_cli, settings_for, truth
+from tests.helpers import (
+    cli_process,
+    do_drain,
+    do_install,
+    engine_for,
+    run_cli,
+    settings_for,
+    truth,
+)
 
 WRITERS = 4
 PER_WRITER = 55  # 220 writer transactions in the load test
@@ -189,13 +197,7 @@ def restore(config: Path, target: tuple[str, list[str]], *when: str) -> str:
 
 def snapshot_now(config: Path) -> str:
     """`nkdaemon snapshot` in its own process (safe while writer threads run)."""
-    done = subprocess.run(
-        [sys.executable, "-m", "nkdaemon", "--config", str(config), "snapshot", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = cli_process(config, "snapshot", "--json")
     assert done.returncode == 0, done.stderr + done.stdout
     return str(json.loads(done.stdout)["id"])
 

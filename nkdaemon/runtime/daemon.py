@@ -186,12 +186,14 @@ class Daemon:
                 self._sleep(self._backoff, watchdog)
                 continue
             timeout = interval if watchdog is None else min(interval, watchdog)
-            self._wake.wait(timeout)
+            woken = self._wake.wait(timeout)
             # Under load a wake-up is waiting as soon as a pass ends; passes back to back
             # cost the application throughput (each fences, reads, deletes and fsyncs for a
             # handful of changes), so a pass starts at most every min_pass_interval.
             rest = self.settings.capture.min_pass_interval - (time.monotonic() - started)
             if rest > 0:
+                if woken:  # changes wait for the next pass: /metrics and /status show them
+                    self._observe_between_passes()
                 self._stop.wait(rest)
 
     def _sleep(self, seconds: float, watchdog: float | None) -> None:
@@ -243,6 +245,12 @@ class Daemon:
         self._health.update(**health)
         self._backoff = min(max(self._backoff * 2, 1.0), MAX_BACKOFF)
         log.error("daemon.fault", kind=kind, error=message, retry_in=self._backoff)
+
+    def _observe_between_passes(self) -> None:
+        try:
+            self._observe()
+        except NkdError as exc:  # the next pass meets the same fault and reports it
+            log.debug("daemon.observe_failed", error=exc.message)
 
     def _observe(self) -> None:
         """Queue depth, lag and log position into /status and /metrics."""

@@ -115,6 +115,8 @@ def _break_cycle(
         spec = specs[name]
         key_fks = {p.foreign_key.columns for p in spec.key_parts if p.foreign_key is not None}
         for fk in spec.foreign_keys:
+            if fk in deferred[name] or fk.ref_table == name:
+                continue  # deferred already, or a self-reference, which is no edge
             nullable = all(spec.column(c).nullable for c in fk.columns)
             if fk.ref_table in remaining and fk.columns not in key_fks and nullable:
                 deferred[name].append(fk)

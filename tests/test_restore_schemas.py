@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +33,20 @@ def _execute(url: str, *statements: str) -> None:
 
 
 def _rows(url: str, query: str) -> list[tuple[Any, ...]]:
+    """The rows a query gives, sorted; numbers compared as text (SQLite keeps numeric
+    values as text, to keep them exact)."""
     if url.startswith("sqlite"):
         conn = sqlite3.connect(url.removeprefix("sqlite:///"))
         try:
-            return sorted(conn.execute(query).fetchall(), key=repr)
+            rows = conn.execute(query).fetchall()
         finally:
             conn.close()
-    with psycopg.connect(conninfo_from_url(url)) as conn:
-        return sorted(conn.execute(query).fetchall(), key=repr)
+    else:
+        with psycopg.connect(conninfo_from_url(url)) as pg_conn:
+            rows = pg_conn.execute(query).fetchall()
+    return sorted(
+        (tuple(str(v) if isinstance(v, Decimal) else v for v in row) for row in rows), key=repr
+    )
 
 
 def _captured(tmp_path: Path, url: str, ddl: list[str], extra: str = "") -> Path:
@@ -97,7 +104,9 @@ def _spec(number: int, name: str, fks: list[tuple[str, str, bool]]) -> Any:
 
 
 def test_insert_order_with_a_self_reference_inside_a_cycle_terminates() -> None:
-    employees = _spec(1, "employees", [("manager_id", "employees", True), ("team_id", "teams", False)])
+    employees = _spec(
+        1, "employees", [("manager_id", "employees", True), ("team_id", "teams", False)]
+    )
     teams = _spec(2, "teams", [("captain_id", "employees", True)])
     order = insert_order([employees, teams])
     assert order.tables == ("teams", "employees")
@@ -131,3 +140,130 @@ def test_a_self_reference_inside_a_cycle_restores(tmp_path: Path, target_db: str
         "ON m.id = e.manager_id JOIN teams t ON t.id = e.team_id LEFT JOIN employees c "
         "ON c.id = t.captain_id",
     ) == [("ann@x", None, "core", "bob@x"), ("bob@x", "ann@x", "core", "bob@x")]
+
+
+# --- defect 3: keyless tables captured as whole rows ---------------------------------------
+
+
+@BOTH
+def test_whole_row_tables_restore_after_updates_and_deletes_with_nulls(
+    tmp_path: Path, pg_url: str, target_db: str
+) -> None:
+    config = _captured(
+        tmp_path,
+        pg_url,
+        [
+            "CREATE TABLE events_c (note text, n int)",
+            "CREATE TABLE events_b (id serial PRIMARY KEY, note text, n int)",
+            "INSERT INTO events_c VALUES ('a', 1), (NULL, 2), ('c', NULL), ('a', 1)",
+            "INSERT INTO events_b (note, n) VALUES ('a', 1), (NULL, 2), ('c', NULL), ('a', 1)",
+        ],
+        '[tables.events_c]\nidentity = "full"\n[tables.events_b]\nidentity = "full"\n',
+    )
+    for table in ("events_c", "events_b"):
+        _execute(
+            pg_url,
+            f"UPDATE {table} SET n = 20 WHERE note IS NULL",
+            f"DELETE FROM {table} WHERE n IS NULL",
+            f"INSERT INTO {table} (note, n) VALUES ('d', NULL)",
+            f"UPDATE {table} SET note = 'dd' WHERE note = 'd'",
+        )
+    _drain(config)
+    _restore(config, target_db, "--latest", "--create-schema")
+    for table in ("events_c", "events_b"):
+        assert _rows(target_db, f"SELECT note, n FROM {table}") == _rows(
+            pg_url, f"SELECT note, n FROM {table}"
+        )
+
+
+# --- defects 4 and 6: targets that already hold rows -----------------------------------------
+
+SHOP = [
+    "CREATE TABLE customers (id serial PRIMARY KEY, email text NOT NULL UNIQUE, name text)",
+    "CREATE TABLE categories (id serial PRIMARY KEY, slug text NOT NULL UNIQUE, "
+    "parent_id int REFERENCES categories(id))",
+    "CREATE TABLE products (id serial PRIMARY KEY, sku text NOT NULL UNIQUE, "
+    "category_id int NOT NULL REFERENCES categories(id), price numeric(10,2))",
+    "CREATE TABLE orders (id serial PRIMARY KEY, number int NOT NULL UNIQUE, "
+    "customer_id int NOT NULL REFERENCES customers(id), product_id int REFERENCES products(id))",
+    "CREATE TABLE audit (at text, what text)",
+]
+SHOP_CONFIG = '[tables.audit]\nidentity = "full"\n'
+SHOP_ROWS = [
+    "INSERT INTO customers (email, name) VALUES ('ann@x', 'Ann'), ('bob@x', 'Bob')",
+    "INSERT INTO categories (slug) VALUES ('root')",
+    "INSERT INTO categories (slug, parent_id) SELECT 'tools', id FROM categories "
+    "WHERE slug = 'root'",
+    "INSERT INTO products (sku, category_id, price) SELECT 'hammer', id, 9.99 FROM categories "
+    "WHERE slug = 'tools'",
+    "INSERT INTO orders (number, customer_id, product_id) SELECT 1, c.id, p.id FROM customers c, "
+    "products p WHERE c.email = 'ann@x'",
+    "INSERT INTO audit VALUES ('t1', 'order 1'), ('t1', 'order 1'), (NULL, 'x')",
+]
+SHOP_QUERIES = {
+    "customers": "SELECT email, name FROM customers",
+    "categories": "SELECT c.slug, p.slug FROM categories c LEFT JOIN categories p "
+    "ON p.id = c.parent_id",
+    "products": "SELECT p.sku, c.slug, p.price FROM products p JOIN categories c "
+    "ON c.id = p.category_id",
+    "orders": "SELECT o.number, c.email, p.sku FROM orders o JOIN customers c ON c.id = "
+    "o.customer_id LEFT JOIN products p ON p.id = o.product_id",
+    "audit": "SELECT at, what FROM audit",
+}
+
+
+def _same_content(source: str, target: str) -> None:
+    for table, query in SHOP_QUERIES.items():
+        assert _rows(target, query) == _rows(source, query), table
+
+
+@BOTH
+def test_restoring_the_same_state_twice_succeeds_and_changes_nothing(
+    tmp_path: Path, pg_url: str, target_db: str
+) -> None:
+    config = _captured(tmp_path, pg_url, SHOP, SHOP_CONFIG)
+    _execute(pg_url, *SHOP_ROWS)
+    _execute(pg_url, "UPDATE customers SET email = 'ann@y' WHERE email = 'ann@x'")
+    _drain(config)
+    _restore(config, target_db, "--latest", "--create-schema")
+    _same_content(pg_url, target_db)
+    ids = _rows(target_db, "SELECT id, email FROM customers")
+    _restore(config, target_db, "--latest", "--create-schema")
+    _same_content(pg_url, target_db)
+    assert _rows(target_db, "SELECT id, email FROM customers") == ids
+
+
+@BOTH
+def test_pre_seeded_rows_of_a_self_referencing_table_keep_their_parent(
+    tmp_path: Path, pg_url: str, target_db: str
+) -> None:
+    config = _captured(tmp_path, pg_url, SHOP + SHOP_ROWS, SHOP_CONFIG)  # in the snapshot
+    # the target holds the same categories, seeded with other ids
+    _restore(config, target_db, "--latest", "--create-schema", "--table", "categories")
+    _execute(
+        target_db,
+        "DELETE FROM categories",
+        "INSERT INTO categories VALUES (7, 'root', NULL)",
+        "INSERT INTO categories VALUES (5, 'tools', 7)",
+    )
+    _restore(config, target_db, "--latest", "--create-schema")
+    _same_content(pg_url, target_db)
+
+
+# --- defect 5: --table when a referenced row was renamed after the snapshot -----------------
+
+
+@BOTH
+def test_one_table_restores_with_the_rows_it_refers_to_as_they_were(
+    tmp_path: Path, pg_url: str, target_db: str
+) -> None:
+    config = _captured(tmp_path, pg_url, SHOP + SHOP_ROWS, SHOP_CONFIG)  # in the snapshot
+    _execute(pg_url, "UPDATE customers SET email = 'ann@z' WHERE email = 'ann@x'")
+    _drain(config)
+    strict = ("--latest", "--table", "orders", "--create-schema", "--no-referenced-rows")
+    refused = _restore(config, target_db, *strict, code=1)
+    assert 'customers rows the target lacks: {"email": "ann@z"}' in refused
+    output = _restore(config, target_db, "--latest", "--table", "orders", "--create-schema")
+    assert "added 1 rows of customers" in output
+    assert _rows(target_db, SHOP_QUERIES["orders"]) == _rows(pg_url, SHOP_QUERIES["orders"])
+    assert _rows(target_db, "SELECT email FROM customers") == [("ann@z",)]  # only what is needed

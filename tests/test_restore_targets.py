@@ -750,15 +750,21 @@ def test_one_table_needs_its_references_in_the_target(
     before = contents(target)
     assert not before["users"]
 
-    refused = restore(history, target, "--latest", "--table", "documents")
-    _refused(refused, "documents refers to users", '{"username":')
+    refused = restore(history, target, "--latest", "--table", "documents", "--no-referenced-rows")
+    _refused(refused, "refer to", "users rows the target lacks", '{"username":')
     assert refused.exit_code == 1, refused.output
     assert contents(target) == before
 
-    users = restore(history, target, "--latest", "--table", "users")
-    assert users.exit_code == 0, users.output
+    # by default the users the documents name are added, as they were then, and said so
     documents = restore(history, target, "--latest", "--table", "documents")
     assert documents.exit_code == 0, documents.output
+    assert re.search(r"added \d+ rows of users that the restored rows refer to", documents.output)
+    assert query(target, "SELECT count(*) FROM document_versions") == [(0,)]  # not selected
+    users = restore(history, target, "--latest", "--table", "users")
+    assert users.exit_code == 0, users.output
+    again = restore(history, target, "--latest", "--table", "documents")
+    assert again.exit_code == 0, again.output
+    assert "rows of users that the restored rows refer to" not in again.output
     assert query(target, DOCUMENT_AUTHORS_SQL) == query(history.source_url, DOCUMENT_AUTHORS_SQL)
     assert query(target, DOCUMENT_TYPES_SQL) == query(history.source_url, DOCUMENT_TYPES_SQL)
     parents = (

@@ -32,6 +32,12 @@ def register(cli: click.Group) -> None:
 @click.option("--dry-run", is_flag=True, help="Plan, load and check, then roll back.")
 @click.option("--create-schema", is_flag=True, help="Create missing tables from the backup.")
 @click.option("--prune-target", is_flag=True, help="Delete rows only the target holds.")
+@click.option(
+    "--no-referenced-rows",
+    is_flag=True,
+    help="With --table: refuse (listing them) instead of adding the rows of other tables "
+    "that the restored rows refer to and the target lacks.",
+)
 @pass_app
 def restore_command(
     app: AppContext,
@@ -42,6 +48,7 @@ def restore_command(
     dry_run: bool,
     create_schema: bool,
     prune_target: bool,
+    no_referenced_rows: bool,
 ) -> None:
     """Rebuild the state of any moment into a database whose ids may differ."""
     if bool(at_text) == latest:
@@ -77,13 +84,22 @@ def restore_command(
             if not sys.stderr.isatty() and done["n"] % 100_000 < n:
                 log.info("restore.progress", stage=stage, done=done["n"], total=total)
 
-        report = Restorer(
+        restorer = Restorer(
             plan=plan, target=target, log_store=session.log_store, progress=progress
-        ).run(dry_run=dry_run, create_schema=create_schema, prune_target=prune_target)
+        )
+        restorer.refuse_missing_references = no_referenced_rows
+        report = restorer.run(
+            dry_run=dry_run, create_schema=create_schema, prune_target=prune_target
+        )
         bar.close()
     rate = (report.rows_loaded + report.events_applied) / report.seconds if report.seconds else 0
     for name, count in report.target_only.items():
         click.echo(f"note: {count} rows of {name} exist only in the target; left alone")
+    for name, count in report.referenced_rows_added.items():
+        click.echo(
+            f"note: added {count} rows of {name} that the restored rows refer to, as they were "
+            "then (--no-referenced-rows refuses instead)"
+        )
     for name, count in report.pruned.items():
         if count:
             click.echo(f"pruned {count} rows of {name} that only the target held")

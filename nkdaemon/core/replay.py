@@ -13,7 +13,7 @@ not, is a ReplayError, because it means the log's order or content is wrong.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -217,6 +217,31 @@ class NaturalState:
                     row = {"row": row, "count": entity.count}
                 rendered[key_text(_render(entity.key))] = row
             out[table] = rendered
+        return out
+
+    def rendered(self, table: str) -> Iterator[tuple[Any, dict[str, Any], int]]:
+        """(natural key, row, how many equal rows) of a table, references as keys."""
+        for entity in self.rows(table).values():
+            yield _render(entity.key), _render(entity.row), entity.count
+
+    def referenced_closure(self, tables: Collection[str]) -> dict[str, list[tuple[Any, Any]]]:
+        """The rows of other tables that the rows of ``tables`` refer to, directly or
+        through each other, as (natural key, row) by table."""
+        out: dict[str, list[tuple[Any, Any]]] = {}
+        seen: set[int] = set()
+        todo = [entity for table in tables for entity in self.rows(table).values()]
+        while todo:
+            entity = todo.pop()
+            for value in [*entity.key.values(), *(entity.row or {}).values()]:
+                if not isinstance(value, _Ref) or id(value.entity) in seen:
+                    continue
+                seen.add(id(value.entity))
+                if value.entity.table not in tables:
+                    target = value.entity
+                    out.setdefault(target.table, []).append(
+                        (_render(target.key), _render(target.row))
+                    )
+                    todo.append(target)
         return out
 
     def copy(self) -> NaturalState:

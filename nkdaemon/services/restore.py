@@ -26,6 +26,7 @@ from nkdaemon.core.definitions import spec_from_json
 from nkdaemon.core.errors import NkdError, UsageError
 from nkdaemon.core.expectation import Expectation, TableDiff
 from nkdaemon.core.keys import ForeignKeySpec, TableSpec
+from nkdaemon.core.replay import NaturalState, shapes_of
 from nkdaemon.core.restore_plan import (
     InsertOrder,
     SnapshotChoice,
@@ -108,6 +109,7 @@ class RestoreReport:
     target_only: dict[str, int] = field(default_factory=dict)
     pruned: dict[str, int] = field(default_factory=dict)
     diffs: list[TableDiff] = field(default_factory=list)
+    referenced_rows_added: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     stages: dict[str, float] = field(default_factory=dict)
 
@@ -144,11 +146,12 @@ def plan_restore(
             hint=f"tables there: {', '.join(sorted(by_name))}",
         )
     selected = tuple(by_name[t] for t in tables) if tables else tuple(definitions)
+    names = {s.name for s in selected}
     count = events = 0
     first = last = None
     for tx in replay_range(log_store, chosen, at):
         count += 1
-        events += len(tx.events)
+        events += sum(1 for e in tx.events if e["t"] in names)
         first = first or tx.lsn
         last = tx.lsn
     rows = sum(t.rows for t in chosen.tables if t.name in {s.name for s in selected})
@@ -317,6 +320,7 @@ class Restorer:
         self.log_store = log_store
         self.progress = progress or (lambda stage, n: None)
         self.report = RestoreReport(plan=plan)
+        self.refuse_missing_references = False
         self._tables: dict[str, TargetTable] = {}
         self._selected = {s.name for s in plan.tables}
         self._written: dict[str, set[Address]] = {}
@@ -329,6 +333,11 @@ class Restorer:
         }
         self._converter_cache: dict[tuple[str, tuple[str, ...]], list[tuple[str, Any]]] = {}
         self._order = InsertOrder(tables=(), deferred={})  # set once the target is known
+        # with --table: the tables the selected ones refer to, directly or not; the rows
+        # that the restored rows need are added to them where the target lacks them
+        self._closure = referenced_tables(plan.context, self._selected)
+        self._in_play = self._selected | self._closure
+        self._merging = False
 
     # --- stages -------------------------------------------------------------------------
 
@@ -336,11 +345,14 @@ class Restorer:
         started = time.monotonic()
         try:
             self._prepare(create_schema)
-            order = insert_order([self._tables[n].spec for n in self._selected_order()])
+            order = insert_order([self._tables[n].spec for n in self._play_order()])
             self._order = order
-            self._timed("load", lambda: self._load_snapshot(order))
-            self._timed("replay", self._replay)
-            for name in self._selected:
+            if self._merging:
+                self._timed("load", lambda: self._load_state(order))
+            else:
+                self._timed("load", lambda: self._load_snapshot(order))
+                self._timed("replay", self._replay)
+            for name in self._in_play:
                 self.target.advance(self._tables[name])
             if prune_target:
                 self._prune()
@@ -372,15 +384,15 @@ class Restorer:
         self.report.stages[stage] = time.monotonic() - started
         log.info("restore.stage", stage=stage, seconds=round(self.report.stages[stage], 3))
 
-    def _selected_order(self) -> list[str]:
-        return [s.name for s in self.plan.tables]
+    def _play_order(self) -> list[str]:
+        return [s.name for s in self.plan.context if s.name in self._in_play]
 
     def _prepare(self, create_schema: bool) -> None:
         missing = []
         for spec in self.plan.context:
             table = self.target.inspect(spec)
             if table is None:
-                if spec.name in self._selected:
+                if spec.name in self._in_play:
                     missing.append(spec)
                 continue
             self._tables[spec.name] = table
@@ -409,7 +421,25 @@ class Restorer:
                         hint=f"restore {fk.ref_table} too, or create it in the target",
                     )
         self.resolver = _Resolver(self.target, self._tables)
-        self._written = {name: set() for name in self._selected if self._tables[name].rows_before}
+        self._written = {
+            name: set()
+            for name in self._selected
+            if self._tables[name].rows_before and not self._tables[name].spec.full_row_identity
+        }
+        # rows captured whole, in a target that holds some: the rows there before, and those
+        # of them the snapshot claimed as its own (a multiset: equal rows are interchangeable)
+        self._whole_before = {
+            name: set(self.target.addresses(self._tables[name]))
+            for name in self._selected
+            if self._tables[name].rows_before and self._tables[name].spec.full_row_identity
+        }
+        self._whole_claimed: dict[str, set[Address]] = {n: set() for n in self._whole_before}
+        # A target that holds rows of the restored tables (restored before, or seeded):
+        # the state at T is written over it by natural key, not the log replayed onto it,
+        # since replaying a rename onto a row that already has the new key cannot work.
+        self._merging = bool(self._closure) or any(
+            self._tables[name].rows_before for name in self._selected
+        )
 
     # --- writing rows -------------------------------------------------------------------
 
@@ -421,8 +451,10 @@ class Restorer:
         match: bool,
         deferred: Sequence[ForeignKeySpec] = (),
         late_refs: bool = False,
+        update_existing: bool = True,
     ) -> None:
-        """Insert rows (or update the rows matched by key) for (key, payload) pairs."""
+        """Insert rows (or update the rows matched by key) for (key, payload) pairs;
+        ``update_existing`` false: rows the target has are left as they are."""
         spec = table.spec
         name = spec.name
         plain, fk_cols = _value_columns(spec)
@@ -455,11 +487,13 @@ class Restorer:
             inserts = built
         self.target.insert(table, columns if generated else plain + fk_cols, inserts)
         updates = []
-        for i, (key, row) in enumerate(items if existing else ()):
+        for i, (key, row) in enumerate(items if existing and update_existing else ()):
             address = existing.get(_text(key))
             if address is not None:
                 values = [f(row.get(c)) for c, f in convert] + refs[i]
                 updates.append([*values, *address])
+                for fk, ref_key in self._late.pop(id(row), []):  # set once its row exists
+                    self._deferred.append((name, address, fk, ref_key))
         self.target.update(table, plain + fk_cols, updates)
         remember = name in self._referenced
         if not (remember or name in self._written or self._late):
@@ -574,6 +608,9 @@ class Restorer:
             if file is None:
                 continue
             table = self._tables[name]
+            if name in self._whole_before:
+                self._load_whole_rows_into_rows(table, file)
+                continue
             match = table.rows_before > 0 and not table.spec.full_row_identity
             straight = None if match or order.deferred.get(name) else self._straight_copy(table)
             if straight is not None:
@@ -587,6 +624,104 @@ class Restorer:
                     self.report.rows_loaded += len(chunk)
                     self.progress("load", len(chunk))
         self._apply_deferred()
+
+    def _load_state(self, order: InsertOrder) -> None:
+        """Write the state at T, folded from the snapshot and the log, over the target's
+        rows by natural key; rows of the closure are only added where missing."""
+        state = fold_state(self.plan.context, self._snapshot_events(), self._counted_log())
+        needed = state.referenced_closure(self._selected)
+        if self.refuse_missing_references:
+            self._refuse_missing(needed)
+        for name in order.tables:
+            table = self._tables[name]
+            deferred = order.deferred.get(name, ())
+            if name not in self._selected:
+                self._add_missing(table, needed.get(name, []), deferred)
+            elif table.spec.full_row_identity:
+                rows = [row for _k, row, count in state.rendered(name) for _ in range(count)]
+                self._claim_whole_rows(table, rows)
+            else:
+                items = [(key, row) for key, row, _count in state.rendered(name)]
+                for start in range(0, len(items), CHUNK):
+                    chunk = items[start : start + CHUNK]
+                    self._write(table, chunk, match=True, deferred=deferred, late_refs=True)
+                    self.progress("load", len(chunk))
+            self._apply_deferred(partial=True)
+        self._apply_deferred()
+
+    def _snapshot_events(self) -> Iterator[dict[str, Any]]:
+        snapshot = self.plan.snapshot
+        for spec in self.plan.context:
+            file = snapshot.table(spec.name)
+            if file is not None:
+                for item in read_table(snapshot, file):
+                    if spec.name in self._selected:
+                        self.report.rows_loaded += 1
+                    yield {"t": spec.name, "o": "I", "k": item["k"], "r": item["r"]}
+
+    def _counted_log(self) -> Iterator[LoggedTransaction]:
+        for tx in replay_range(self.log_store, self.plan.snapshot, self.plan.at):
+            self.report.events_applied += sum(1 for e in tx.events if e["t"] in self._selected)
+            yield tx
+
+    def _add_missing(
+        self,
+        table: TargetTable,
+        items: list[tuple[Any, Any]],
+        deferred: Sequence[ForeignKeySpec],
+    ) -> None:
+        """Rows of a table outside --table that restored rows refer to: inserted where the
+        target lacks them (or, with refuse_missing_references, listed and refused)."""
+        name = table.spec.name
+        missing = self._missing(name, items)
+        if missing:
+            self._write(table, missing, match=False, deferred=deferred, late_refs=True)
+            self.report.referenced_rows_added[name] = len(missing)
+
+    def _missing(self, name: str, items: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
+        found = self.resolver.resolve(name, [key for key, _row in items])
+        return [(key, row) for key, row in items if found.get(_text(key)) is None]
+
+    def _refuse_missing(self, needed: Mapping[str, list[tuple[Any, Any]]]) -> None:
+        """--no-referenced-rows: name every referenced row the target lacks, and refuse."""
+        lines = []
+        for name, items in sorted(needed.items()):
+            missing = self._missing(name, items)
+            if missing:
+                shown = ", ".join(_show(key) for key, _row in missing[:10])
+                more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+                lines.append(f"{len(missing)} {name} rows the target lacks: {shown}{more}")
+        if lines:
+            raise RestoreError(
+                "the restored rows refer to rows outside --table that the target lacks:\n  "
+                + "\n  ".join(lines),
+                hint="create them first, restore those tables too, or drop "
+                "--no-referenced-rows to have them added as they were at the restore time",
+            )
+
+    def _load_whole_rows_into_rows(self, table: TargetTable, file: TableFile) -> None:
+        """Rows captured whole, into a table that holds some: each snapshot row takes an
+        equal row of the target if one is left unclaimed, and is inserted otherwise, so
+        restoring the same state twice leaves the table as it was."""
+        rows = [item["r"] for item in read_table(self.plan.snapshot, file)]
+        self.report.rows_loaded += len(rows)
+        self._claim_whole_rows(table, rows)
+
+    def _claim_whole_rows(self, table: TargetTable, rows: Iterable[dict[str, Any]]) -> None:
+        name = table.spec.name
+        waiting: dict[str, list[Address]] = {}
+        renderer = _TargetRenderer(self.target, self._tables)
+        for address, (_key, payload) in renderer.rows_with_addresses(name):
+            waiting.setdefault(_text(payload), []).append(address)
+        new_rows = []
+        for row in rows:
+            equal = waiting.get(_text(row))
+            if equal:
+                self._whole_claimed.setdefault(name, set()).add(equal.pop())
+            else:
+                new_rows.append((row, row))
+        for start in range(0, len(new_rows), CHUNK):
+            self._write(table, new_rows[start : start + CHUNK], match=False)
 
     def _picked_rows(
         self, snapshot: SnapshotInfo, file: TableFile, columns: list[str]
@@ -800,9 +935,8 @@ class Restorer:
         columns = [
             c.name for c in spec.columns if c.name not in spec.surrogate_columns and c.name in row
         ]
-        key = tuple(self.target.param(table, c, row.get(c)) for c in columns)
-        found = self.target.find(table, columns, [key])
-        address = found.get(key)
+        values = [self.target.param(table, c, row.get(c)) for c in columns]
+        address = self.target.find_one_equal(table, columns, values)
         if address is None:
             raise RestoreError(f"the log deletes a {spec.name} row the target does not hold")
         self.target.delete(table, [address])
@@ -814,6 +948,10 @@ class Restorer:
             table = self._tables[name]
             extra = [a for a in self._addresses(table) if a not in written]
             self.target.delete(table, extra)
+            self.report.pruned[name] = len(extra)
+        for name, before in self._whole_before.items():
+            extra = list(before - self._whole_claimed[name])
+            self.target.delete(self._tables[name], extra)
             self.report.pruned[name] = len(extra)
 
     def _addresses(self, table: TargetTable) -> list[Address]:
@@ -831,11 +969,11 @@ class Restorer:
         expectation.finish_load()
         for tx in replay_range(self.log_store, snapshot, self.plan.at):
             expectation.apply_transaction(
-                (e for e in tx.events if e["t"] in self._selected),
+                (e for e in tx.events if e["t"] in self._in_play),
                 where=f"log transaction {tx.lsn}: ",
             )
         renderer = _TargetRenderer(self.target, self._tables)
-        for name in order.tables:
+        for name in (n for n in order.tables if n in self._selected):
             diff = expectation.compare(name, renderer.rows(name))
             if diff.unexpected and self._tables[name].rows_before:
                 # rows only the target had: reported, left alone (unless pruned)
@@ -887,10 +1025,16 @@ class _TargetRenderer:
         }
 
     def rows(self, name: str) -> Iterator[tuple[Any, dict[str, Any]]]:
+        for _address, item in self.rows_with_addresses(name):
+            yield item
+
+    def rows_with_addresses(
+        self, name: str
+    ) -> Iterator[tuple[Address, tuple[Any, dict[str, Any]]]]:
         table = self._tables[name]
         spec = table.spec
         fk_columns = {c for fk in spec.foreign_keys for c in fk.columns}
-        for _address, row in self._read_with_address(table):
+        for address, row in self._read_with_address(table):
             payload = {
                 c.name: row.get(c.name)
                 for c in spec.columns
@@ -900,7 +1044,50 @@ class _TargetRenderer:
             }
             for fk in spec.foreign_keys:
                 payload[fk.part_name] = self._ref(fk, row)
-            yield self._key(table, row) if not spec.full_row_identity else payload, payload
+            key = self._key(table, row) if not spec.full_row_identity else payload
+            yield address, (key, payload)
+
+
+def referenced_tables(specs: Sequence[TableSpec], selected: set[str]) -> set[str]:
+    """The tables that the ``selected`` ones refer to, directly or not, outside them."""
+    by_name = {s.name: s for s in specs}
+    found: set[str] = set()
+    todo = [n for n in selected if n in by_name]
+    while todo:
+        for fk in by_name[todo.pop()].foreign_keys:
+            ref = fk.ref_table
+            if (
+                ref in by_name
+                and ref not in selected
+                and ref not in found
+                and not fk.by_natural_key
+            ):
+                found.add(ref)
+                todo.append(ref)
+    return found
+
+
+def fold_state(
+    specs: Sequence[TableSpec],
+    snapshot_events: Iterable[dict[str, Any]],
+    transactions: Iterable[LoggedTransaction],
+) -> NaturalState:
+    """The natural-key state made by a snapshot's rows and the log after it."""
+    shapes = shapes_of(specs)
+    order = insert_order(specs).tables
+    rank = {name: i for i, name in enumerate(order)}
+    state = NaturalState(shapes=shapes)
+    # a key names its parents' keys, so parents are loaded first
+    by_table: dict[str, list[dict[str, Any]]] = {}
+    for event in snapshot_events:
+        by_table.setdefault(event["t"], []).append(event)
+    state.apply_transaction(
+        (e for name in sorted(by_table, key=lambda n: rank.get(n, 0)) for e in by_table[name]),
+        where="snapshot: ",
+    )
+    for tx in transactions:
+        state.apply_transaction(tx.events, where=f"log transaction {tx.lsn}: ")
+    return state
 
 
 def _raw_pk(table: TargetTable, row: Mapping[str, Any]) -> list[Any]:

@@ -142,7 +142,9 @@ class PostgresTarget(Target):
             table = TargetTable(
                 spec=spec,
                 columns=[r[0] for r in rows],
-                primary_key=tuple(r[0] for r in pk),
+                # a table without a primary key: rows are addressed by their place (ctid),
+                # valid for the statement that reads it and the one that deletes by it
+                primary_key=tuple(r[0] for r in pk) or ("ctid",),
                 types={r[0]: r[1] for r in rows},
             )
             table.copy_types = {r[0]: self._copy_type(spec, r[0], int(r[2])) for r in rows}
@@ -227,6 +229,27 @@ class PostgresTarget(Target):
                 for row in self.conn.execute(query, params).fetchall():
                     found[tuple(row[width:])] = tuple(row[:width])
         return found
+
+    def find_one_equal(
+        self, table: TargetTable, columns: Sequence[str], values: Sequence[Any]
+    ) -> Address | None:
+        """The address of one row whose ``columns`` equal ``values``, NULL equal to NULL
+        (a row captured whole, which may hold NULLs and have duplicates)."""
+        query = sql.SQL("SELECT {pk} FROM {table} WHERE {equal} LIMIT 1").format(
+            pk=sql.SQL(", ").join(map(sql.Identifier, table.primary_key)),
+            table=self._qualified(table.spec.name),
+            equal=sql.SQL(" AND ").join(
+                sql.SQL("{} IS NOT DISTINCT FROM {}::{}").format(
+                    _comparable(c, table.types[c]), sql.Placeholder(), sql.SQL(table.types[c])
+                )
+                for c in columns
+            )
+            if columns
+            else sql.SQL("true"),
+        )
+        with _pg_errors(f"looking up a row of {table.spec.name}"):
+            row = self.conn.execute(query, list(values)).fetchone()
+        return tuple(row) if row else None
 
     def allocate(self, table: TargetTable, count: int) -> list[int]:
         if table.sequence is None:
@@ -368,16 +391,30 @@ class PostgresTarget(Target):
 
         decoder = RowDecoder(table.spec)
         names = [c.name for c in table.spec.columns if c.name in table.columns]
-        query = sql.SQL("SELECT row_to_json(x)::text, {} FROM (SELECT {} FROM {}) x").format(
+        place = _pseudo_address(table)  # ctid: the address of a row without a primary key
+        query = sql.SQL(
+            "SELECT row_to_json(x)::text, {}, {} FROM {} t CROSS JOIN LATERAL (SELECT {}) x"
+        ).format(
             sql_nulls(table.spec, "x"),
-            sql.SQL(", ").join(map(sql.Identifier, names)),
+            sql.SQL("t.ctid::text") if place else sql.SQL("NULL"),
             self._qualified(table.spec.name),
+            sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(n)) for n in names),
         )
         with _pg_errors(f"reading {table.spec.name} back"), self.conn.cursor() as cursor:
             cursor.execute(query)
             while rows := cursor.fetchmany(5000):
-                for text, nulls in rows:
-                    yield decoder.decode(text, nulls)
+                for text, nulls, address in rows:
+                    row = decoder.decode(text, nulls)
+                    if place:
+                        row[place] = address
+                    yield row
+
+
+def _comparable(column: str, type_sql: str) -> sql.Composable:
+    """A column as an operand of equality: json has no equality operator, jsonb has."""
+    if type_sql == "json":
+        return sql.SQL("{}::jsonb").format(sql.Identifier(column))
+    return sql.Identifier(column)
 
 
 # Canonical values of these types are already what psycopg should send (PostgreSQL source).
@@ -513,7 +550,7 @@ class SqliteTarget(Target):
             table = TargetTable(
                 spec=spec,
                 columns=[r[1] for r in info],
-                primary_key=pk,
+                primary_key=pk or ("rowid",),  # a table without a primary key: its rowid
                 types={r[1]: r[2] for r in info},
             )
             table.generated = len(pk) == 1 and table.types[pk[0]].upper() == "INTEGER"
@@ -546,6 +583,19 @@ class SqliteTarget(Target):
                 for row in self.conn.execute(query, params):
                     found[tuple(row[width:])] = tuple(row[:width])
         return found
+
+    def find_one_equal(
+        self, table: TargetTable, columns: Sequence[str], values: Sequence[Any]
+    ) -> Address | None:
+        """The address of one row whose ``columns`` equal ``values``, NULL equal to NULL."""
+        equal = " AND ".join(f"{_quote(c)} IS ?" for c in columns) or "1"
+        query = (
+            f"SELECT {', '.join(map(_quote, table.primary_key))} FROM "
+            f"{_quote(table.spec.name)} WHERE {equal} LIMIT 1"
+        )
+        with _sqlite_errors(f"looking up a row of {table.spec.name}"):
+            row = self.conn.execute(query, list(values)).fetchone()
+        return tuple(row) if row else None
 
     def converter(self, table: TargetTable, column: str) -> Callable[[Any], Any]:
         spec_column = table.spec.column_index.get(column)
@@ -657,12 +707,24 @@ class SqliteTarget(Target):
             sqlite_reader(table.spec.column(n).logical_type, source_dialect=self.source_dialect)
             for n in names
         ]
+        place = _pseudo_address(table)  # rowid: the address of a row without a primary key
+        selected = [*map(_quote, names), place or "NULL"]
         with _sqlite_errors(f"reading {table.spec.name} back"):
             cursor = self.conn.execute(
-                f"SELECT {', '.join(map(_quote, names))} FROM {_quote(table.spec.name)}"
+                f"SELECT {', '.join(selected)} FROM {_quote(table.spec.name)}"
             )
-            for row in cursor:
-                yield {n: r(v) for n, r, v in zip(names, readers, row, strict=True)}
+            for *values, address in cursor:
+                row = {n: r(v) for n, r, v in zip(names, readers, values, strict=True)}
+                if place:
+                    row[place] = address
+                yield row
+
+
+def _pseudo_address(table: TargetTable) -> str | None:
+    """The system column addressing rows of a table without a primary key, if it is one."""
+    if table.primary_key in (("ctid",), ("rowid",)) and table.primary_key[0] not in table.columns:
+        return table.primary_key[0]
+    return None
 
 
 def _sqlite_create_table(spec: TableSpec, source_dialect: str) -> str:

@@ -267,3 +267,57 @@ def test_one_table_restores_with_the_rows_it_refers_to_as_they_were(
     assert "added 1 rows of customers" in output
     assert _rows(target_db, SHOP_QUERIES["orders"]) == _rows(pg_url, SHOP_QUERIES["orders"])
     assert _rows(target_db, "SELECT email FROM customers") == [("ann@z",)]  # only what is needed
+
+
+# --- defect 9: identity ALWAYS, uuid ids, quoted names, keys of a foreign key and a column --
+
+IDS = [
+    "CREATE TABLE accounts (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
+    "code text NOT NULL UNIQUE)",
+    "CREATE TABLE orders (id uuid DEFAULT gen_random_uuid() PRIMARY KEY, "
+    "number int NOT NULL UNIQUE, account_id int NOT NULL REFERENCES accounts)",
+    'CREATE TABLE "Line Items" ("Id" bigserial PRIMARY KEY, order_id uuid NOT NULL '
+    'REFERENCES orders, "line no" int NOT NULL, "Select" text, UNIQUE (order_id, "line no"))',
+]
+IDS_ROWS = [
+    "INSERT INTO accounts (code) VALUES ('a1'), ('a2')",
+    "INSERT INTO orders (number, account_id) SELECT 10 + id, id FROM accounts",
+    'INSERT INTO "Line Items" (order_id, "line no", "Select") SELECT id, 1, \'x\' FROM orders',
+]
+IDS_QUERY = (
+    'SELECT a.code, o.number, l."line no", l."Select" FROM "Line Items" l JOIN orders o '
+    "ON o.id = l.order_id JOIN accounts a ON a.id = o.account_id"
+)
+
+
+@BOTH
+def test_identity_always_uuid_ids_and_quoted_names_restore(
+    tmp_path: Path, pg_url: str, target_db: str
+) -> None:
+    config = _captured(tmp_path, pg_url, IDS + IDS_ROWS)
+    _execute(
+        pg_url,
+        "INSERT INTO accounts (code) VALUES ('a3')",
+        "INSERT INTO orders (number, account_id) SELECT 99, id FROM accounts WHERE code = 'a3'",
+        'INSERT INTO "Line Items" (order_id, "line no") SELECT id, 2 FROM orders',
+        "UPDATE accounts SET code = 'a1x' WHERE code = 'a1'",
+    )
+    _drain(config)
+    _restore(config, target_db, "--latest", "--create-schema")
+    assert _rows(target_db, IDS_QUERY) == _rows(pg_url, IDS_QUERY)
+
+
+def test_identity_always_and_uuid_ids_restore_into_the_applications_own_schema(
+    tmp_path: Path, pg_url: str, pg_server: str
+) -> None:
+    config = _captured(tmp_path, pg_url, IDS + IDS_ROWS)
+    _execute(pg_url, "UPDATE accounts SET code = 'a1x' WHERE code = 'a1'")
+    _drain(config)
+    target = pg.create_database(pg_server)
+    try:
+        _execute(target, *IDS, "INSERT INTO accounts (code) VALUES ('seeded')")
+        _restore(config, target, "--latest")
+        assert _rows(target, IDS_QUERY) == _rows(pg_url, IDS_QUERY)
+        _execute(target, "INSERT INTO accounts (code) VALUES ('next')")  # ids still drawn
+    finally:
+        pg.drop_database(pg_server, target)

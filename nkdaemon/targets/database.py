@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,8 @@ class TargetTable:
     copy_types: dict[str, int | str] = field(default_factory=dict)
     sequence: str | None = None
     generated: bool = False
+    uuid_ids: bool = False  # ids are drawn here as random UUIDs (the key is a uuid)
+    identity_always: bool = False  # inserting ids needs OVERRIDING SYSTEM VALUE
     rows_before: int = 0
     next_id: int | None = None
 
@@ -155,6 +158,13 @@ class PostgresTarget(Target):
                 ).fetchone()
                 table.sequence = seq[0] if seq else None
                 table.generated = table.sequence is not None
+                _draw_uuids(table)
+                always = self.conn.execute(
+                    "SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%s) "
+                    "AND attidentity = 'a'",
+                    (self._qualified(spec.name).as_string(self.conn),),
+                ).fetchone()
+                table.identity_always = always is not None
             count = self.conn.execute(
                 sql.SQL("SELECT count(*) FROM {}").format(self._qualified(spec.name))
             ).fetchone()
@@ -251,7 +261,9 @@ class PostgresTarget(Target):
             row = self.conn.execute(query, list(values)).fetchone()
         return tuple(row) if row else None
 
-    def allocate(self, table: TargetTable, count: int) -> list[int]:
+    def allocate(self, table: TargetTable, count: int) -> list[Any]:
+        if table.uuid_ids:
+            return [uuid.uuid4() for _ in range(count)]
         if table.sequence is None:
             raise RestoreTargetError(
                 f"table {table.spec.name} in the target generates no ids for new rows",
@@ -300,10 +312,11 @@ class PostgresTarget(Target):
         statement = self._statements.get(key)
         if statement is None:
             statement = (
-                sql.SQL("INSERT INTO {} ({}) VALUES ({})")
+                sql.SQL("INSERT INTO {} ({}) {}VALUES ({})")
                 .format(
                     self._qualified(table.spec.name),
                     sql.SQL(", ").join(map(sql.Identifier, columns)),
+                    sql.SQL("OVERRIDING SYSTEM VALUE " if table.identity_always else ""),
                     sql.SQL(", ").join(
                         sql.SQL("{}::{}").format(sql.Placeholder(), sql.SQL(table.types[c]))
                         for c in columns
@@ -408,6 +421,16 @@ class PostgresTarget(Target):
                     if place:
                         row[place] = address
                     yield row
+
+
+def _draw_uuids(table: TargetTable) -> None:
+    """A single uuid surrogate key: the restore draws new random ids itself (the source's
+    are not in the log, and any fresh UUID serves as well as the database's default)."""
+    if table.generated or len(table.primary_key) != 1:
+        return
+    column = table.spec.column_index.get(table.primary_key[0])
+    if column is not None and column.logical_type == "uuid":
+        table.generated = table.uuid_ids = True
 
 
 def _comparable(column: str, type_sql: str) -> sql.Composable:
@@ -554,6 +577,7 @@ class SqliteTarget(Target):
                 types={r[1]: r[2] for r in info},
             )
             table.generated = len(pk) == 1 and table.types[pk[0]].upper() == "INTEGER"
+            _draw_uuids(table)
             table.rows_before = int(
                 self.conn.execute(f"SELECT count(*) FROM {_quote(spec.name)}").fetchone()[0]
             )
@@ -611,7 +635,11 @@ class SqliteTarget(Target):
             source_dialect=self.source_dialect,
         )
 
-    def allocate(self, table: TargetTable, count: int) -> list[int]:
+    def allocate(self, table: TargetTable, count: int) -> list[Any]:
+        if table.uuid_ids:
+            return [
+                self.param(table, table.primary_key[0], str(uuid.uuid4())) for _ in range(count)
+            ]
         if not table.generated:
             raise RestoreTargetError(
                 f"table {table.spec.name} in the target generates no ids for new rows"
@@ -730,7 +758,11 @@ def _pseudo_address(table: TargetTable) -> str | None:
 def _sqlite_create_table(spec: TableSpec, source_dialect: str) -> str:
     columns = []
     surrogate = spec.surrogate_columns
-    single_int_pk = len(spec.primary_key) == 1 and spec.primary_key[0] in surrogate
+    single_int_pk = (
+        len(spec.primary_key) == 1
+        and spec.primary_key[0] in surrogate
+        and spec.column(spec.primary_key[0]).logical_type == "int"
+    )
     for column in spec.columns:
         if single_int_pk and column.name == spec.primary_key[0]:
             columns.append(f"{_quote(column.name)} INTEGER PRIMARY KEY AUTOINCREMENT")

@@ -93,6 +93,8 @@ def restore_command(
         )
         bar.close()
     rate = (report.rows_loaded + report.events_applied) / report.seconds if report.seconds else 0
+    for note in report.schema_notes:
+        click.echo(f"note: --create-schema: {note}")
     for name, count in report.target_only.items():
         click.echo(f"note: {count} rows of {name} exist only in the target; left alone")
     for name, count in report.referenced_rows_added.items():

@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from nkdaemon.core.keys import ColumnSpec, ForeignKeySpec, KeyPart, TableSpec, make_table_spec
+from nkdaemon.core.keys import (
+    CheckSpec,
+    ColumnSpec,
+    ForeignKeySpec,
+    IndexSpec,
+    KeyPart,
+    TableSpec,
+    make_table_spec,
+)
 
 
 def spec_to_json(spec: TableSpec) -> dict[str, Any]:
@@ -23,6 +31,8 @@ def spec_to_json(spec: TableSpec) -> dict[str, Any]:
                 "nullable": c.nullable,
                 "sql_type": c.sql_type,
                 "generic_type": c.generic_type,
+                **({"default": c.default} if c.default is not None else {}),
+                **({"identity": c.identity} if c.identity else {}),
             }
             for c in spec.columns
         ],
@@ -39,11 +49,17 @@ def spec_to_json(spec: TableSpec) -> dict[str, Any]:
                 "ref_table": fk.ref_table,
                 "ref_columns": list(fk.ref_columns),
                 "by_natural_key": fk.by_natural_key,
+                **({"on_delete": fk.on_delete} if fk.on_delete else {}),
+                **({"on_update": fk.on_update} if fk.on_update else {}),
             }
             for fk in spec.foreign_keys
         ],
         "full_row_identity": spec.full_row_identity,
         "referenced": spec.referenced,
+        "indexes": [
+            {"name": i.name, "columns": list(i.columns), "unique": i.unique} for i in spec.indexes
+        ],
+        "checks": [{"name": c.name, "sql": c.sql} for c in spec.checks],
     }
 
 
@@ -54,6 +70,8 @@ def spec_from_json(data: dict[str, Any]) -> TableSpec:
             ref_table=f["ref_table"],
             ref_columns=tuple(f["ref_columns"]),
             by_natural_key=bool(f.get("by_natural_key", False)),
+            on_delete=str(f.get("on_delete", "")),
+            on_update=str(f.get("on_update", "")),
         )
         for f in data["foreign_keys"]
     )
@@ -75,6 +93,8 @@ def spec_from_json(data: dict[str, Any]) -> TableSpec:
                 nullable=bool(c["nullable"]),
                 sql_type=c.get("sql_type", ""),
                 generic_type=c.get("generic_type", ""),
+                default=c.get("default"),
+                identity=str(c.get("identity", "")),
             )
             for c in data["columns"]
         ),
@@ -83,4 +103,9 @@ def spec_from_json(data: dict[str, Any]) -> TableSpec:
         foreign_keys=fks,
         full_row_identity=bool(data.get("full_row_identity", False)),
         referenced=bool(data.get("referenced", False)),
+        indexes=tuple(
+            IndexSpec(name=i["name"], columns=tuple(i["columns"]), unique=bool(i["unique"]))
+            for i in data.get("indexes", ())
+        ),
+        checks=tuple(CheckSpec(name=c["name"], sql=c["sql"]) for c in data.get("checks", ())),
     )

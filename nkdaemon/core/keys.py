@@ -32,6 +32,8 @@ class ColumnSpec:
     nullable: bool
     sql_type: str = ""
     generic_type: str = ""
+    default: str | None = None  # the default's SQL text, in the source's dialect
+    identity: str = ""  # "always" or "by default" for an identity column
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -47,10 +49,29 @@ class ForeignKeySpec:
     ref_table: str
     ref_columns: tuple[str, ...]
     by_natural_key: bool = False
+    on_delete: str = ""  # the referential actions, e.g. "CASCADE"; "" for none
+    on_update: str = ""
 
     @property
     def part_name(self) -> str:
         return ",".join(self.columns)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class IndexSpec:
+    """A secondary index (or unique constraint other than the key) the application has."""
+
+    name: str
+    columns: tuple[str, ...]
+    unique: bool = False
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CheckSpec:
+    """A CHECK constraint, as SQL text in the source's dialect."""
+
+    name: str
+    sql: str
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -75,6 +96,8 @@ class TableSpec:
     foreign_keys: tuple[ForeignKeySpec, ...]
     full_row_identity: bool = False
     referenced: bool = False
+    indexes: tuple[IndexSpec, ...] = ()
+    checks: tuple[CheckSpec, ...] = ()
     column_index: Mapping[str, ColumnSpec] = field(default_factory=dict, compare=False)
     derived: _Derived = field(default_factory=lambda: _Derived(), compare=False)
 
@@ -127,6 +150,8 @@ def replace_spec(spec: TableSpec, **changes: Any) -> TableSpec:
         "foreign_keys": spec.foreign_keys,
         "full_row_identity": spec.full_row_identity,
         "referenced": spec.referenced,
+        "indexes": spec.indexes,
+        "checks": spec.checks,
     }
     fields.update(changes)
     return make_table_spec(**fields)

@@ -110,6 +110,7 @@ class RestoreReport:
     pruned: dict[str, int] = field(default_factory=dict)
     diffs: list[TableDiff] = field(default_factory=list)
     referenced_rows_added: dict[str, int] = field(default_factory=dict)
+    schema_notes: list[str] = field(default_factory=list)  # what --create-schema left out
     seconds: float = 0.0
     stages: dict[str, float] = field(default_factory=dict)
 
@@ -397,7 +398,7 @@ class Restorer:
                 continue
             self._tables[spec.name] = table
         if missing and create_schema:
-            self.target.create(missing)
+            self.report.schema_notes += self.target.create(missing)
             for spec in missing:
                 self._tables[spec.name] = self.target.inspect(spec)
         elif missing:

@@ -8,6 +8,7 @@ is refused here, before a trigger exists, with a message that says how to fix it
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,8 +22,10 @@ from sqlalchemy.engine.interfaces import ReflectedColumn, ReflectedForeignKeyCon
 
 from nkdaemon.core.errors import SchemaError, SourceError, SourceUnavailable
 from nkdaemon.core.keys import (
+    CheckSpec,
     ColumnSpec,
     ForeignKeySpec,
+    IndexSpec,
     KeyPart,
     TableSpec,
     make_table_spec,
@@ -58,6 +61,8 @@ class _Reflected:
     primary_key: tuple[str, ...]
     foreign_keys: list[ReflectedForeignKeyConstraint]
     uniques: list[tuple[str, tuple[str, ...]]]
+    indexes: tuple[IndexSpec, ...] = ()
+    checks: tuple[CheckSpec, ...] = ()
 
 
 def reflect_registry(
@@ -155,6 +160,7 @@ def _reflect(inspector: Inspector, name: str, schema: str | None, dialect: str) 
         for u in inspector.get_unique_constraints(name, schema=schema)
     ]
     seen = {cols for _, cols in uniques}
+    indexes = [IndexSpec(name=n, columns=cols, unique=True) for n, cols in uniques]
     # SQLite keeps inline UNIQUE constraints as automatic indexes, which SQLAlchemy's
     # constraint parser can miss; ask for them as indexes too.
     extra = {"include_auto_indexes": True} if dialect == "sqlite" else {}
@@ -162,9 +168,15 @@ def _reflect(inspector: Inspector, name: str, schema: str | None, dialect: str) 
         cols = tuple(c for c in index.get("column_names", ()) if c is not None)
         partial = index.get("dialect_options", {}).get("postgresql_where") is not None
         expressions = len(cols) != len(index.get("column_names", ())) or index.get("expressions")
-        if index.get("unique") and cols and not partial and not expressions and cols not in seen:
+        plain = bool(cols) and not partial and not expressions
+        if index.get("unique") and plain and cols not in seen:
             uniques.append((str(index.get("name") or ""), cols))
-            seen.add(cols)
+        if cols not in seen or not plain:
+            # an expression or partial index is kept by name only: it cannot be rebuilt
+            unique = bool(index.get("unique"))
+            name_of = str(index.get("name") or "")
+            indexes.append(IndexSpec(name=name_of, columns=cols if plain else (), unique=unique))
+        seen.add(cols)
     return _Reflected(
         name=name,
         dialect=dialect,
@@ -172,7 +184,17 @@ def _reflect(inspector: Inspector, name: str, schema: str | None, dialect: str) 
         primary_key=pk,
         foreign_keys=list(inspector.get_foreign_keys(name, schema=schema)),
         uniques=uniques,
+        indexes=tuple(i for i in indexes if set(i.columns) != set(pk)),
+        checks=_checks(inspector, name, schema),
     )
+
+
+def _checks(inspector: Inspector, name: str, schema: str | None) -> tuple[CheckSpec, ...]:
+    try:
+        found = inspector.get_check_constraints(name, schema=schema)
+    except NotImplementedError:
+        return ()
+    return tuple(CheckSpec(name=str(c.get("name") or ""), sql=str(c["sqltext"])) for c in found)
 
 
 def build_registry(
@@ -233,6 +255,8 @@ def _table_spec(
         key_parts=_key_parts(key_columns, fks),
         foreign_keys=fks,
         full_row_identity=full,
+        indexes=table.indexes,
+        checks=table.checks,
     )
 
 
@@ -329,8 +353,13 @@ def _fk_spec(
             hint=f"add {ref_table!r} to [capture] tables (or remove it from exclude), or "
             f"exclude {table!r} as well",
         )
+    options = fk.get("options") or {}
     return ForeignKeySpec(
-        columns=columns, ref_table=ref_table, ref_columns=tuple(fk["referred_columns"])
+        columns=columns,
+        ref_table=ref_table,
+        ref_columns=tuple(fk["referred_columns"]),
+        on_delete=str(options.get("ondelete") or "").upper(),
+        on_update=str(options.get("onupdate") or "").upper(),
     )
 
 
@@ -394,14 +423,7 @@ def _resolve_foreign_keys(
 
 
 def _replace_fk(fk: ForeignKeySpec, **changes: Any) -> ForeignKeySpec:
-    fields: dict[str, Any] = {
-        "columns": fk.columns,
-        "ref_table": fk.ref_table,
-        "ref_columns": fk.ref_columns,
-        "by_natural_key": fk.by_natural_key,
-    }
-    fields.update(changes)
-    return ForeignKeySpec(**fields)
+    return dataclasses.replace(fk, **changes)
 
 
 def _check_key_cycles(specs: Mapping[str, TableSpec]) -> None:
@@ -435,12 +457,16 @@ def _check_key_cycles(specs: Mapping[str, TableSpec]) -> None:
 
 def _column_spec(column: ReflectedColumn, dialect: str) -> ColumnSpec:
     col_type = column["type"]
+    identity = column.get("identity")
+    default = column.get("default")
     return ColumnSpec(
         name=column["name"],
         logical_type=logical_type(col_type, dialect),
         nullable=bool(column.get("nullable", True)),
         sql_type=_compile(col_type, dialect),
         generic_type=_generic(col_type),
+        default=None if default is None else str(default),
+        identity=("always" if identity.get("always") else "by default") if identity else "",
     )
 
 

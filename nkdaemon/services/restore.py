@@ -339,6 +339,7 @@ class Restorer:
         self._closure = referenced_tables(plan.context, self._selected)
         self._in_play = self._selected | self._closure
         self._merging = False
+        self._fold_refusal = ""
 
     # --- stages -------------------------------------------------------------------------
 
@@ -767,11 +768,20 @@ class Restorer:
         Runs of transactions that only insert rows and update them in place are applied as
         their net change, table by table; anything else, one transaction after another."""
         self._prefetch(window)
-        with self.target.batch():
-            for run, foldable in _foldable_runs(window, self._foldable):
-                if not (foldable and len(run) > 1 and self._apply_folded(run)):
-                    for tx in run:
-                        self._apply_transaction(tx)
+        self._fold_refusal = ""
+        try:
+            with self.target.batch():
+                for run, foldable in _foldable_runs(window, self._foldable):
+                    if not (foldable and len(run) > 1 and self._apply_folded(run)):
+                        for tx in run:
+                            self._apply_transaction(tx)
+        except NkdError as exc:
+            if self._fold_refusal:  # the first refusal is often the real cause: say both
+                exc.message += (
+                    " (before that, applying the same changes as their net change failed: "
+                    f"{self._fold_refusal.splitlines()[0]})"
+                )
+            raise
 
     def _apply_transaction(self, tx: LoggedTransaction) -> None:
         for (table_name, op), events in _runs(tx.events):
@@ -840,6 +850,7 @@ class Restorer:
                 self._apply_deferred()
         except NkdError as exc:
             log.info("restore.fold_refused", transactions=len(run), reason=str(exc))
+            self._fold_refusal = str(exc)
             self._deferred, self._late = [], {}
             self.resolver.forget()
             return False

@@ -94,8 +94,9 @@ class PostgresTarget(Target):
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
-        """Statements sent inside are pipelined: not waited for one by one."""
-        with self.conn.pipeline():
+        """Statements sent inside are pipelined: not waited for one by one; an error they
+        meet surfaces (translated) when the pipeline is synchronised on the way out."""
+        with _pg_errors("a batch of changes"), self.conn.pipeline():
             self._pipelined = True
             try:
                 yield

@@ -130,9 +130,9 @@ class Daemon:
                 "lag_seconds": None,
                 "last_lsn": 0,
                 "last_commit_time": None,
-                "snapshots": self._snapshot_list(),
                 "log_bytes": self._session.log_store.size_bytes(),
             },
+            live=self._repository_status,
         )
         self._server = HealthServer(self.settings.health.listen, self._health, self.metrics)
         self._server.start()
@@ -301,6 +301,17 @@ class Daemon:
 
     # --- snapshots ------------------------------------------------------------------------
 
+    def _repository_status(self) -> dict[str, Any]:
+        """The snapshot list, read from the repository for each /status and /readyz:
+        `nkdaemon snapshot` and `prune` change it beside the daemon."""
+        error: str | None = None
+        for _ in range(2):  # twice: a snapshot may be pruned while it is read
+            try:
+                return {"snapshots": self._snapshot_list(), "snapshots_error": None}
+            except (OSError, NkdError) as exc:
+                error = exc.message if isinstance(exc, NkdError) else str(exc)
+        return {"snapshots": [], "snapshots_error": error}
+
     def _snapshot_list(self) -> list[dict[str, Any]]:
         assert self._session is not None
         return [
@@ -369,7 +380,6 @@ class Daemon:
                 self.metrics.snapshots.inc()
                 self.metrics.snapshot_duration.observe(time.monotonic() - started)
                 self._health.job_error("snapshot", None)
-                self._health.update(snapshots=self._snapshot_list())
                 log.info(
                     "job.snapshot_done",
                     id=info.id,
@@ -434,7 +444,6 @@ class Daemon:
                     log_store=self._session.log_store,
                 )
                 self._drainer = None  # re-read the registry with the new tables
-                self._health.update(snapshots=self._snapshot_list())
                 log.info("config.capture_changed", tables=list(result.tables))
             old = self.settings
             self.settings = new

@@ -24,7 +24,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from nkdaemon.core.errors import ConfigError, NkdError, SourceUnavailable
+from nkdaemon.core.errors import CaptureOwnerError, ConfigError, NkdError, SourceUnavailable
 from nkdaemon.repository.snapshots import list_snapshots, prune_snapshots
 from nkdaemon.repository.state import StateStore
 from nkdaemon.runtime.config import Settings, load_settings, parse_duration
@@ -218,8 +218,11 @@ class Daemon:
             self.metrics.drain_passes.inc()
             self.metrics.last_drain.set(time.time())
             self._observe()
-            self._health.update(source_error=None, repository_error=None)
+            self._health.update(source_error=None, repository_error=None, capture_error=None)
             self._backoff = 0.0
+        except CaptureOwnerError as exc:  # taken over: drain nothing, say so until it ends
+            self._fault(exc.kind, exc.message, capture_error=exc.message)
+            self._drainer = None
         except SourceUnavailable as exc:
             self._fault("source", exc.message, source_error=exc.message)
             self._drainer = None  # reconnect and re-reflect when it is back

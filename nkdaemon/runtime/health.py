@@ -42,6 +42,7 @@ class HealthState:
                 "state": "starting",
                 "source_error": None,
                 "repository_error": None,
+                "capture_error": None,
                 "config_error": None,
                 "job_errors": {},
             }
@@ -76,6 +77,8 @@ class HealthState:
             reasons.append(f"daemon is {status['state']}")
         if status.get("source_error"):
             reasons.append(f"source unavailable: {status['source_error']}")
+        if status.get("capture_error"):
+            reasons.append(status["capture_error"])
         if status.get("repository_error"):
             reasons.append(f"repository: {status['repository_error']}")
         if status.get("snapshots_error"):

@@ -16,8 +16,14 @@ def register(cli: click.Group) -> None:
 
 
 @click.command("install")
+@click.option(
+    "--take-over",
+    is_flag=True,
+    help="Move capture here from the repository that captures the source now (it then "
+    "receives no more changes).",
+)
 @pass_app
-def install_command(app: AppContext) -> None:
+def install_command(app: AppContext, take_over: bool) -> None:
     """Add the capture schema and triggers to the source (idempotent)."""
     with Session(app.settings, writer=True) as session:
         result = install(
@@ -27,6 +33,12 @@ def install_command(app: AppContext) -> None:
             layout=session.layout,
             state=session.state,
             log_store=session.log_store,
+            take_over=take_over,
+        )
+    if result.taken_from is not None:
+        click.echo(
+            f"capture taken over from {result.taken_from.describe()}; that repository "
+            "receives no more changes"
         )
     click.echo(
         f"capture installed on {len(result.tables)} tables ({', '.join(result.tables)}); "

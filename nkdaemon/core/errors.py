@@ -59,6 +59,12 @@ class NotInstalledError(SourceError):
     kind = "not_installed"
 
 
+class CaptureOwnerError(SourceError):
+    """The source's capture feeds another repository (see nkdaemon/core/ownership.py)."""
+
+    kind = "capture_owner"
+
+
 class RepositoryError(NkdError):
     """The backup repository cannot be used."""
 

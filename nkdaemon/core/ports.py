@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 from nkdaemon.core.events import RawChange
 from nkdaemon.core.keys import TableSpec
+from nkdaemon.core.ownership import CaptureClaim, CaptureOwner
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -65,9 +66,16 @@ class CaptureSource(Protocol):
     def installed_tables(self) -> dict[str, int]:
         """Captured table name -> table number, as the triggers in the source know them."""
 
-    def install(self, tables: Mapping[int, TableSpec], seed: SnapshotConsumer) -> tuple[str, int]:
-        """Install the capture schema and triggers (idempotent); returns the installation id
-        and the baseline position.
+    def owner(self) -> CaptureOwner | None:
+        """The repository the capture feeds, or None if capture is not installed."""
+
+    def install(
+        self, tables: Mapping[int, TableSpec], seed: SnapshotConsumer, claim: CaptureClaim
+    ) -> tuple[str, int]:
+        """Install the capture schema and triggers (idempotent) and record ``claim``'s
+        repository as the owner; returns the installation id and the baseline position.
+        Raises CaptureOwnerError, changing nothing, if the installation id is no longer
+        ``claim.seen``.
 
         ``seed`` gets a read of every captured table inside the transaction that creates
         the triggers, while writers are locked out, so no change falls between the read
@@ -81,6 +89,12 @@ class CaptureSource(Protocol):
 
     def uninstall(self) -> None:
         """Remove every trigger and the capture schema (idempotent)."""
+
+    def bind(self, installation: str | None) -> None:
+        """From now on, fence() and read() raise CaptureOwnerError when the source's
+        capture does not feed ``installation`` (a drain's own repository). read() checks
+        within the consistent read it takes the changes from, so a take-over is either
+        seen there or comes after every change read."""
 
     def fence(self) -> int:
         """The highest position at which every committed transaction is final and visible."""

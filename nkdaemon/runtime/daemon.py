@@ -24,7 +24,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from nkdaemon.core.errors import ConfigError, NkdError, SourceUnavailable
+from nkdaemon.core.errors import CaptureOwnerError, ConfigError, NkdError, SourceUnavailable
 from nkdaemon.repository.snapshots import list_snapshots, prune_snapshots
 from nkdaemon.repository.state import StateStore
 from nkdaemon.runtime.config import Settings, load_settings, parse_duration
@@ -130,9 +130,9 @@ class Daemon:
                 "lag_seconds": None,
                 "last_lsn": 0,
                 "last_commit_time": None,
-                "snapshots": self._snapshot_list(),
                 "log_bytes": self._session.log_store.size_bytes(),
             },
+            live=self._repository_status,
         )
         self._server = HealthServer(self.settings.health.listen, self._health, self.metrics)
         self._server.start()
@@ -218,8 +218,11 @@ class Daemon:
             self.metrics.drain_passes.inc()
             self.metrics.last_drain.set(time.time())
             self._observe()
-            self._health.update(source_error=None, repository_error=None)
+            self._health.update(source_error=None, repository_error=None, capture_error=None)
             self._backoff = 0.0
+        except CaptureOwnerError as exc:  # taken over: drain nothing, say so until it ends
+            self._fault(exc.kind, exc.message, capture_error=exc.message)
+            self._drainer = None
         except SourceUnavailable as exc:
             self._fault("source", exc.message, source_error=exc.message)
             self._drainer = None  # reconnect and re-reflect when it is back
@@ -301,6 +304,17 @@ class Daemon:
 
     # --- snapshots ------------------------------------------------------------------------
 
+    def _repository_status(self) -> dict[str, Any]:
+        """The snapshot list, read from the repository for each /status and /readyz:
+        `nkdaemon snapshot` and `prune` change it beside the daemon."""
+        error: str | None = None
+        for _ in range(2):  # twice: a snapshot may be pruned while it is read
+            try:
+                return {"snapshots": self._snapshot_list(), "snapshots_error": None}
+            except (OSError, NkdError) as exc:
+                error = exc.message if isinstance(exc, NkdError) else str(exc)
+        return {"snapshots": [], "snapshots_error": error}
+
     def _snapshot_list(self) -> list[dict[str, Any]]:
         assert self._session is not None
         return [
@@ -369,7 +383,6 @@ class Daemon:
                 self.metrics.snapshots.inc()
                 self.metrics.snapshot_duration.observe(time.monotonic() - started)
                 self._health.job_error("snapshot", None)
-                self._health.update(snapshots=self._snapshot_list())
                 log.info(
                     "job.snapshot_done",
                     id=info.id,
@@ -434,7 +447,6 @@ class Daemon:
                     log_store=self._session.log_store,
                 )
                 self._drainer = None  # re-read the registry with the new tables
-                self._health.update(snapshots=self._snapshot_list())
                 log.info("config.capture_changed", tables=list(result.tables))
             old = self.settings
             self.settings = new

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -24,15 +25,24 @@ log = structlog.get_logger("nkdaemon.health")
 class HealthState:
     """What the daemon knows about itself; updated by its loop, read by the HTTP threads."""
 
-    def __init__(self, settings: HealthSettings, base_status: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        settings: HealthSettings,
+        base_status: dict[str, Any],
+        live: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
         self._lock = threading.Lock()
         self.settings = settings
+        # Fields read afresh for every document: what other processes change (the
+        # repository's snapshots) must not be a copy the daemon took earlier.
+        self._live = live or dict
         self.status: dict[str, Any] = dict(base_status)
         self.status.update(
             {
                 "state": "starting",
                 "source_error": None,
                 "repository_error": None,
+                "capture_error": None,
                 "config_error": None,
                 "job_errors": {},
             }
@@ -53,8 +63,10 @@ class HealthState:
 
     def document(self) -> dict[str, Any]:
         with self._lock:
-            copy: dict[str, Any] = json.loads(json.dumps(self.status, default=str))
-            return copy
+            status = dict(self.status)
+        status.update(self._live())
+        copy: dict[str, Any] = json.loads(json.dumps(status, default=str))
+        return copy
 
     def readiness(self, now: datetime | None = None) -> list[str]:
         """Reasons the backup is not fresh; empty when ready."""
@@ -65,8 +77,12 @@ class HealthState:
             reasons.append(f"daemon is {status['state']}")
         if status.get("source_error"):
             reasons.append(f"source unavailable: {status['source_error']}")
+        if status.get("capture_error"):
+            reasons.append(status["capture_error"])
         if status.get("repository_error"):
             reasons.append(f"repository: {status['repository_error']}")
+        if status.get("snapshots_error"):
+            reasons.append(f"snapshots: {status['snapshots_error']}")
         lag = status.get("lag_seconds")
         if lag is not None and lag > self.settings.max_lag_seconds:
             reasons.append(f"lag {lag:.1f} s exceeds max_lag {self.settings.max_lag_seconds:.0f} s")

@@ -101,6 +101,8 @@ class Drainer:
 
     def open(self) -> None:
         """Recover the log tail and reconcile it with the checkpoint."""
+        # Drain only a source whose capture feeds this repository (core/ownership.py).
+        self._source.bind(self._state.get_meta("installation_id"))
         checkpoint = self._state.checkpoint()
         end = self._log.recover(
             durable_segment=checkpoint.segment, durable_offset=checkpoint.offset

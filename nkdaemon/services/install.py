@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
@@ -13,6 +14,7 @@ from sqlalchemy.engine import Engine
 from nkdaemon.core.definitions import spec_to_json
 from nkdaemon.core.errors import NkdError, NotInstalledError
 from nkdaemon.core.keys import TableSpec
+from nkdaemon.core.ownership import CaptureClaim, CaptureOwner, owned_elsewhere
 from nkdaemon.core.ports import CaptureSource, SnapshotPoint, TableReader
 from nkdaemon.core.translate import ShallowKey
 from nkdaemon.repository.layout import RepositoryLayout
@@ -34,6 +36,7 @@ class InstallResult:
     rebaselined: bool
     baseline_position: int
     snapshot_id: str
+    taken_from: CaptureOwner | None = None
 
 
 def known_table_numbers(state: StateStore, source: CaptureSource) -> dict[str, int]:
@@ -62,12 +65,14 @@ def install(
     layout: RepositoryLayout,
     state: StateStore,
     log_store: SegmentLog,
+    take_over: bool = False,
 ) -> InstallResult:
+    """Install (or bring up to date) capture for this repository; refuses a source another
+    repository captures unless ``take_over``, which moves capture here."""
     registry = reflect_registry(engine, settings, numbers=known_table_numbers(state, source))
-    source_installation = source.installation_id()
-    rebaseline = source_installation is None or source_installation != state.get_meta(
-        "installation_id"
-    )
+    owner = source.owner()
+    claim = _claim(settings, owner, state.get_meta("installation_id"), take_over=take_over)
+    rebaseline = claim.new
     already = set(source.installed_tables()) if not rebaseline else set()
     seeded = 0
     state.begin()
@@ -92,7 +97,7 @@ def install(
             )
 
     try:
-        installation, baseline = source.install(registry.tables, baseline_snapshot)
+        installation, baseline = source.install(registry.tables, baseline_snapshot, claim)
     except BaseException:
         state.rollback()
         if "writer" in snapshot:
@@ -113,6 +118,9 @@ def install(
         dialect=source.dialect,
         definitions=[spec_to_json(s) for s in registry.tables.values()],
     )
+    taken_from = owner if claim.new and owner is not None else None
+    if taken_from is not None:
+        log.warning("install.took_over", previous_owner=taken_from.describe())
     log.info(
         "install.done",
         tables=len(registry.tables),
@@ -128,6 +136,21 @@ def install(
         rebaselined=rebaseline,
         baseline_position=baseline,
         snapshot_id=info.id,
+        taken_from=taken_from,
+    )
+
+
+def _claim(
+    settings: Settings, owner: CaptureOwner | None, ours: str | None, *, take_over: bool
+) -> CaptureClaim:
+    """What install may claim; refuses a source that another repository captures."""
+    if owner is not None and owner.installation != ours and not take_over:
+        raise owned_elsewhere(owner)
+    return CaptureClaim(
+        repository=str(settings.repository.path),
+        host=socket.gethostname(),
+        seen=None if owner is None else owner.installation,
+        new=owner is None or owner.installation != ours,
     )
 
 

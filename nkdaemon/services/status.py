@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from nkdaemon.core.errors import NkdError
+from nkdaemon.core.ownership import not_ours
 from nkdaemon.repository.snapshots import list_snapshots
 from nkdaemon.runtime.session import Session
 
@@ -43,9 +44,27 @@ def collect_status(session: Session, *, now: datetime | None = None) -> dict[str
     else:
         status["errors"].append("the repository does not exist yet (run `nkdaemon install`)")
     try:
+        _capture_owner(session, status)
         status["queue_depth"] = session.source.queue_depth()
         oldest = session.source.oldest_pending()
         status["lag_seconds"] = 0.0 if oldest is None else max(0.0, (now - oldest).total_seconds())
     except NkdError as exc:
         status["errors"].append(exc.message)
     return status
+
+
+def _capture_owner(session: Session, status: dict[str, Any]) -> None:
+    """Which repository the source's capture feeds; an error when it is not this one."""
+    status["capture_owner"] = None
+    owner = session.source.owner()
+    if owner is None:
+        return
+    ours = session.state.get_meta("installation_id") if session.layout.exists() else None
+    status["capture_owner"] = {
+        "repository": owner.repository,
+        "host": owner.host,
+        "since": None if owner.since is None else owner.since.isoformat(),
+        "this_repository": owner.installation == ours,
+    }
+    if owner.installation != ours:
+        status["errors"].append(not_ours(owner, ours).message)

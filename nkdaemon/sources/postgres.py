@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 from nkdaemon.core.errors import NotInstalledError, SourceError, SourceUnavailable
 from nkdaemon.core.events import RawChange
 from nkdaemon.core.keys import TableSpec
+from nkdaemon.core.ownership import CaptureClaim, CaptureOwner, changed_during_install, not_ours
 from nkdaemon.core.ports import QueuedChange, SchemaDrift, SnapshotConsumer, SnapshotPoint
 from nkdaemon.core.values import parse_json_exact, pg_decoder
 from nkdaemon.sources.migrations import pending_migrations
@@ -144,6 +145,8 @@ class PostgresSource:
         self._secrets = secrets
         self._conn: psycopg.Connection[Any] | None = None
         self._deleted_since_vacuum = 0
+        self._bound = False
+        self._installation: str | None = None
 
     # --- connection ------------------------------------------------------------------
 
@@ -168,14 +171,38 @@ class PostgresSource:
 
     def installation_id(self) -> str | None:
         with self._errors("reading the capture installation"):
-            conn = self._connection()
-            exists = conn.execute("SELECT to_regclass('nkdaemon.meta') IS NOT NULL").fetchone()
-            if not exists or not exists[0]:
-                return None
+            return self._installation_id(self._connection())
+
+    def _installation_id(self, conn: psycopg.Connection[Any]) -> str | None:
+        if not self._exists(conn, "nkdaemon.meta"):
+            return None
+        row = conn.execute(
+            "SELECT value FROM nkdaemon.meta WHERE name = 'installation_id'"
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def _exists(self, conn: psycopg.Connection[Any], relation: str) -> bool:
+        row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (relation,)).fetchone()
+        return bool(row and row[0])
+
+    def owner(self) -> CaptureOwner | None:
+        with self._errors("reading the capture owner"):
+            return self._owner(self._connection())
+
+    def _owner(self, conn: psycopg.Connection[Any]) -> CaptureOwner | None:
+        installation = self._installation_id(conn)
+        if installation is None:
+            return None
+        row = None
+        if self._exists(conn, "nkdaemon.owner"):  # schema version 5 on
             row = conn.execute(
-                "SELECT value FROM nkdaemon.meta WHERE name = 'installation_id'"
+                "SELECT repository, host, since FROM nkdaemon.owner WHERE installation_id = %s",
+                (installation,),
             ).fetchone()
-            return None if row is None else str(row[0])
+        repository, host, since = row if row else (None, None, None)
+        return CaptureOwner(
+            installation=installation, repository=repository, host=host, since=since
+        )
 
     def installed_tables(self) -> dict[str, int]:
         with self._errors("reading captured tables"):
@@ -189,12 +216,14 @@ class PostgresSource:
             ).fetchall()
             return {str(name): int(number) for name, number in rows}
 
-    def install(self, tables: Mapping[int, TableSpec], seed: SnapshotConsumer) -> tuple[str, int]:
+    def install(
+        self, tables: Mapping[int, TableSpec], seed: SnapshotConsumer, claim: CaptureClaim
+    ) -> tuple[str, int]:
         with self._errors("installing capture"):
             conn = self._connection()
             with conn.transaction():
                 self._migrate(conn)
-                installation = self._ensure_installation_id(conn)
+                installation = self._claim(conn, claim)
                 known = {
                     str(name): int(number)
                     for name, number in conn.execute(
@@ -243,17 +272,26 @@ class PostgresSource:
             "CREATE TABLE IF NOT EXISTS nkdaemon.meta (name text PRIMARY KEY, value text NOT NULL)"
         )
 
-    def _ensure_installation_id(self, conn: psycopg.Connection[Any]) -> str:
+    def _claim(self, conn: psycopg.Connection[Any], claim: CaptureClaim) -> str:
+        """Record the claiming repository as the owner; under the installer lock."""
+        current = self._installation_id(conn)
+        if current != claim.seen:
+            raise changed_during_install(self._owner(conn))
+        installation = uuid.uuid4().hex if claim.new or current is None else current
         conn.execute(
             "INSERT INTO nkdaemon.meta (name, value) VALUES ('installation_id', %s) "
-            "ON CONFLICT (name) DO NOTHING",
-            (uuid.uuid4().hex,),
+            "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            (installation,),
         )
-        row = conn.execute(
-            "SELECT value FROM nkdaemon.meta WHERE name = 'installation_id'"
-        ).fetchone()
-        assert row is not None
-        return str(row[0])
+        conn.execute(
+            "INSERT INTO nkdaemon.owner AS o (installation_id, repository, host, since) "
+            "VALUES (%s, %s, %s, clock_timestamp()) ON CONFLICT (one) DO UPDATE SET "
+            "since = CASE WHEN o.installation_id = excluded.installation_id THEN o.since "
+            "ELSE excluded.since END, installation_id = excluded.installation_id, "
+            "repository = excluded.repository, host = excluded.host",
+            (installation, claim.repository, claim.host),
+        )
+        return installation
 
     def _qualified(self, name: str) -> sql.Composed:
         return sql.SQL("{}.{}").format(sql.Identifier(self._schema), sql.Identifier(name))
@@ -370,10 +408,22 @@ class PostgresSource:
                 hint="run `nkdaemon install` first",
             )
 
+    def bind(self, installation: str | None) -> None:
+        self._bound = True
+        self._installation = installation
+
+    def _check_bound(self, conn: psycopg.Connection[Any]) -> None:
+        if not self._bound:
+            return
+        owner = self._owner(conn)
+        if owner is not None and owner.installation != self._installation:
+            raise not_ours(owner, self._installation)
+
     def fence(self) -> int:
         with self._errors("fencing the queue"):
             conn = self._connection()
             self._require_installed(conn)
+            self._check_bound(conn)
             with conn.transaction():
                 # Arm the wake-up before the fence (migration 0003 says why that order
                 # loses none); NULL, and nothing done, on a schema from before it.
@@ -403,6 +453,10 @@ class PostgresSource:
         with self._errors("reading the queue"):
             conn = self._connection()
             with conn.transaction(), conn.cursor(name="nkd_drain") as cursor:
+                # One snapshot for the owner check and the changes: a take-over (and the
+                # new owner's deletes) is either seen here or comes after every change read.
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                self._check_bound(conn)
                 cursor.execute(query, (after, upto))
                 while rows := cursor.fetchmany(5000):
                     for seq, xid, commit_time, tbl, op, old, new, old_nulls, new_nulls in rows:

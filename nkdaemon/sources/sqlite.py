@@ -23,6 +23,7 @@ from sqlalchemy.engine import make_url
 from nkdaemon.core.errors import NotInstalledError, SourceError, SourceUnavailable
 from nkdaemon.core.events import RawChange
 from nkdaemon.core.keys import TableSpec
+from nkdaemon.core.ownership import CaptureClaim, CaptureOwner, changed_during_install, not_ours
 from nkdaemon.core.ports import QueuedChange, SchemaDrift, SnapshotConsumer, SnapshotPoint
 from nkdaemon.core.values import sqlite_decoder
 from nkdaemon.sources.migrations import pending_migrations
@@ -58,6 +59,8 @@ class SqliteSource:
         assert database
         self.path = Path(database)
         self._conn: sqlite3.Connection | None = None
+        self._bound = False
+        self._installation: str | None = None
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -98,12 +101,37 @@ class SqliteSource:
     def installation_id(self) -> str | None:
         conn = self._connection()
         with translate_errors("reading the capture installation"):
-            if not self._has_table(conn, "_nkd_meta"):
-                return None
+            return self._installation_id(conn)
+
+    def _installation_id(self, conn: sqlite3.Connection) -> str | None:
+        if not self._has_table(conn, "_nkd_meta"):
+            return None
+        row = conn.execute("SELECT value FROM _nkd_meta WHERE name = 'installation_id'").fetchone()
+        return None if row is None else str(row[0])
+
+    def owner(self) -> CaptureOwner | None:
+        conn = self._connection()
+        with translate_errors("reading the capture owner"):
+            return self._owner(conn)
+
+    def _owner(self, conn: sqlite3.Connection) -> CaptureOwner | None:
+        installation = self._installation_id(conn)
+        if installation is None:
+            return None
+        row = None
+        if self._has_table(conn, "_nkd_owner"):  # schema version 2 on
             row = conn.execute(
-                "SELECT value FROM _nkd_meta WHERE name = 'installation_id'"
+                "SELECT repository, host, since FROM _nkd_owner WHERE installation_id = ?",
+                (installation,),
             ).fetchone()
-            return None if row is None else str(row[0])
+        if row is None:
+            return CaptureOwner(installation=installation, repository=None, host=None, since=None)
+        return CaptureOwner(
+            installation=installation,
+            repository=row[0],
+            host=row[1],
+            since=datetime.fromisoformat(row[2]),
+        )
 
     def installed_tables(self) -> dict[str, int]:
         conn = self._connection()
@@ -115,18 +143,12 @@ class SqliteSource:
                 for name, number in conn.execute("SELECT table_name, number FROM _nkd_tables")
             }
 
-    def install(self, tables: Mapping[int, TableSpec], seed: SnapshotConsumer) -> tuple[str, int]:
+    def install(
+        self, tables: Mapping[int, TableSpec], seed: SnapshotConsumer, claim: CaptureClaim
+    ) -> tuple[str, int]:
         with self._transaction("installing capture", write=True) as conn:
             self._migrate(conn)
-            conn.execute(
-                "INSERT OR IGNORE INTO _nkd_meta (name, value) VALUES ('installation_id', ?)",
-                (uuid.uuid4().hex,),
-            )
-            installation = str(
-                conn.execute(
-                    "SELECT value FROM _nkd_meta WHERE name = 'installation_id'"
-                ).fetchone()[0]
-            )
+            installation = self._claim(conn, claim)
             known = {
                 str(name): (int(number), orjson.loads(columns))
                 for name, number, columns in conn.execute(
@@ -167,6 +189,28 @@ class SqliteSource:
         conn.execute(
             "CREATE TABLE IF NOT EXISTS _nkd_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
         )
+
+    def _claim(self, conn: sqlite3.Connection, claim: CaptureClaim) -> str:
+        """Record the claiming repository as the owner; inside the install's write lock."""
+        current = self._installation_id(conn)
+        if current != claim.seen:
+            raise changed_during_install(self._owner(conn))
+        installation = uuid.uuid4().hex if claim.new or current is None else current
+        conn.execute(
+            "INSERT INTO _nkd_meta (name, value) VALUES ('installation_id', ?) "
+            "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            (installation,),
+        )
+        conn.execute(
+            "INSERT INTO _nkd_owner (one, installation_id, repository, host, since) "
+            "VALUES (1, ?, ?, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')) "
+            "ON CONFLICT (one) DO UPDATE SET "
+            "since = CASE WHEN installation_id = excluded.installation_id THEN since "
+            "ELSE excluded.since END, installation_id = excluded.installation_id, "
+            "repository = excluded.repository, host = excluded.host",
+            (installation, claim.repository, claim.host),
+        )
+        return installation
 
     def _refuse_if_pending(self, conn: sqlite3.Connection, number: int, name: str) -> None:
         row = conn.execute("SELECT count(*) FROM _nkd_changes WHERE tbl = ?", (number,)).fetchone()
@@ -267,10 +311,22 @@ class SqliteSource:
                 hint="run `nkdaemon install` first",
             )
 
+    def bind(self, installation: str | None) -> None:
+        self._bound = True
+        self._installation = installation
+
+    def _check_bound(self, conn: sqlite3.Connection) -> None:
+        if not self._bound:
+            return
+        owner = self._owner(conn)
+        if owner is not None and owner.installation != self._installation:
+            raise not_ours(owner, self._installation)
+
     def fence(self) -> int:
         conn = self._connection()
         with translate_errors("fencing the queue"):
             self._require_installed(conn)
+            self._check_bound(conn)
             row = conn.execute(
                 "SELECT seq FROM sqlite_sequence WHERE name = '_nkd_changes'"
             ).fetchone()
@@ -287,6 +343,9 @@ class SqliteSource:
         # inside a logged transaction, or replaying after it would repeat part of it.
         bounds = sorted({c for c in cuts if after < c < upto} | {upto})
         with self._transaction("reading the queue", write=False) as conn:
+            # The first read fixes what the transaction sees: a take-over (and the new
+            # owner's deletes) is either seen here or comes after every change read.
+            self._check_bound(conn)
             layout = {
                 int(number): orjson.loads(columns)
                 for number, columns in conn.execute("SELECT number, columns FROM _nkd_tables")

@@ -131,6 +131,14 @@ def test_a_second_repository_is_refused_and_take_over_moves_capture_loudly(
     assert logged_notes(settings_a) == [*_tags("a", 5), "back-in-a"]
     assert logged_notes(settings_b) == _tags("b", 5)
 
+    # B cannot remove the capture that feeds A, unless it insists.
+    _refused(run_cli(config_b, "uninstall"), path_a, "--force")
+    _insert(engine, "still-captured")
+    _ok(run_cli(config_a, "drain"))
+    assert logged_notes(settings_a)[-1] == "still-captured"
+    _ok(run_cli(config_b, "uninstall", "--force"))
+    _refused(run_cli(config_a, "drain"))
+
 
 def test_a_running_daemon_reports_a_take_over_and_no_change_is_logged_twice_or_lost(
     pg_url: str, tmp_path: Path, daemons: Callable[..., DaemonProcess]

@@ -48,12 +48,18 @@ def install_command(app: AppContext, take_over: bool) -> None:
 
 
 @click.command("uninstall")
-@click.option("--force", is_flag=True, help="Discard changes that have not reached the log.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Discard changes that have not reached the log, and remove capture even when it "
+    "feeds another repository.",
+)
 @pass_app
 def uninstall_command(app: AppContext, force: bool) -> None:
     """Remove the capture schema and triggers from the source (idempotent)."""
     with Session(app.settings, writer=False) as session:
-        discarded = uninstall(session.source, force=force)
+        ours = session.state.get_meta("installation_id")
+        discarded = uninstall(session.source, ours=ours, force=force)
     suffix = f" ({discarded} queued changes discarded)" if discarded else ""
     click.echo(f"capture removed from the source{suffix}")
 

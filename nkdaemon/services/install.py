@@ -14,7 +14,7 @@ from sqlalchemy.engine import Engine
 from nkdaemon.core.definitions import spec_to_json
 from nkdaemon.core.errors import NkdError, NotInstalledError
 from nkdaemon.core.keys import TableSpec
-from nkdaemon.core.ownership import CaptureClaim, CaptureOwner, owned_elsewhere
+from nkdaemon.core.ownership import CaptureClaim, CaptureOwner, not_ours, owned_elsewhere
 from nkdaemon.core.ports import CaptureSource, SnapshotPoint, TableReader
 from nkdaemon.core.translate import ShallowKey
 from nkdaemon.repository.layout import RepositoryLayout
@@ -173,10 +173,19 @@ def _write_epoch(
     return lsn
 
 
-def uninstall(source: CaptureSource, *, force: bool) -> int:
-    """Remove capture; refuses while changes wait in the queue unless forced."""
+def uninstall(source: CaptureSource, *, ours: str | None, force: bool) -> int:
+    """Remove capture; refuses while changes wait in the queue, or when the capture feeds
+    another repository (``ours``: this repository's installation id), unless forced."""
     depth = 0
     if source.installation_id() is not None:
+        owner = source.owner()
+        if owner is not None and owner.installation != ours and not force:
+            error = not_ours(owner, ours)
+            error.hint = (
+                "uninstall from that repository's configuration, or pass --force to remove "
+                "its capture anyway (it then receives no more changes)"
+            )
+            raise error
         depth = source.queue_depth()
     if depth and not force:
         raise NkdError(

@@ -681,6 +681,7 @@ def test_sighup_reloads_the_configuration(
     config = link_dir / "nkdaemon.toml"
     config.symlink_to(first / "nkdaemon.toml")
 
+    add_ledger_row(engine, "before-reload")  # a change, so a scheduled snapshot is taken
     daemon = daemons(config)
     daemon.wait_ready()
     snapshots = len(daemon.status()["snapshots"])

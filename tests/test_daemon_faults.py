@@ -674,6 +674,8 @@ def test_a_failing_snapshot_job_is_reported_and_draining_goes_on(
     tmp_path: Path, spawn: Callable[..., Daemon]
 ) -> None:
     config, settings, engine = _prepared_sqlite(tmp_path, '[snapshots]\nschedule = "1s"\n')
+    with engine.begin() as conn:  # a change since the baseline: the next snapshot is taken
+        conn.execute(workload.ledger.insert().values(note="first", account_id=None, amount=1))
     snapshots = settings.repository.path / "snapshots"
     aside = settings.repository.path / "snapshots.aside"
     daemon = spawn(config)

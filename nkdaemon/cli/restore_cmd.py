@@ -105,6 +105,11 @@ def restore_command(
     for name, count in report.pruned.items():
         if count:
             click.echo(f"pruned {count} rows of {name} that only the target held")
+    if report.cross_checked:
+        click.echo(
+            f"cross-checked: every restored table matches the digests snapshot "
+            f"{report.cross_checked} recorded from the source at this position"
+        )
     verdict = "checked, then rolled back (--dry-run)" if dry_run else "committed"
     click.echo(
         f"{report.rows_loaded} snapshot rows and {report.events_applied} logged changes into "

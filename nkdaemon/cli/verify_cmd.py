@@ -30,7 +30,12 @@ def verify_command(app: AppContext, with_source: bool) -> None:
     with Session(app.settings, writer=False) as session:
         session.layout.require()
         verify_log(session.log_store, report)
-        snapshots = verify_snapshots(session.layout.snapshots_dir, report)
+        snapshots = verify_snapshots(
+            session.layout.snapshots_dir,
+            report,
+            log_store=session.log_store,
+            logged_position=session.state.checkpoint().position,
+        )
         if with_source and not report.problems:
             verify_source(
                 source=session.source,
@@ -44,6 +49,8 @@ def verify_command(app: AppContext, with_source: bool) -> None:
         f"log: {report.segments} segments, {report.transactions} transactions; "
         f"snapshots: {report.snapshots}"
     )
+    for note in report.notes:
+        click.echo(f"checked: {note}")
     for warning in report.warnings:
         click.echo(f"warning: {warning}")
     for diff in report.diffs:

@@ -267,9 +267,8 @@ class Daemon:
         self.metrics.lag_seconds.set(lag)
         snapshots = self._health.document().get("snapshots") or []
         if snapshots:
-            age = (
-                datetime.now(UTC) - datetime.fromisoformat(snapshots[-1]["time"])
-            ).total_seconds()
+            newest = snapshots[-1].get("current_as_of") or snapshots[-1]["time"]
+            age = (datetime.now(UTC) - datetime.fromisoformat(newest)).total_seconds()
             self.metrics.snapshot_age.set(age)
         self._health.update(
             queue_depth=depth,
@@ -321,6 +320,7 @@ class Daemon:
             {
                 "id": s.id,
                 "time": s.time,
+                "current_as_of": s.current_as_of,  # later when found unchanged since
                 "position": s.position,
                 "rows": sum(t.rows for t in s.tables),
             }
@@ -366,13 +366,14 @@ class Daemon:
                 try:
                     installation = state.get_meta("installation_id") or ""
                     tables = dict(load_registry(self._session.engine, settings, source).tables)
-                    info = take_snapshot(
+                    result = take_snapshot(
                         source=source,
                         tables=tables,
                         directory=self._session.layout.snapshots_dir,
                         installation=installation,
                         log_lsn=lambda: state.checkpoint().lsn,
                         cuts=self._session.cuts,
+                        log_store=self._session.log_store,
                     )
                 finally:
                     source.close()
@@ -380,12 +381,14 @@ class Daemon:
                 pruned = prune_snapshots(
                     self._session.layout.snapshots_dir, settings.snapshots.keep
                 )
-                self.metrics.snapshots.inc()
+                if result.taken:  # an unchanged source keeps its newest snapshot
+                    self.metrics.snapshots.inc()
                 self.metrics.snapshot_duration.observe(time.monotonic() - started)
                 self._health.job_error("snapshot", None)
                 log.info(
                     "job.snapshot_done",
-                    id=info.id,
+                    id=result.info.id,
+                    taken=result.taken,
                     pruned=pruned,
                     seconds=round(time.monotonic() - started, 3),
                 )

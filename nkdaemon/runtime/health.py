@@ -92,7 +92,8 @@ class HealthState:
             if not newest:
                 reasons.append("no snapshot yet")
             else:
-                age = (now - datetime.fromisoformat(newest[0]["time"])).total_seconds()
+                current = newest[0].get("current_as_of") or newest[0]["time"]
+                age = (now - datetime.fromisoformat(current)).total_seconds()
                 if age > limit:
                     reasons.append(
                         f"newest snapshot is {age:.0f} s old (max_snapshot_age {limit:.0f} s)"

@@ -23,6 +23,7 @@ import structlog
 from cachetools import LRUCache
 
 from nkdaemon.core.definitions import spec_from_json
+from nkdaemon.core.digest import DigestFold
 from nkdaemon.core.errors import NkdError, UsageError
 from nkdaemon.core.expectation import Expectation, TableDiff
 from nkdaemon.core.keys import ForeignKeySpec, TableSpec
@@ -42,6 +43,7 @@ from nkdaemon.repository.snapshots import (
     read_table,
     read_table_batches,
 )
+from nkdaemon.services.verify_snapshots import cross_check, digest_witness
 from nkdaemon.targets.database import Address, PostgresTarget, SqliteTarget, TargetTable, _same
 
 log = structlog.get_logger("nkdaemon.restore")
@@ -113,6 +115,7 @@ class RestoreReport:
     schema_notes: list[str] = field(default_factory=list)  # what --create-schema left out
     seconds: float = 0.0
     stages: dict[str, float] = field(default_factory=dict)
+    cross_checked: str | None = None  # the snapshot whose digests the restored rows matched
 
 
 def _choices(snapshots: Sequence[SnapshotInfo]) -> list[SnapshotChoice]:
@@ -979,19 +982,28 @@ class Restorer:
                 for item in read_table(snapshot, file):
                     expectation.load(name, item["k"], item["r"])
         expectation.finish_load()
+        position = snapshot.position
         for tx in replay_range(self.log_store, snapshot, self.plan.at):
             expectation.apply_transaction(
                 (e for e in tx.events if e["t"] in self._in_play),
                 where=f"log transaction {tx.lsn}: ",
             )
+            position = tx.position
+        # a snapshot taken at exactly this position: evidence read from the source
+        witness = digest_witness(snapshot, position)
         renderer = _TargetRenderer(self.target, self._tables)
         for name in (n for n in order.tables if n in self._selected):
-            diff = expectation.compare(name, renderer.rows(name))
+            fold = DigestFold()
+            rows = renderer.rows(name)
+            diff = expectation.compare(name, fold.passing(rows) if witness else rows)
             if diff.unexpected and self._tables[name].rows_before:
                 # rows only the target had: reported, left alone (unless pruned)
                 self.report.target_only[name] = len(diff.unexpected)
                 diff.actual -= len(diff.unexpected)
                 diff.unexpected = []
+            elif witness is not None:
+                cross_check(diff, witness, fold.result())
+                self.report.cross_checked = witness.id
             self.report.diffs.append(diff)
 
 

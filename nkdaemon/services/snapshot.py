@@ -3,22 +3,38 @@
 The source hands over a consistent read and the position it contains; the rows are
 written with their references named by natural key as of that instant (keys of referenced
 tables are collected first), so a snapshot restores anywhere, like the log.
+
+A snapshot is not taken when the source has not changed since the newest one (same
+installation, same source position, nothing logged since, same table definitions, its
+files intact): an identical copy would only push older restore points out of retention.
+The newest snapshot then records that it is still current (for health checks).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import structlog
 
 from nkdaemon.core.definitions import spec_to_json
+from nkdaemon.core.errors import NkdError, RepositoryError
 from nkdaemon.core.events import RawChange
 from nkdaemon.core.keys import TableSpec
 from nkdaemon.core.ports import SnapshotPoint, TableReader
 from nkdaemon.core.replay import MemoryKeyIndex
 from nkdaemon.core.translate import ShallowKey, Translator, source_id
-from nkdaemon.repository.snapshots import SnapshotInfo, SnapshotWriter
+from nkdaemon.repository.reader import LogMarker, read_log
+from nkdaemon.repository.segments import SegmentLog
+from nkdaemon.repository.snapshots import (
+    SnapshotInfo,
+    SnapshotWriter,
+    check_table_file,
+    confirm_unchanged,
+    list_snapshots,
+)
 
 log = structlog.get_logger("nkdaemon.snapshot")
 
@@ -94,6 +110,16 @@ def write_snapshot(
     return info
 
 
+@dataclass(frozen=True, kw_only=True)
+class SnapshotResult:
+    """What `nkdaemon snapshot` did: ``info`` is the new snapshot, or the unchanged one
+    that stands; ``note`` says why none was taken, or why one was though nothing changed."""
+
+    info: SnapshotInfo
+    taken: bool
+    note: str | None = None
+
+
 def take_snapshot(
     *,
     source: Any,
@@ -102,20 +128,36 @@ def take_snapshot(
     installation: str,
     log_lsn: Callable[[], int],
     cuts: Any,
-) -> SnapshotInfo:
-    """`nkdaemon snapshot`: a consistent snapshot while writers and the drain go on."""
-    result: dict[str, SnapshotInfo] = {}
+    force: bool = False,
+    log_store: SegmentLog | None = None,
+) -> SnapshotResult:
+    """`nkdaemon snapshot`: a consistent snapshot while writers and the drain go on, unless
+    nothing changed since the newest one (``force`` takes one anyway). ``log_store``: to
+    look for a gap in the log since then (without it, any growth of the log counts)."""
+    result: dict[str, SnapshotResult] = {}
     registered: list[int] = []
+    definitions = [spec_to_json(s) for s in tables.values()]
     cuts.lock()
     try:
         hint = log_lsn()
+        previous = list_snapshots(directory)[-1:]
 
         def consume(point: SnapshotPoint, read_table: TableReader) -> None:
             cuts.register(point.position)
             registered.append(point.position)
             cuts.unlock()
+            note = (
+                _why_new(previous[0], point, hint, installation, definitions, log_store)
+                if previous
+                else ""
+            )
+            if note is None and not force:
+                result["out"] = _still_current(previous[0], point)
+                return
+            if note is None:
+                note = f"no change since snapshot {previous[0].id}; taken all the same (--force)"
             writer = SnapshotWriter(directory, time=point.time, position=point.position)
-            result["info"] = write_snapshot(
+            info = write_snapshot(
                 point=point,
                 read_table=read_table,
                 tables=tables,
@@ -124,10 +166,64 @@ def take_snapshot(
                 log_lsn=hint,
                 dialect=source.dialect,
             )
+            result["out"] = SnapshotResult(info=info, taken=True, note=note or None)
 
         source.snapshot(tables, consume)
     finally:
         cuts.unlock()
         for position in registered:
             cuts.clear(position)
-    return result["info"]
+    out = result["out"]
+    if not out.taken:
+        log.info("snapshot.unchanged", id=out.info.id, position=out.info.position)
+    return out
+
+
+def _still_current(previous: SnapshotInfo, point: SnapshotPoint) -> SnapshotResult:
+    confirm_unchanged(previous, point.time)
+    return SnapshotResult(
+        info=previous, taken=False, note=f"no change since snapshot {previous.id}; not taken"
+    )
+
+
+def _why_new(
+    previous: SnapshotInfo,
+    point: SnapshotPoint,
+    log_lsn: int,
+    installation: str,
+    definitions: list[dict[str, Any]],
+    log_store: SegmentLog | None,
+) -> str | None:
+    """Why ``previous`` cannot stand for the source read at ``point``: "" when the source
+    changed (the usual case, nothing to say), a reason when it did not but a new snapshot
+    is needed all the same, None when ``previous`` holds exactly what a new one would."""
+    if previous.installation != installation or previous.position != point.position:
+        return ""
+    if previous.log_lsn != log_lsn:
+        marker = _marker_since(previous, log_lsn, log_store)
+        if marker:
+            return f"the source is unchanged since snapshot {previous.id}, but {marker}; taken"
+    if orjson.loads(orjson.dumps(definitions)) != list(previous.definitions):
+        return f"the captured tables' definitions changed since snapshot {previous.id}; taken"
+    try:
+        for table in previous.tables:
+            check_table_file(previous, table)
+    except RepositoryError as exc:
+        return f"the source is unchanged, but {exc.message}; taken"
+    return None
+
+
+def _marker_since(previous: SnapshotInfo, log_lsn: int, log_store: SegmentLog | None) -> str:
+    """What in the log logged since ``previous`` (transactions it already held, drained
+    after it was read) makes restores from it fail: a GAP or EPOCH marker, or damage."""
+    if log_store is None:
+        return f"the log grew since (transactions {previous.log_lsn + 1}..{log_lsn})"
+    try:
+        for item in read_log(log_store, from_lsn=previous.log_lsn + 1):
+            if isinstance(item, LogMarker):
+                return f"the log holds a {item.kind} marker after it (lsn {item.lsn})"
+            if item.lsn >= log_lsn:
+                break
+    except NkdError as exc:
+        return f"the log after it cannot be read ({exc.message})"
+    return ""

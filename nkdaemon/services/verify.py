@@ -29,6 +29,7 @@ from nkdaemon.repository.snapshots import (
     read_table,
 )
 from nkdaemon.services.snapshot import collect_keys
+from nkdaemon.services.verify_snapshots import verify_snapshot_chain
 
 
 @dataclass
@@ -38,6 +39,7 @@ class VerifyReport:
     snapshots: int = 0
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     diffs: list[TableDiff] = field(default_factory=list)
 
     @property
@@ -99,7 +101,13 @@ def _segment_records(log_store: SegmentLog, name: str, *, strict: bool) -> Itera
         yield item
 
 
-def verify_snapshots(directory: Any, report: VerifyReport) -> list[SnapshotInfo]:
+def verify_snapshots(
+    directory: Any,
+    report: VerifyReport,
+    *,
+    log_store: SegmentLog | None = None,
+    logged_position: int | None = None,
+) -> list[SnapshotInfo]:
     try:
         snapshots = list_snapshots(directory)
     except RepositoryError as exc:
@@ -132,6 +140,8 @@ def verify_snapshots(directory: Any, report: VerifyReport) -> list[SnapshotInfo]
                     f"snapshot {snapshot.id}: {table.name} holds {rows} rows, "
                     f"the manifest says {table.rows}"
                 )
+    if log_store is not None:  # each snapshot's digests, and the log between each two
+        verify_snapshot_chain(snapshots, log_store, report, logged_position=logged_position)
     return snapshots
 
 

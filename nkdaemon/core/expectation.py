@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from nkdaemon.core.errors import NkdError
-from nkdaemon.core.keys import TableSpec
+from nkdaemon.core.keys import TableSpec, key_references, row_references
 
 
 class ExpectationError(NkdError):
@@ -57,8 +57,8 @@ class Expectation:
         for spec in specs:
             self._tables[spec.name] = _Table(
                 spec=spec,
-                key_refs={p.name: p.foreign_key.ref_table for p in spec.key_parts if p.foreign_key},
-                row_refs={fk.part_name: fk.ref_table for fk in spec.foreign_keys},
+                key_refs=key_references(spec),
+                row_refs=row_references(spec),
             )
         self._next_entity = 1
         self._pending: list[tuple[str, str, dict[str, Any], str]] = []

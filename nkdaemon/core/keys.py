@@ -157,6 +157,23 @@ def replace_spec(spec: TableSpec, **changes: Any) -> TableSpec:
     return make_table_spec(**fields)
 
 
+def key_references(spec: TableSpec) -> dict[str, str]:
+    """Key part -> referenced table, for the parts that stand for another row's key.
+
+    A foreign key onto the referenced table's natural-key columns is left out: its value
+    already is that key, and it changes with it (the source cascades the rename)."""
+    return {
+        p.name: p.foreign_key.ref_table
+        for p in spec.key_parts
+        if p.foreign_key is not None and not p.foreign_key.by_natural_key
+    }
+
+
+def row_references(spec: TableSpec) -> dict[str, str]:
+    """Row field -> referenced table, for the references that name another row's key."""
+    return {fk.part_name: fk.ref_table for fk in spec.foreign_keys if not fk.by_natural_key}
+
+
 @dataclass(frozen=True, slots=True)
 class Ref:
     """A shallow reference to another captured row, by table number and source identity."""

@@ -19,7 +19,7 @@ from typing import Any
 
 from nkdaemon.core.errors import NkdError
 from nkdaemon.core.events import RawChange, event_to_dict
-from nkdaemon.core.keys import Sid, TableSpec
+from nkdaemon.core.keys import Sid, TableSpec, key_references, row_references
 from nkdaemon.core.translate import ShallowKey, Translator, source_id
 
 
@@ -47,10 +47,8 @@ class TableShape:
     def of(cls, spec: TableSpec, names: Mapping[int, str] | None = None) -> TableShape:
         return cls(
             name=spec.name,
-            key_refs={
-                p.name: p.foreign_key.ref_table for p in spec.key_parts if p.foreign_key is not None
-            },
-            row_refs={fk.part_name: fk.ref_table for fk in spec.foreign_keys},
+            key_refs=key_references(spec),
+            row_refs=row_references(spec),
             multiset=spec.full_row_identity,
         )
 

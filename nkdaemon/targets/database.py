@@ -46,7 +46,8 @@ class TargetTable:
     copy_types: dict[str, int | str] = field(default_factory=dict)
     sequence: str | None = None
     generated: bool = False
-    uuid_ids: bool = False  # ids are drawn here as random UUIDs (the key is a uuid)
+    uuid_ids: bool = False  # ids are drawn here as random UUIDs (the key is a uuid or text)
+    hex_ids: bool = False  # ... written as 32 hex digits (a text key)
     identity_always: bool = False  # inserting ids needs OVERRIDING SYSTEM VALUE
     rows_before: int = 0
     next_id: int | None = None
@@ -278,7 +279,7 @@ class PostgresTarget(Target):
 
     def allocate(self, table: TargetTable, count: int) -> list[Any]:
         if table.uuid_ids:
-            return [uuid.uuid4() for _ in range(count)]
+            return [uuid.uuid4().hex if table.hex_ids else uuid.uuid4() for _ in range(count)]
         if table.sequence is None:
             raise RestoreTargetError(
                 f"table {table.spec.name} in the target generates no ids for new rows",
@@ -444,8 +445,10 @@ def _draw_uuids(table: TargetTable) -> None:
     if table.generated or len(table.primary_key) != 1:
         return
     column = table.spec.column_index.get(table.primary_key[0])
-    if column is not None and column.logical_type == "uuid":
+    if column is not None and column.logical_type in ("uuid", "text"):
+        # a text surrogate (SQLite's lower(hex(randomblob(16))), say): 32 random hex digits
         table.generated = table.uuid_ids = True
+        table.hex_ids = column.logical_type == "text"
 
 
 def _comparable(column: str, type_sql: str) -> sql.Composable:
@@ -670,9 +673,9 @@ class SqliteTarget(Target):
 
     def allocate(self, table: TargetTable, count: int) -> list[Any]:
         if table.uuid_ids:
-            return [
-                self.param(table, table.primary_key[0], str(uuid.uuid4())) for _ in range(count)
-            ]
+            column = table.primary_key[0]
+            drawn = (uuid.uuid4() for _ in range(count))
+            return [self.param(table, column, u.hex if table.hex_ids else str(u)) for u in drawn]
         if not table.generated:
             raise RestoreTargetError(
                 f"table {table.spec.name} in the target generates no ids for new rows"

@@ -170,6 +170,7 @@ def _register_commands() -> None:
         run_cmd,
         snapshot_cmd,
         status_cmd,
+        systemd_cmd,
         verify_cmd,
     )
 
@@ -182,6 +183,7 @@ def _register_commands() -> None:
         status_cmd,
         history_cmd,
         verify_cmd,
+        systemd_cmd,
         demo_cmd,
     ):
         module.register(cli)

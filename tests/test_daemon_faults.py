@@ -49,6 +49,7 @@ from nkdaemon.runtime.daemon import GRACE_SECONDS
 from nkdaemon.sources.postgres import conninfo_from_url
 from tests import pg, workload
 from tests.helpers import (
+    cli_process,
     cli_status,
     do_drain,
     do_install,
@@ -637,29 +638,44 @@ def _seconds(span: str) -> float:
 
 
 def test_systemd_unit_verifies_and_is_hardened(tmp_path: Path) -> None:
-    text = UNIT.read_text()
+    """The unit `nkdaemon systemd-unit` writes, as written: it runs this installation
+    (wherever pip put it), reads the configuration given, may write its repository, keeps
+    the template's hardening, and passes `systemd-analyze verify` unchanged."""
+    template = _unit_settings(UNIT.read_text())
+    config = write_config(tmp_path, f"sqlite:///{tmp_path / 'app.db'}")
+    written = tmp_path / "nkdaemon.service"
+    done = cli_process(config, "systemd-unit", "--user", "backup", "-o", str(written))
+    assert done.returncode == 0, done.stderr
+    text = written.read_text()
     unit = _unit_settings(text)
     assert unit["Type"] == ["notify"]
     assert _seconds(unit["WatchdogSec"][-1]) > 0
     assert unit["Restart"] == ["on-failure"]
     assert unit["ProtectSystem"] == ["strict"]
-    assert unit.get("ReadWritePaths") and all(unit["ReadWritePaths"]), unit.get("ReadWritePaths")
     assert unit["NoNewPrivileges"] == ["true"]
     assert unit["PrivateTmp"] == ["true"]
     assert _seconds(unit["TimeoutStopSec"][-1]) > GRACE_SECONDS, (
         "systemd must wait longer than the daemon's grace period before SIGKILL"
     )
-    assert unit["ExecStart"][-1].split()[0] == "/usr/local/bin/nkdaemon"
+    filled = {"ExecStart", "Environment", "ReadWritePaths", "User", "Group"}
+    assert {k: v for k, v in unit.items() if k not in filled} == {
+        k: v for k, v in template.items() if k not in filled
+    }
+    assert unit["User"] == unit["Group"] == ["backup"]
+    assert unit["Environment"] == [f"NKDAEMON_CONFIG={config.resolve()}"]
+    assert unit["ReadWritePaths"] == [str((tmp_path / "repo").resolve())]
+    *run, last = unit["ExecStart"][-1].split()
+    assert last == "run" and Path(run[0]).is_absolute()
+    version = subprocess.run([*run, "--version"], capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0 and "nkdaemon" in version.stdout, version.stderr
+    if config.resolve().is_relative_to("/tmp"):  # hidden by PrivateTmp: said, not silent
+        assert f"warning: {config.resolve()} is under /tmp, which PrivateTmp" in done.stderr
 
     analyze = Path("/usr/bin/systemd-analyze")
     if not analyze.exists():
         pytest.skip("systemd-analyze is not installed (/usr/bin/systemd-analyze): not verified")
-    binary = shutil.which("nkdaemon")
-    assert binary, "the nkdaemon command is not on PATH (install the package)"
-    copy = tmp_path / "nkdaemon.service"
-    copy.write_text(text.replace("/usr/local/bin/nkdaemon", binary))
     done = subprocess.run(
-        [str(analyze), "verify", str(copy)], capture_output=True, text=True, timeout=120
+        [str(analyze), "verify", str(written)], capture_output=True, text=True, timeout=120
     )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import pwd
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -23,6 +26,10 @@ class AppContext:
         self.config_path = find_config(config)
         self.verbose = verbose
         self._settings: Settings | None = None
+
+    def repository_path(self) -> Path | None:
+        """The repository folder, if the configuration has been loaded."""
+        return None if self._settings is None else self._settings.repository.path
 
     @property
     def settings(self) -> Settings:
@@ -50,21 +57,77 @@ class NkdGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)
+        except OSError as exc:
+            if not is_permission_error(exc):
+                self._unexpected(ctx, exc)
+            message, hint = permission_message(exc, ctx.obj)
+            click.echo(redact(f"error: {message}"), err=True)
+            click.echo(redact(f"  hint: {hint}"), err=True)
+            ctx.exit(1)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except Exception as exc:
-            if ctx.obj is not None and getattr(ctx.obj, "verbose", 0) > 1:
-                raise
-            click.echo(
-                redact(f"error: unexpected {type(exc).__name__}: {exc}"),
-                err=True,
-            )
-            click.echo(
-                "  hint: this is a bug in nkdaemon; run again with -vv for the traceback and "
-                "report it",
-                err=True,
-            )
-            ctx.exit(1)
+            self._unexpected(ctx, exc)
+
+    @staticmethod
+    def _unexpected(ctx: click.Context, exc: Exception) -> NoReturn:
+        if ctx.obj is not None and getattr(ctx.obj, "verbose", 0) > 1:
+            raise exc
+        click.echo(redact(f"error: unexpected {type(exc).__name__}: {exc}"), err=True)
+        click.echo(
+            "  hint: this is a bug in nkdaemon; run again with -vv for the traceback and report it",
+            err=True,
+        )
+        ctx.exit(1)
+
+
+def is_permission_error(exc: OSError) -> bool:
+    """Permission denied, or a read-only file system: the user's setup, not a bug."""
+    return exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def permission_message(exc: OSError, app: AppContext | None) -> tuple[str, str]:
+    """(message, hint) naming the file, its folder, the access it lacked and the user."""
+    path = Path(exc.filename) if exc.filename else None
+    user = _user()
+    why = "the file system is read-only" if exc.errno == errno.EROFS else "permission denied"
+    if path is None:
+        return (
+            f"{why} (as user {user}): {exc.strerror}",
+            "check the permissions of the files named above",
+        )
+    if path.exists() and not os.access(path, os.R_OK):
+        what = f"cannot read {path}"
+    elif exc.errno == errno.EROFS or not os.access(path.parent, os.W_OK):
+        what = f"cannot write in the folder {path.parent} ({path.name})"
+    else:
+        what = f"cannot write {path}"
+    hint = (
+        f"run the command as a user who may do that (the folder's owner is "
+        f"{_owner(path.parent)}), or change the permissions"
+    )
+    repository = app.repository_path() if app is not None else None
+    if repository is not None and path.resolve().is_relative_to(repository.resolve()):
+        hint += (
+            f"; the repository {repository} is read-only for {user}: `status`, `verify`, "
+            "`history` and `restore` work on it as it is, while `install`, `drain`, `run` "
+            "and `snapshot` write to it"
+        )
+    return f"{what}: {why} (as user {user})", hint
+
+
+def _user() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return f"uid {os.geteuid()}"
+
+
+def _owner(path: Path) -> str:
+    try:
+        return pwd.getpwuid(path.stat().st_uid).pw_name
+    except (KeyError, OSError):
+        return "unknown"
 
 
 @click.group(cls=NkdGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -107,6 +170,7 @@ def _register_commands() -> None:
         run_cmd,
         snapshot_cmd,
         status_cmd,
+        systemd_cmd,
         verify_cmd,
     )
 
@@ -119,6 +183,7 @@ def _register_commands() -> None:
         status_cmd,
         history_cmd,
         verify_cmd,
+        systemd_cmd,
         demo_cmd,
     ):
         module.register(cli)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
 from nkdaemon.cli import AppContext, echo_json, pass_app
+from nkdaemon.core.definitions import spec_from_json
 from nkdaemon.core.errors import UsageError
 from nkdaemon.core.events import OP_NAMES
 from nkdaemon.core.history import HistoryTracker, RowHistory
 from nkdaemon.repository.reader import LogMarker, read_log
+from nkdaemon.repository.snapshots import list_snapshots
 from nkdaemon.runtime.session import Session
 
 
@@ -34,13 +37,26 @@ def parse_selector(pairs: tuple[str, ...]) -> dict[str, str]:
 
 @click.command("history")
 @click.argument("table")
-@click.argument("pairs", nargs=-1, required=True)
+@click.argument("pairs", nargs=-1, required=True, metavar="KEY=VALUE...")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_app
 def history_command(app: AppContext, table: str, pairs: tuple[str, ...], as_json: bool) -> None:
-    """Every change of one row, by natural key, across renames."""
+    """Every change of one row of TABLE, found by its natural key, across renames.
+
+    Each KEY=VALUE names one part of the row's natural key and its value, compared as
+    text; parts left out match anything, and a row matches if any key it ever had does.
+    A foreign key in a natural key stands for the referenced row's own key: reach into
+    it with dots, one step per level.
+
+    \b
+    Examples:
+      nkdaemon history users username=alice
+      nkdaemon history user_roles user_id.username=alice role_id.name=admin
+      nkdaemon history document_states workflow_id.name=review code=draft
+    """
     selector = parse_selector(pairs)
     tracker = HistoryTracker(table)
+    logged: set[str] = set()
     with Session(app.settings, writer=False) as session:
         session.layout.require()
         for item in read_log(session.log_store):
@@ -48,16 +64,45 @@ def history_command(app: AppContext, table: str, pairs: tuple[str, ...], as_json
                 if item.kind == "epoch":
                     tracker.new_epoch()
                 continue
+            logged.update(e["t"] for e in item.events)
             tracker.feed(item.lsn, item.commit_time, item.events)
+        captured = _captured(session, logged)
+    if table not in captured:
+        raise UsageError(
+            f"table {table!r} is not captured in this repository",
+            hint=f"captured tables: {', '.join(sorted(captured)) or '(none yet)'}",
+        )
     rows = tracker.matching(selector)
     if as_json:
         echo_json([[entry.__dict__ for entry in row.entries] for row in rows])
         return
     if not rows:
         click.echo(f"no change of {table} matching {' '.join(pairs)} is in the log")
+        key = _key_names(captured[table])
+        if key:
+            click.echo(f"  ({table} is named by {key}; see `nkdaemon history --help`)")
         raise SystemExit(1)
     for number, row in enumerate(rows, start=1):
         _render(table, number, row)
+
+
+def _captured(session: Session, logged: set[str]) -> dict[str, dict[str, Any] | None]:
+    """Table name -> its newest stored definition (None if only the log names it): the
+    tables of the installation, of every snapshot, and of the log."""
+    tables: dict[str, dict[str, Any] | None] = dict.fromkeys(logged)
+    tables.update(dict.fromkeys(json.loads(session.state.get_meta("tables") or "{}")))
+    for snapshot in list_snapshots(session.layout.snapshots_dir):
+        tables.update({d["name"]: d for d in snapshot.definitions if "name" in d})
+    return tables
+
+
+def _key_names(definition: dict[str, Any] | None) -> str:
+    if definition is None:
+        return ""
+    spec = spec_from_json(definition)
+    if spec.full_row_identity:
+        return "its whole row (identity = full)"
+    return "(" + ", ".join(part.name for part in spec.key_parts) + ")"
 
 
 def _render(table: str, number: int, row: RowHistory) -> None:

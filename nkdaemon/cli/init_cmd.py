@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from nkdaemon.core.errors import UsageError
 from nkdaemon.runtime.config import toml_string
@@ -63,10 +65,19 @@ def register(cli: click.Group) -> None:
     )
     @click.option("--force", is_flag=True, help="Overwrite an existing file.")
     @click.argument("path", required=False, type=click.Path(dir_okay=False))
-    def init(url: str, repository: str, force: bool, path: str | None) -> None:
+    @click.pass_context
+    def init(ctx: click.Context, url: str, repository: str, force: bool, path: str | None) -> None:
         """Write a commented starter configuration (default ./nkdaemon.toml)."""
         target = Path(path or "nkdaemon.toml")
         if target.exists() and not force:
             raise UsageError(f"{target} already exists", hint="pass --force to overwrite it")
         target.write_text(STARTER.format(url=toml_string(url), repository=toml_string(repository)))
-        click.echo(f"wrote {target}; edit [source] url, then run `nkdaemon install`")
+        install = (
+            "nkdaemon install"
+            if path is None
+            else f"nkdaemon --config {shlex.quote(str(target))} install"
+        )
+        if ctx.get_parameter_source("url") is ParameterSource.DEFAULT:
+            click.echo(f"wrote {target}; edit [source] url, then run `{install}`")
+        else:
+            click.echo(f"wrote {target}; next: `{install}`")

@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 
 import click
 import structlog
+from sqlalchemy.engine import make_url
 from tqdm import tqdm
 
 from nkdaemon.cli import AppContext, pass_app
 from nkdaemon.core.errors import UsageError
 from nkdaemon.core.restore_plan import parse_time
-from nkdaemon.runtime.config import redact_url
+from nkdaemon.runtime.config import canonical_url, redact_url
 from nkdaemon.runtime.logging import register_secrets
 from nkdaemon.runtime.session import Session
 from nkdaemon.services.restore import Restorer, open_restore_target, plan_restore
 
 log = structlog.get_logger("nkdaemon.restore")
+
+SQLITE_SIDE_FILES = ("-journal", "-wal", "-shm")
 
 
 def register(cli: click.Group) -> None:
@@ -59,6 +65,7 @@ def restore_command(
         if when.assumed_utc:
             click.echo(f"warning: --at {at_text} has no time zone; taken as UTC", err=True)
         at = when.moment
+    target_url = canonical_url(target_url)
     register_secrets(_password(target_url))
     with Session(app.settings, writer=False) as session:
         session.layout.require()
@@ -73,7 +80,6 @@ def restore_command(
         )
         for line in plan.describe():
             click.echo(line)
-        target = open_restore_target(target_url, plan.snapshot.dialect)
         total = plan.snapshot_rows + plan.events
         bar = tqdm(total=total, unit="row", disable=not sys.stderr.isatty(), file=sys.stderr)
         done = {"n": 0}
@@ -84,13 +90,15 @@ def restore_command(
             if not sys.stderr.isatty() and done["n"] % 100_000 < n:
                 log.info("restore.progress", stage=stage, done=done["n"], total=total)
 
-        restorer = Restorer(
-            plan=plan, target=target, log_store=session.log_store, progress=progress
-        )
-        restorer.refuse_missing_references = no_referenced_rows
-        report = restorer.run(
-            dry_run=dry_run, create_schema=create_schema, prune_target=prune_target
-        )
+        with _sqlite_files_kept_only_if_committed(target_url, dry_run=dry_run):
+            target = open_restore_target(target_url, plan.snapshot.dialect)
+            restorer = Restorer(
+                plan=plan, target=target, log_store=session.log_store, progress=progress
+            )
+            restorer.refuse_missing_references = no_referenced_rows
+            report = restorer.run(
+                dry_run=dry_run, create_schema=create_schema, prune_target=prune_target
+            )
         bar.close()
     rate = (report.rows_loaded + report.events_applied) / report.seconds if report.seconds else 0
     for note in report.schema_notes:
@@ -118,9 +126,36 @@ def restore_command(
     )
 
 
-def _password(url: str) -> list[str]:
-    from sqlalchemy.engine import make_url
+@contextlib.contextmanager
+def _sqlite_files_kept_only_if_committed(url: str, *, dry_run: bool) -> Iterator[None]:
+    """Opening a SQLite target creates its file: a restore that rolls back (--dry-run, or a
+    failure) removes the files it created, leaving the folder as it was."""
+    path = _sqlite_path(url)
+    files = [] if path is None else [path, *(Path(f"{path}{s}") for s in SQLITE_SIDE_FILES)]
+    new = [f for f in files if not f.exists()]
+    committed = False
+    try:
+        yield
+        committed = not dry_run
+    finally:
+        if not committed:
+            for file in new:
+                file.unlink(missing_ok=True)
 
+
+def _sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL (None for other databases, in-memory and URI forms)."""
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return None
+    database = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:"):
+        return None
+    return None if database.startswith("file:") else Path(database)
+
+
+def _password(url: str) -> list[str]:
     try:
         password = make_url(url).password
     except Exception:

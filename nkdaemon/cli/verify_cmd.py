@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from nkdaemon.cli import AppContext, pass_app
+from nkdaemon.cli import AppContext, is_permission_error, pass_app, permission_message
 from nkdaemon.core.errors import LockHeldError
 from nkdaemon.runtime.session import Session
 from nkdaemon.services.install import load_registry
@@ -27,6 +27,11 @@ def verify_command(app: AppContext, with_source: bool) -> None:
                 session.drainer().drain_once()
         except LockHeldError:
             pass
+        except OSError as exc:  # a read-only copy: compare with what the log holds
+            if not is_permission_error(exc):
+                raise
+            message, _hint = permission_message(exc, app)
+            click.echo(f"note: not draining first ({message})", err=True)
     with Session(app.settings, writer=False) as session:
         session.layout.require()
         verify_log(session.log_store, report)

@@ -53,6 +53,13 @@ class SourceUnavailable(SourceError):
     kind = "source_unavailable"
 
 
+# Shown by one-shot commands, which exit; the daemon retries by itself and says so in its log.
+UNAVAILABLE_HINT = (
+    "check that the database server runs and that [source] url is right, then run the "
+    "command again (the daemon, `nkdaemon run`, keeps retrying by itself)"
+)
+
+
 class NotInstalledError(SourceError):
     """Capture is not installed in the source database."""
 

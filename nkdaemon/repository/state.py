@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 from cachetools import LRUCache
 
+from nkdaemon.core.errors import RepositoryError
 from nkdaemon.core.keys import Ref, Sid
 
 ShallowKey = tuple[Any, ...]
@@ -66,15 +67,22 @@ def _decode_key(raw: bytes) -> ShallowKey:
 
 
 class StateStore:
-    """Key index with an LRU cache in front, plus the checkpoint. Not thread-safe."""
+    """Key index with an LRU cache in front, plus the checkpoint. Not thread-safe.
 
-    def __init__(self, path: Path, *, cache_size: int = 100_000) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # FULL: the checkpoint must be on disk before the source queue rows are deleted.
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+    ``read_only``: never create or change the file (commands that only read the
+    repository, which may be a read-only copy); writes then fail.
+    """
+
+    def __init__(self, path: Path, *, cache_size: int = 100_000, read_only: bool = False) -> None:
+        if read_only:
+            self._db = _open_read_only(path)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # FULL: the checkpoint must be on disk before the source queue rows are deleted.
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
         self._cache: LRUCache[tuple[int, Any], Any] = LRUCache(maxsize=cache_size)
         self.stats = CacheStats()
         self._in_batch = False
@@ -218,6 +226,42 @@ class StateStore:
         return int(
             self._db.execute("SELECT count(*) FROM keys WHERE tbl = ?", (table,)).fetchone()[0]
         )
+
+
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    """The state database without writing anything, even where the folder is read-only.
+
+    A WAL database needs its -shm file, which a reader may have to create; in a folder it
+    cannot write, and with no -wal file (the last writer checkpointed and closed), the
+    file alone is the whole state and is opened as immutable. A missing file is an empty
+    state (a repository copied without it), as a writer would create it."""
+    if not path.exists():
+        db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        db.executescript(_SCHEMA)
+        return db
+    try:
+        return _connect_uri(path, "mode=ro")
+    except sqlite3.OperationalError as exc:
+        wal = path.with_name(path.name + "-wal")
+        if wal.exists() and wal.stat().st_size > 0:
+            raise RepositoryError(
+                f"cannot read {path}: {exc} (its {wal.name} holds changes that a reader can "
+                f"only apply with write access to {path.parent})",
+                hint="copy the repository (with its state.db-wal) to a folder this user may "
+                "write, or run the command as a user who may write this one",
+            ) from None
+        return _connect_uri(path, "immutable=1")
+
+
+def _connect_uri(path: Path, options: str) -> sqlite3.Connection:
+    uri = f"{path.resolve().as_uri()}?{options}"
+    db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    try:
+        db.execute("SELECT count(*) FROM meta").fetchone()  # opening is lazy: fail here
+    except sqlite3.Error:
+        db.close()
+        raise
+    return db
 
 
 def _hashable(sid: Sid) -> Any:

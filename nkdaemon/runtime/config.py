@@ -279,6 +279,15 @@ def parse_settings(
     )
 
 
+def canonical_url(url: str) -> str:
+    """A database URL with the driver nkdaemon uses: ``postgres://`` and ``postgresql://``
+    (libpq's and many platforms' spelling) become ``postgresql+psycopg://``."""
+    for scheme in ("postgres://", "postgresql://"):
+        if url[: len(scheme)].lower() == scheme:
+            return "postgresql+psycopg://" + url[len(scheme) :]
+    return url
+
+
 def _parse_source(section: _Section) -> SourceSettings:
     raw = section.get("url")
     if raw is None:
@@ -289,7 +298,7 @@ def _parse_source(section: _Section) -> SourceSettings:
             "[source] url: must be a non-empty string",
             hint='write e.g. url = "postgresql+psycopg://app@127.0.0.1:5432/edms"',
         )
-    url = raw
+    url = canonical_url(raw)
     try:
         parsed = make_url(url)
         _ = parsed.port  # a port that is not a number fails only when read
@@ -299,11 +308,6 @@ def _parse_source(section: _Section) -> SourceSettings:
             hint='write e.g. "postgresql+psycopg://app@127.0.0.1:5432/edms" or "sqlite:///var/edms.db"',
         ) from None
     backend = parsed.get_backend_name()
-    if backend == "postgres":
-        raise ConfigError(
-            "[source] url: scheme 'postgres://' is not understood",
-            hint="write postgresql+psycopg://user@host:port/database",
-        )
     if backend not in ("postgresql", "sqlite"):
         raise ConfigError(
             f"[source] url: database {backend!r} is not supported",

@@ -44,7 +44,11 @@ class Session:
     @cached_property
     def state(self) -> StateStore:
         self.layout.require()
-        return StateStore(self.layout.state_path, cache_size=self.settings.capture.key_cache_size)
+        return StateStore(
+            self.layout.state_path,
+            cache_size=self.settings.capture.key_cache_size,
+            read_only=self._lock is None,  # readers may work on a read-only copy
+        )
 
     @cached_property
     def log_store(self) -> SegmentLog:

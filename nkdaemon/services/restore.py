@@ -204,6 +204,11 @@ class _Resolver:
 
     Entries are per table generation: renaming or deleting rows of a table bumps its
     generation and that of every table whose keys contain its keys.
+
+    A row deleted by the transaction in hand keeps its address until the transaction ends,
+    for the keys of other rows that contain its key: a later event of the same transaction
+    may still name it there (a PostgreSQL cascade logs the parent's delete before its
+    children's). The row itself is not found any more (it may be inserted again).
     """
 
     def __init__(self, target: Any, tables: Mapping[str, TargetTable], size: int = 200_000) -> None:
@@ -212,6 +217,7 @@ class _Resolver:
         self._cache: LRUCache[tuple[str, int, str], Address] = LRUCache(maxsize=size)
         self._generation: dict[str, int] = dict.fromkeys(tables, 0)
         self._containers: dict[str, set[str]] = {name: set() for name in tables}
+        self._gone: dict[tuple[str, str], Address] = {}
         for name, table in tables.items():
             for part in table.spec.key_parts:
                 if part.foreign_key is not None and part.foreign_key.ref_table in self._containers:
@@ -222,8 +228,19 @@ class _Resolver:
 
     def forget(self) -> None:
         """Drop every cached address (the target's rows were rolled back to an earlier state)."""
+        self._gone.clear()
         for name in self._generation:
             self._generation[name] += 1
+
+    def deleted(self, table: str, found: Mapping[str, Address | None]) -> None:
+        """These rows (key text -> address) were just deleted in the transaction in hand."""
+        for text, address in found.items():
+            if address is not None:
+                self._gone[(table, text)] = address
+        self.changed(table)
+
+    def end_transaction(self) -> None:
+        self._gone.clear()
 
     def changed(self, table: str) -> None:
         seen: set[str] = set()
@@ -243,7 +260,7 @@ class _Resolver:
         for part in spec.key_parts:
             if part.foreign_key is not None and not part.foreign_key.by_natural_key:
                 nested[part.name] = self.resolve(
-                    part.foreign_key.ref_table, [k[part.name] for k in keys]
+                    part.foreign_key.ref_table, [k[part.name] for k in keys], deleted_too=True
                 )
         out: list[tuple[Any, ...] | None] = []
         for key in keys:
@@ -266,8 +283,11 @@ class _Resolver:
             out.append(tuple(values) if values else None)
         return out
 
-    def resolve(self, table: str, keys: Sequence[Any]) -> dict[str, Address | None]:
-        """key text -> address (None when the target has no such row)."""
+    def resolve(
+        self, table: str, keys: Sequence[Any], *, deleted_too: bool = False
+    ) -> dict[str, Address | None]:
+        """key text -> address (None when the target has no such row); ``deleted_too``:
+        or had it until the transaction in hand deleted it."""
         generation = self._generation[table]
         result: dict[str, Address | None] = {}
         missing: dict[str, Any] = {}
@@ -286,9 +306,11 @@ class _Resolver:
             found = self._target.find(self._tables[table], columns, lookup) if lookup else {}
             for text, value in zip(texts, values, strict=True):
                 address = found.get(value) if value is not None else None
-                result[text] = address
                 if address is not None:
                     self._cache[(table, generation, text)] = address
+                elif deleted_too:  # the key as it was at this event
+                    address = self._gone.get((table, text))
+                result[text] = address
         return result
 
 
@@ -795,6 +817,7 @@ class Restorer:
             if self._deferred:
                 self._apply_deferred(partial=True)
         self._apply_deferred()
+        self.resolver.end_transaction()
         self.progress("replay", len(tx.events))
 
     def _foldable(self, tx: LoggedTransaction) -> bool:
@@ -898,7 +921,7 @@ class Restorer:
             found = self.resolver.resolve(name, [e["k"] for e in events])
             addresses = [a for a in found.values() if a is not None]  # cascades took the rest
             self.target.delete(table, addresses)
-            self.resolver.changed(name)
+            self.resolver.deleted(name, found)
             return
         for event in events:  # updates one by one: a rename changes what later ones find
             self._update_many(table, [(event["k"], event["r"])], old_key=event.get("ok"))

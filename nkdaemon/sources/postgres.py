@@ -18,7 +18,7 @@ import structlog
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
-from nkdaemon.core.errors import NotInstalledError, SourceError, SourceUnavailable
+from nkdaemon.core.errors import UNAVAILABLE_HINT, NotInstalledError, SourceError, SourceUnavailable
 from nkdaemon.core.events import RawChange
 from nkdaemon.core.keys import TableSpec
 from nkdaemon.core.ownership import CaptureClaim, CaptureOwner, changed_during_install, not_ours
@@ -119,7 +119,7 @@ def translate_errors(action: str, secrets: tuple[str, ...] = ()) -> Iterator[Non
     except psycopg.OperationalError as exc:
         raise SourceUnavailable(
             f"PostgreSQL unavailable while {action}: {_clean(exc, secrets)}",
-            hint="check that the server runs and [source] url is right; nkdaemon retries",
+            hint=UNAVAILABLE_HINT,
         ) from None
     except psycopg.Error as exc:
         raise SourceError(f"PostgreSQL error while {action}: {_clean(exc, secrets)}") from None

@@ -20,7 +20,7 @@ from sqlalchemy.dialects import postgresql as pgt
 from sqlalchemy.engine import Dialect, Engine, Inspector
 from sqlalchemy.engine.interfaces import ReflectedColumn, ReflectedForeignKeyConstraint
 
-from nkdaemon.core.errors import SchemaError, SourceError, SourceUnavailable
+from nkdaemon.core.errors import UNAVAILABLE_HINT, SchemaError, SourceError, SourceUnavailable
 from nkdaemon.core.keys import (
     CheckSpec,
     ColumnSpec,
@@ -74,7 +74,7 @@ def reflect_registry(
     except sa.exc.OperationalError as exc:
         raise SourceUnavailable(
             f"the source cannot be read: {_first_line(exc.orig or exc)}",
-            hint="check that the database runs and [source] url is right; nkdaemon retries",
+            hint=UNAVAILABLE_HINT,
         ) from None
     except sa.exc.DBAPIError as exc:
         raise SourceError(
@@ -207,15 +207,21 @@ def build_registry(
 ) -> Registry:
     assigned = _assign_numbers(list(reflected), numbers)
     specs: dict[str, TableSpec] = {}
+    keyless: list[_NoKey] = []
     for name, table in reflected.items():
-        specs[name] = _table_spec(
-            table,
-            table_settings.get(name, TableSettings()),
-            reflected,
-            dialect,
-            schema,
-            assigned[name],
-        )
+        try:
+            specs[name] = _table_spec(
+                table,
+                table_settings.get(name, TableSettings()),
+                reflected,
+                dialect,
+                schema,
+                assigned[name],
+            )
+        except _NoKey as missing:  # go on: the user fixes every table in one go
+            keyless.append(missing)
+    if keyless:
+        raise _no_key_error(keyless)
     specs = _resolve_foreign_keys(specs, reflected)
     _check_key_cycles(specs)
     return Registry(tables={spec.number: spec for spec in specs.values()})
@@ -301,16 +307,44 @@ def _natural_key_columns(
         return candidates[0][1]
     if table.primary_key and not _is_surrogate(table):
         return table.primary_key
-    raise SchemaError(
-        f"table {table.name!r} has no natural key: no unique constraint made only of NOT NULL "
-        "columns, and its primary key is a generated id that means nothing in another database",
+    if table.primary_key:
+        why = (
+            f"its primary key ({table.primary_key[0]}) is an id the database generates, "
+            "which means nothing in another database"
+        )
+    else:
+        why = "it has no primary key"
+    raise _NoKey(table.name, f"no unique constraint made only of NOT NULL columns, and {why}")
+
+
+class _NoKey(Exception):
+    """A table nothing names a row of (collected, so that install reports them all)."""
+
+    def __init__(self, table: str, why: str) -> None:
+        super().__init__(table)
+        self.table = table
+        self.why = why
+
+
+def _no_key_error(keyless: Sequence[_NoKey]) -> SchemaError:
+    if len(keyless) == 1:
+        message = f"table {keyless[0].table!r} has no natural key: {keyless[0].why}"
+    else:
+        message = f"{len(keyless)} tables have no natural key:" + "".join(
+            f"\n  {k.table!r}: {k.why}" for k in keyless
+        )
+    sections = [f"      [tables.{_toml_name(k.table)}]\n" for k in keyless]
+    return SchemaError(
+        message,
         hint=(
-            "declare one in the configuration:\n"
-            f"      [tables.{_toml_name(table.name)}]\n"
-            '      natural_key = ["col1", "col2"]   # unique, NOT NULL columns naming a row\n'
-            "    or, for a table whose rows have no identity of their own, capture whole rows:\n"
-            f"      [tables.{_toml_name(table.name)}]\n"
-            '      identity = "full"'
+            "declare each one's key in the configuration:\n"
+            + "".join(
+                s
+                + '      natural_key = ["col1", "col2"]   # unique, NOT NULL columns naming a row\n'
+                for s in sections
+            )
+            + "    or, for a table whose rows have no identity of their own, capture whole rows:\n"
+            + "\n".join(s + '      identity = "full"' for s in sections)
         ),
     )
 

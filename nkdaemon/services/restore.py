@@ -818,7 +818,7 @@ class Restorer:
                 self._apply_deferred(partial=True)
         self._apply_deferred()
         self.resolver.end_transaction()
-        self.progress("replay", len(tx.events))
+        self.progress("replay", sum(1 for e in tx.events if e["t"] in self._selected))
 
     def _foldable(self, tx: LoggedTransaction) -> bool:
         """True when the transaction only inserts rows and updates rows without renaming
@@ -881,7 +881,7 @@ class Restorer:
             self.resolver.forget()
             return False
         self.report.events_applied += events
-        self.progress("replay", sum(len(tx.events) for tx in run))
+        self.progress("replay", events)
         return True
 
     def _prefetch(self, window: list[LoggedTransaction]) -> None:

@@ -51,6 +51,8 @@ class SnapshotInfo:
     dialect: str
     tables: tuple[TableFile, ...]
     definitions: tuple[dict[str, Any], ...]
+    # set for a snapshot made by `import-legacy` from an older backup: what it came from
+    imported: dict[str, Any] | None = None
 
     @property
     def moment(self) -> datetime:
@@ -104,7 +106,13 @@ class SnapshotWriter:
         return count
 
     def commit(
-        self, *, installation: str, log_lsn: int, dialect: str, definitions: list[dict[str, Any]]
+        self,
+        *,
+        installation: str,
+        log_lsn: int,
+        dialect: str,
+        definitions: list[dict[str, Any]],
+        imported: dict[str, Any] | None = None,
     ) -> SnapshotInfo:
         manifest = {
             "format": SNAPSHOT_FORMAT,
@@ -116,6 +124,7 @@ class SnapshotWriter:
             "dialect": dialect,
             "tables": [t.__dict__ for t in self._tables],
             "definitions": definitions,
+            **({"imported": imported} if imported is not None else {}),
         }
         manifest_path = self._tmp / MANIFEST
         with manifest_path.open("wb") as handle:
@@ -163,6 +172,7 @@ def _info(path: Path, manifest: dict[str, Any]) -> SnapshotInfo:
         dialect=manifest.get("dialect", ""),
         tables=tuple(TableFile(**t) for t in manifest["tables"]),
         definitions=tuple(manifest["definitions"]),
+        imported=manifest.get("imported"),
     )
 
 
@@ -220,8 +230,9 @@ def file_checksum(snapshot: SnapshotInfo, table: TableFile) -> str:
 
 
 def prune_snapshots(directory: Path, keep: int) -> list[str]:
-    """Remove all but the newest ``keep`` snapshots; the only place snapshots are deleted."""
-    snapshots = list_snapshots(directory)
+    """Remove all but the newest ``keep`` snapshots; the only place snapshots are deleted.
+    Imported snapshots are not counted nor removed: the repository is their only copy."""
+    snapshots = [s for s in list_snapshots(directory) if s.imported is None]
     doomed = snapshots[: max(0, len(snapshots) - keep)]
     for snapshot in doomed:
         shutil.rmtree(snapshot.path)

@@ -28,6 +28,7 @@ from nkdaemon.repository.snapshots import read_table
 from nkdaemon.services.restore import RestorePlan, fold_state, replay_range
 
 Progress = Callable[[int], object]
+_PASS = orjson.OPT_PASSTHROUGH_DATACLASS  # RawJson goes to _raw_json, not as an object
 Rows = Iterator[tuple[Any, dict[str, Any]]]  # (natural key, row), references as keys
 
 
@@ -114,7 +115,7 @@ class _Exporter:
             count = 0
             for obj in self._objects(label, self.specs[name], lists.get(name), members.get(name)):
                 out.write(b"\n" if first else b",\n")
-                out.write(orjson.dumps(obj, default=_raw_json))
+                out.write(orjson.dumps(obj, default=_raw_json, option=_PASS))
                 first = False
                 count += 1
                 if count % 1000 == 0:

@@ -15,6 +15,7 @@ import base64
 import json
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from decimal import Decimal, InvalidOperation
@@ -49,18 +50,31 @@ def is_json_column(spec: TableSpec, column: ColumnSpec) -> bool:
 
 def to_canonical(spec: TableSpec, column: ColumnSpec, dialect: str, value: Any) -> Any:
     """The canonical form of a fixture value of this column."""
-    if value is None:
-        return None
-    try:
-        if dialect == "sqlite":
-            return _sqlite(spec, column, value)
-        if column.logical_type == "json" and "JSONB" in column.sql_type.upper():
-            return dump_json_exact(_jsonb_order(value))
-        return _postgres(column.logical_type, value)
-    except (ValueError, TypeError, InvalidOperation, ArithmeticError) as exc:
-        raise ValueShapeError(
-            f"{value!r} is not a {column.logical_type} value ({exc.__class__.__name__})"
-        ) from None
+    return canonical_converter(spec, column, dialect)(value)
+
+
+def canonical_converter(spec: TableSpec, column: ColumnSpec, dialect: str) -> Callable[[Any], Any]:
+    """The function turning fixture values of this column into canonical form (chosen once
+    per column: an import converts millions of values)."""
+    if dialect == "sqlite":
+        convert = _sqlite_converter(spec, column)
+    elif column.logical_type == "json" and "JSONB" in column.sql_type.upper():
+        convert = lambda value: dump_json_exact(_jsonb_order(value))  # noqa: E731
+    else:
+        logical = column.logical_type
+        convert = lambda value: _postgres(logical, value)  # noqa: E731
+
+    def checked(value: Any) -> Any:
+        if value is None:
+            return None
+        try:
+            return convert(value)
+        except (ValueError, TypeError, InvalidOperation, ArithmeticError) as exc:
+            raise ValueShapeError(
+                f"{value!r} is not a {column.logical_type} value ({exc.__class__.__name__})"
+            ) from None
+
+    return checked
 
 
 def _postgres(logical: str, value: Any) -> Any:
@@ -94,27 +108,34 @@ def _postgres(logical: str, value: Any) -> Any:
             return value if isinstance(value, str) else dump_json_exact(value)
 
 
-def _sqlite(spec: TableSpec, column: ColumnSpec, value: Any) -> Any:
+def _sqlite_converter(spec: TableSpec, column: ColumnSpec) -> Callable[[Any], Any]:
     declared = column.sql_type.upper()
+    logical = column.logical_type
+    decode = sqlite_decoder(logical)
     if is_json_column(spec, column):
-        stored: Any = json.dumps(_plain_json(value))  # as Django and SQLAlchemy write it
-    elif isinstance(value, str) and any(word in declared for word in _SQLITE_TIME):
-        stored = str(_aware(value).astimezone(UTC).replace(tzinfo=None))
-    elif isinstance(value, str) and declared.replace(" ", "") == "CHAR(32)" and _is_uuid(value):
-        stored = uuid.UUID(value).hex
-    elif column.logical_type == "decimal":
-        stored = _numeric_affinity(Decimal(str(value)))
-    elif column.logical_type == "bytes" and isinstance(value, str):
-        stored = base64.b64decode(value, validate=True)
-    elif column.logical_type == "int" and isinstance(value, bool | int):
-        stored = int(value)
-    elif column.logical_type == "float" and isinstance(value, int | float | Decimal):
-        stored = float(value)
-    elif column.logical_type == "text" and not isinstance(value, str):
-        stored = str(value)
-    else:
-        stored = float(value) if isinstance(value, Decimal) else value
-    return sqlite_decoder(column.logical_type)(stored)
+        return lambda value: decode(json.dumps(_plain_json(value)))  # as Django writes it
+    times = any(word in declared for word in _SQLITE_TIME)
+    uuids = declared.replace(" ", "") == "CHAR(32)"
+
+    def convert(value: Any) -> Any:
+        stored: Any
+        if isinstance(value, str) and times:
+            stored = str(_aware(value).astimezone(UTC).replace(tzinfo=None))
+        elif isinstance(value, str) and uuids and _is_uuid(value):
+            stored = uuid.UUID(value).hex
+        elif logical == "decimal":
+            stored = _numeric_affinity(Decimal(str(value)))
+        elif logical == "bytes" and isinstance(value, str):
+            stored = base64.b64decode(value, validate=True)
+        elif logical == "float" and isinstance(value, int | float | Decimal):
+            stored = float(value)
+        elif logical == "text" and not isinstance(value, str):
+            stored = str(value)
+        else:
+            stored = float(value) if isinstance(value, Decimal) else value
+        return decode(stored)
+
+    return convert
 
 
 def _jsonb_order(value: Any) -> Any:
@@ -175,21 +196,31 @@ def _decimal_text(value: Decimal) -> str:
 
 def to_fixture(spec: TableSpec, column: ColumnSpec, dialect: str, value: Any) -> Any:
     """A canonical value as Django's deserializer takes it for this column."""
-    if value is None:
-        return None
-    if isinstance(value, dict) and "$type" in value:  # SQLite value of another class
-        value = value["v"]
-    if is_json_column(spec, column):
-        return RawJson(value) if isinstance(value, str) and _is_json(value) else value
-    if dialect == "sqlite":
-        declared = column.sql_type.upper()
-        if column.logical_type == "decimal" and isinstance(value, float):
+    return fixture_converter(spec, column, dialect)(value)
+
+
+def fixture_converter(spec: TableSpec, column: ColumnSpec, dialect: str) -> Callable[[Any], Any]:
+    """The function turning canonical values of this column into fixture values."""
+    json_column = is_json_column(spec, column)
+    logical = column.logical_type
+    sqlite_times = dialect == "sqlite" and any(w in column.sql_type.upper() for w in _SQLITE_TIME)
+
+    def convert(value: Any) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, dict) and "$type" in value:  # SQLite value of another class
+            value = value["v"]
+        if json_column:
+            return RawJson(value) if isinstance(value, str) and _is_json(value) else value
+        if logical == "decimal" and isinstance(value, float):
             return repr(value)
-        if isinstance(value, str) and any(word in declared for word in _SQLITE_TIME):
+        if logical == "decimal" and isinstance(value, int):
+            return str(value)
+        if sqlite_times and isinstance(value, str):
             return _utc_text(value)
-    if column.logical_type == "decimal" and isinstance(value, int | float):
-        return str(value)
-    return value
+        return value
+
+    return convert
 
 
 def _is_json(text: str) -> bool:

@@ -20,7 +20,7 @@ import orjson
 
 from nkdaemon.core.keys import TableSpec
 from nkdaemon.core.legacy import FieldPlan, ModelMap, field_name, flatten_key, through_sides
-from nkdaemon.core.legacy_values import RawJson, to_fixture
+from nkdaemon.core.legacy_values import RawJson, fixture_converter
 from nkdaemon.core.replay import NaturalState, key_text
 from nkdaemon.core.restore_plan import insert_order
 from nkdaemon.repository.segments import SegmentLog
@@ -80,6 +80,7 @@ class _Exporter:
         self.selected = {s.name for s in plan.tables}
         self.m2m = self._m2m_fields()
         self._state: NaturalState | None = None
+        self._converters: dict[tuple[str, str], Callable[[Any], Any]] = {}
         # no logged change after the snapshot: stream its files, no fold needed
         self._straight = plan.transactions == 0
 
@@ -165,7 +166,11 @@ class _Exporter:
         return out
 
     def _value(self, spec: TableSpec, column: str, value: Any) -> Any:
-        return to_fixture(spec, spec.column(column), self.dialect, value)
+        convert = self._converters.get((spec.name, column))
+        if convert is None:
+            convert = fixture_converter(spec, spec.column(column), self.dialect)
+            self._converters[(spec.name, column)] = convert
+        return convert(value)
 
     def _objects(
         self,

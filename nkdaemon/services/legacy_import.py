@@ -40,7 +40,7 @@ from nkdaemon.core.legacy import (
     key_dependency_order,
     through_sides,
 )
-from nkdaemon.core.legacy_values import ValueShapeError, to_canonical
+from nkdaemon.core.legacy_values import ValueShapeError, canonical_converter
 from nkdaemon.repository.snapshots import SnapshotInfo, SnapshotWriter, list_snapshots
 from nkdaemon.services.fixture_io import open_fixture
 from nkdaemon.services.legacy_refs import Problem, RefResolver, ref_of
@@ -141,6 +141,7 @@ class _Import:
         self.labels: dict[str, str] = {}  # table -> the label the fixture gave it
         self.m2m: dict[str, list[tuple[str, str, ForeignKeySpec, ForeignKeySpec]]] = {}
         self._refused: list[str] = []
+        self._converters: dict[tuple[str, str], Callable[[Any], Any]] = {}
         self.resolver = RefResolver(self.spill, self.specs, settings.allow_dangling)
 
     # --- pass 1: stage --------------------------------------------------------------------
@@ -231,7 +232,11 @@ class _Import:
             return None
 
     def _convert(self, spec: TableSpec, column: str, value: Any) -> Any:
-        return to_canonical(spec, spec.column(column), self.settings.dialect, value)
+        convert = self._converters.get((spec.name, column))
+        if convert is None:
+            convert = canonical_converter(spec, spec.column(column), self.settings.dialect)
+            self._converters[(spec.name, column)] = convert
+        return convert(value)
 
     def _canonical(self, spec: TableSpec, column: str, value: Any) -> Any:
         try:

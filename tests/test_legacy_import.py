@@ -304,3 +304,66 @@ def test_compressed_fixtures_are_read_by_their_content(
     fixture.write_bytes(compress(data))
     at = datetime(2020, 2, 1, tzinfo=UTC).replace(microsecond=number)
     assert _import(in_order["config"], fixture, at) == in_order["content"]
+
+
+def test_legacy_models_must_map_labels_to_tables(tmp_path: Path) -> None:
+    from nkdaemon.core.errors import ConfigError
+    from nkdaemon.runtime.config import parse_settings
+
+    base = {"source": {"url": "sqlite:///x.db"}, "repository": {"path": "repo"}}
+    for models in ({"edms": "documents"}, {"edms.document": 3}):
+        with pytest.raises(ConfigError, match=r"\[legacy\] models"):
+            parse_settings({**base, "legacy": {"models": models}}, base_dir=tmp_path)
+    parsed = parse_settings(
+        {**base, "legacy": {"models": {"EDMS.Document": "documents"}}}, base_dir=tmp_path
+    )
+    assert parsed.legacy.models == {"edms.document": "documents"}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    code=st.text(max_size=8),
+    name=st.text(max_size=8),
+    number=st.integers(-(2**40), 2**40),
+    nested=st.booleans(),
+)
+def test_django_natural_keys_nest_and_flatten_back(
+    code: str, name: str, number: int, nested: bool
+) -> None:
+    """A key that contains a key that contains a key: spliced flat (Django's convention)
+    or as nested lists, it reads as the same nested natural key and flattens back."""
+    from nkdaemon.core.keys import ColumnSpec, ForeignKeySpec, KeyPart, make_table_spec
+    from nkdaemon.core.legacy import flatten_key, key_width, nest_key
+
+    def table(table_name: str, plain: str, ref: str | None) -> Any:
+        columns = [ColumnSpec(name="id", logical_type="int", nullable=False)]
+        columns.append(ColumnSpec(name=plain, logical_type="text", nullable=False))
+        fks: tuple[ForeignKeySpec, ...] = ()
+        parts = [KeyPart(name=plain, column=plain)]
+        if ref is not None:
+            fk = ForeignKeySpec(columns=(f"{ref}_id",), ref_table=ref, ref_columns=("id",))
+            columns.append(ColumnSpec(name=f"{ref}_id", logical_type="int", nullable=False))
+            fks = (fk,)
+            parts.insert(0, KeyPart(name=fk.part_name, foreign_key=fk))
+        return make_table_spec(
+            number=len(table_name),
+            name=table_name,
+            schema=None,
+            columns=tuple(columns),
+            primary_key=("id",),
+            key_parts=tuple(parts),
+            foreign_keys=fks,
+        )
+
+    specs = {"a": table("a", "code", None), "bb": table("bb", "name", "a")}
+    specs["ccc"] = table("ccc", "number", "bb")
+
+    def same(_spec: Any, _column: str, value: Any) -> Any:
+        return value
+
+    flat = [code, name, number]
+    given_key = [[[code], name], number] if nested else flat
+    key = nest_key(specs["ccc"], specs, given_key, same)
+    assert key == {"bb_id": {"a_id": {"code": code}, "name": name}, "number": number}
+    assert flatten_key(specs["ccc"], specs, key, same) == flat
+    assert key_width(specs["ccc"], specs) == 3

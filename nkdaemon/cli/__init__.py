@@ -164,7 +164,9 @@ def _register_commands() -> None:
     from nkdaemon.cli import (
         capture_cmds,
         demo_cmd,
+        export_cmd,
         history_cmd,
+        import_cmd,
         init_cmd,
         restore_cmd,
         run_cmd,
@@ -184,6 +186,8 @@ def _register_commands() -> None:
         history_cmd,
         verify_cmd,
         systemd_cmd,
+        import_cmd,
+        export_cmd,
         demo_cmd,
     ):
         module.register(cli)

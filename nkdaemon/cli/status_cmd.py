@@ -35,6 +35,11 @@ def status_command(app: AppContext, as_json: bool) -> None:
         )
         click.echo(f"log          {status['log_bytes']} bytes in {status['log_segments']} segments")
         click.echo(f"snapshots    {len(status['snapshots'])}")
+        for imported in status.get("imported_snapshots", []):
+            click.echo(
+                f"imported     {imported['time']}  {imported['rows']} rows from "
+                f"{imported.get('file', '?')} (restore point at that instant only)"
+            )
         for error in status["errors"]:
             click.echo(f"problem      {error}", err=True)
     if status["errors"]:

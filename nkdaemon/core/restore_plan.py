@@ -41,26 +41,49 @@ class SnapshotChoice:
     time: datetime
     position: int
     installation: str
+    imported: bool = False  # made by import-legacy: a restore point only at its own instant
 
 
 def choose_snapshot(
     snapshots: Sequence[SnapshotChoice], at: datetime, last_logged: datetime | None
 ) -> SnapshotChoice:
-    """The newest snapshot at or before ``at``; refuses a time outside what the repository holds."""
+    """The newest snapshot at or before ``at``; refuses a time outside what the repository holds.
+
+    An imported snapshot (an older backup brought in) is the state at its own instant only:
+    nothing is known of the changes after it until captured history starts, so a time
+    strictly between the two is refused."""
     if not snapshots:
         raise UsageError(
             "the repository holds no snapshot to restore from",
             hint="run `nkdaemon install` (it takes the baseline) or `nkdaemon snapshot`",
         )
     ordered = sorted(snapshots, key=lambda s: (s.time, s.position))
-    newest_time = max(ordered[-1].time, last_logged) if last_logged else ordered[-1].time
-    if at < ordered[0].time or at > newest_time:
+    exact = [s for s in ordered if s.imported and s.time == at]
+    if exact:
+        return exact[-1]
+    captured = [s for s in ordered if not s.imported]
+    newest_time = ordered[-1].time if not captured else captured[-1].time
+    if last_logged is not None and captured:
+        newest_time = max(newest_time, last_logged)
+    candidates = [s for s in captured if s.time <= at]
+    if candidates and at <= newest_time:
+        return candidates[-1]
+    imports = [s for s in ordered if s.imported and s.time < at]
+    if imports and (not captured or at < captured[0].time):
+        start = captured[0].time.isoformat() if captured else None
         raise UsageError(
-            f"cannot restore to {at.isoformat()}: the repository covers "
-            f"{ordered[0].time.isoformat()} to {newest_time.isoformat()}",
-            hint="choose a time in that range, or --latest",
+            f"cannot restore to {at.isoformat()}: the newest restore point before it is the "
+            f"imported snapshot at {imports[-1].time.isoformat()}, and "
+            + (f"captured history starts at {start}" if start else "no history was captured")
+            + "; nothing is known of the changes in between",
+            hint=f"restore to exactly {imports[-1].time.isoformat()} (the imported state)"
+            + (f", or to {start} or later" if start else ""),
         )
-    return [s for s in ordered if s.time <= at][-1]
+    raise UsageError(
+        f"cannot restore to {at.isoformat()}: the repository covers "
+        f"{ordered[0].time.isoformat()} to {newest_time.isoformat()}",
+        hint="choose a time in that range, or --latest",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -63,6 +63,8 @@ class SnapshotInfo:
     digests: dict[str, Digest] | None = None
     # the last time the source was found unchanged since this snapshot (else its time)
     checked: str = ""
+    # set for a snapshot made by `import-legacy` from an older backup: what it came from
+    imported: dict[str, Any] | None = None
 
     @property
     def moment(self) -> datetime:
@@ -126,7 +128,13 @@ class SnapshotWriter:
         return count
 
     def commit(
-        self, *, installation: str, log_lsn: int, dialect: str, definitions: list[dict[str, Any]]
+        self,
+        *,
+        installation: str,
+        log_lsn: int,
+        dialect: str,
+        definitions: list[dict[str, Any]],
+        imported: dict[str, Any] | None = None,
     ) -> SnapshotInfo:
         manifest = {
             "format": SNAPSHOT_FORMAT,
@@ -142,6 +150,7 @@ class SnapshotWriter:
                 "algorithm": ALGORITHM,
                 "tables": {name: d.to_json() for name, d in self._digests.items()},
             },
+            **({"imported": imported} if imported is not None else {}),
         }
         manifest_path = self._tmp / MANIFEST
         with manifest_path.open("wb") as handle:
@@ -191,6 +200,7 @@ def _info(path: Path, manifest: dict[str, Any]) -> SnapshotInfo:
         definitions=tuple(manifest["definitions"]),
         digests=_digests(path, manifest.get("digests")),
         checked=_checked(path, int(manifest["position"])),
+        imported=manifest.get("imported"),
     )
 
 
@@ -360,8 +370,9 @@ def file_checksum(snapshot: SnapshotInfo, table: TableFile) -> str:
 
 
 def prune_snapshots(directory: Path, keep: int) -> list[str]:
-    """Remove all but the newest ``keep`` snapshots; the only place snapshots are deleted."""
-    snapshots = list_snapshots(directory)
+    """Remove all but the newest ``keep`` snapshots; the only place snapshots are deleted.
+    Imported snapshots are not counted nor removed: the repository is their only copy."""
+    snapshots = [s for s in list_snapshots(directory) if s.imported is None]
     doomed = snapshots[: max(0, len(snapshots) - keep)]
     for snapshot in doomed:
         shutil.rmtree(snapshot.path)

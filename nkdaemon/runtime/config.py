@@ -92,6 +92,13 @@ class LogSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class LegacySettings:
+    """`import-legacy` / `export`: Django model label (lower case) -> table."""
+
+    models: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     source: SourceSettings
     repository: RepositorySettings
@@ -100,6 +107,7 @@ class Settings:
     snapshots: SnapshotSettings = SnapshotSettings()
     health: HealthSettings = HealthSettings()
     logging: LogSettings = LogSettings()
+    legacy: LegacySettings = LegacySettings()
     file: Path | None = None
 
     def secrets(self) -> tuple[str, ...]:
@@ -215,7 +223,7 @@ class _Section:
 
 # --- loading ---------------------------------------------------------------------------
 
-SECTIONS = ("source", "repository", "capture", "tables", "snapshots", "health", "log")
+SECTIONS = ("source", "repository", "capture", "tables", "snapshots", "health", "log", "legacy")
 
 
 def find_config(explicit: str | os.PathLike[str] | None) -> Path:
@@ -275,6 +283,7 @@ def parse_settings(
             _Section("health", top.get("health", {}), ("listen", "max_lag", "max_snapshot_age"))
         ),
         logging=_parse_logging(_Section("log", top.get("log", {}), ("level", "format"))),
+        legacy=_parse_legacy(_Section("legacy", top.get("legacy", {}), ("models",))),
         file=file,
     )
 
@@ -441,6 +450,24 @@ def _parse_logging(section: _Section) -> LogSettings:
         level=section.choice("level", "info", ("debug", "info", "warning", "error")),  # type: ignore[arg-type]
         format=section.choice("format", "auto", ("auto", "json", "console")),  # type: ignore[arg-type]
     )
+
+
+def _parse_legacy(section: _Section) -> LegacySettings:
+    models = section.get("models", {})
+    if not isinstance(models, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and v for k, v in models.items()
+    ):
+        raise ConfigError(
+            f"{section.key('models')}: expected model labels mapped to table names",
+            hint='write e.g. [legacy.models] "edms.document" = "documents"',
+        )
+    bad = [k for k in models if k.count(".") not in (1, 2)]
+    if bad:
+        raise ConfigError(
+            f"{section.key('models')}: {bad[0]!r} is not a model label (app.model) or a "
+            "many-to-many field (app.model.field)"
+        )
+    return LegacySettings(models={k.lower(): v for k, v in models.items()})
 
 
 def toml_key(name: str) -> str:

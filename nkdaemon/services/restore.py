@@ -120,7 +120,13 @@ class RestoreReport:
 
 def _choices(snapshots: Sequence[SnapshotInfo]) -> list[SnapshotChoice]:
     return [
-        SnapshotChoice(id=s.id, time=s.moment, position=s.position, installation=s.installation)
+        SnapshotChoice(
+            id=s.id,
+            time=s.moment,
+            position=s.position,
+            installation=s.installation,
+            imported=s.imported is not None,
+        )
         for s in snapshots
     ]
 
@@ -137,7 +143,8 @@ def plan_restore(
     if at is None:
         if not snapshots:
             choose_snapshot([], datetime.now(UTC), last_logged)
-        chosen = snapshots[-1]
+        captured = [s for s in snapshots if s.imported is None]
+        chosen = (captured or snapshots)[-1]
     else:
         picked = choose_snapshot(_choices(snapshots), at, last_logged)
         chosen = next(s for s in snapshots if s.id == picked.id)
@@ -175,7 +182,10 @@ def plan_restore(
 def replay_range(
     log_store: SegmentLog, snapshot: SnapshotInfo, at: datetime | None
 ) -> Iterator[LoggedTransaction]:
-    """The logged transactions after a snapshot, up to ``at``, within its capture epoch."""
+    """The logged transactions after a snapshot, up to ``at``, within its capture epoch
+    (none after an imported snapshot: the log does not continue it)."""
+    if snapshot.imported is not None:
+        return
     limit = None if at is None else at.isoformat(timespec="microseconds")
     for item in read_log(log_store, from_lsn=max(1, snapshot.log_lsn)):
         if isinstance(item, LogMarker):

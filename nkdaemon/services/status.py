@@ -32,6 +32,7 @@ def collect_status(session: Session, *, now: datetime | None = None) -> dict[str
         status["last_commit_time"] = checkpoint.commit_time
         status["log_bytes"] = session.log_store.size_bytes()
         status["log_segments"] = len(session.log_store.segments())
+        snapshots = list_snapshots(session.layout.snapshots_dir)
         status["snapshots"] = [
             {
                 "id": s.id,
@@ -39,7 +40,14 @@ def collect_status(session: Session, *, now: datetime | None = None) -> dict[str
                 "position": s.position,
                 "rows": sum(t.rows for t in s.tables),
             }
-            for s in list_snapshots(session.layout.snapshots_dir)
+            for s in snapshots
+            if s.imported is None
+        ]
+        # older backups taken in by import-legacy: restore points at their own instant only
+        status["imported_snapshots"] = [
+            {"id": s.id, "time": s.time, "rows": sum(t.rows for t in s.tables), **s.imported}
+            for s in snapshots
+            if s.imported is not None
         ]
     else:
         status["errors"].append("the repository does not exist yet (run `nkdaemon install`)")

@@ -325,6 +325,7 @@ class Daemon:
                 "rows": sum(t.rows for t in s.tables),
             }
             for s in list_snapshots(self._session.layout.snapshots_dir)
+            if s.imported is None  # an imported backup says nothing of this source's freshness
         ]
 
     def _start_scheduler(self) -> None:

@@ -140,7 +140,8 @@ def take_snapshot(
     cuts.lock()
     try:
         hint = log_lsn()
-        previous = list_snapshots(directory)[-1:]
+        # an imported snapshot is no capture of this source: compare with the newest one that is
+        previous = [s for s in list_snapshots(directory) if s.imported is None][-1:]
 
         def consume(point: SnapshotPoint, read_table: TableReader) -> None:
             cuts.register(point.position)

@@ -80,7 +80,8 @@ class _Chain:
                 self.findings.notes.append(
                     f"snapshot {snapshot.id} carries no digests (written by an earlier release)"
                 )
-        for earlier, later in itertools.pairwise(snapshots):
+        captured = [s for s in snapshots if s.imported is None]  # imports have no log between
+        for earlier, later in itertools.pairwise(captured):
             pair = _Pair(earlier=earlier, later=later)
             try:
                 self.pair(pair)

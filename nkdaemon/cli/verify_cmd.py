@@ -44,6 +44,11 @@ def verify_command(app: AppContext, with_source: bool) -> None:
         f"log: {report.segments} segments, {report.transactions} transactions; "
         f"snapshots: {report.snapshots}"
     )
+    end = report.durable_end
+    if end is not None:
+        click.echo(
+            f"durable end: {end.describe()}; complete through {end.complete_through or 'unknown'}"
+        )
     for warning in report.warnings:
         click.echo(f"warning: {warning}")
     for diff in report.diffs:

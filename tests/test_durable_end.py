@@ -23,7 +23,10 @@ from typing import Any
 
 import pytest
 
+from nkdaemon.core.errors import LogTruncatedError
+from nkdaemon.repository.log_end import write_end
 from nkdaemon.repository.segments import SegmentLog
+from nkdaemon.repository.state import Checkpoint
 from tests.helpers import cli_process, run_cli, write_config
 
 ITEMS = "CREATE TABLE items (id integer PRIMARY KEY, code text NOT NULL UNIQUE, qty int)"
@@ -201,6 +204,32 @@ def test_a_torn_tail_past_the_durable_end_is_a_write_in_progress(issue: Issue) -
     assert "log: 1 segments, 5 transactions" in verify.output
     assert run_cli(issue.config, "drain").exit_code == 0
     assert issue.segment.read_bytes() == whole
+
+
+def test_a_damaged_end_file_is_reported_and_the_next_drain_rewrites_it(issue: Issue) -> None:
+    end_file = issue.repo / "log" / "end.json"
+    _flip(end_file, end_file.stat().st_size // 2)
+    verify = run_cli(issue.config, "verify")
+    assert verify.exit_code == 1, verify.output
+    assert "log/end.json, which records where the durable log ends, is damaged" in verify.output
+    target = issue.repo.parent / "restored.db"
+    restore = run_cli(issue.config, "restore", "--latest", "--target", f"sqlite:///{target}")
+    assert restore.exit_code == 1 and _untouched(target), restore.output
+    assert run_cli(issue.config, "drain").exit_code == 0, "the writer trusts state.db instead"
+    assert run_cli(issue.config, "verify").exit_code == 0
+
+
+def test_an_end_file_that_claims_more_than_the_log_holds(tmp_path: Path) -> None:
+    """Offsets that line up but transactions that do not: the lsn counts too."""
+    log = SegmentLog(tmp_path)
+    log.recover(durable_segment=None, durable_offset=0)
+    payload = {"pos": 1, "xid": None, "time": "2026-01-01T00:00:00+00:00", "parts": 0}
+    log.append_commit({"lsn": 1, **payload, "n": 0, "events": []})
+    segment, offset = log.sync()
+    log.close()
+    write_end(tmp_path, Checkpoint(lsn=2, position=2, segment=segment, offset=offset))
+    with pytest.raises(LogTruncatedError, match="holds transactions up to 1; its durable end"):
+        list(SegmentLog(tmp_path).records())
 
 
 # --- defect 2: a quiet source ------------------------------------------------------------

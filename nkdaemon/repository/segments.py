@@ -76,13 +76,24 @@ def _place(point: tuple[str | None, int]) -> tuple[str, int]:
     return (point[0] or "", point[1])
 
 
-def check_reaches_end(names: list[str], end: DurableEnd | None) -> None:
-    """Raise LogTruncatedError when the segment holding the durable end is gone."""
-    if end is None or end.segment is None or end.segment in names:
+def check_reaches_end(names: list[str], end: DurableEnd | None, held: int) -> None:
+    """Raise LogTruncatedError when the segment holding the durable end is gone, or the
+    log read to its end (last lsn ``held``) holds fewer transactions than it."""
+    if end is None or end.segment is None:
         return
-    raise LogTruncatedError(
-        end.segment, 0, f"the file is missing; its durable end is {end.describe()}"
-    )
+    if end.segment not in names:
+        detail = f"the file is missing; its durable end is {end.describe()}"
+        raise LogTruncatedError(end.segment, 0, detail)
+    if held < end.lsn:
+        detail = f"the log holds transactions up to {held}; its durable end is {end.describe()}"
+        raise LogTruncatedError(names[-1], 0, detail)
+
+
+def _last_lsn(record: Record) -> int:
+    payload = record.payload
+    if record.kind == KIND_CHUNK:
+        return 0
+    return int(payload.get("to_lsn", payload.get("lsn", 0)))
 
 
 class SegmentLog:
@@ -167,10 +178,13 @@ class SegmentLog:
                 first = i
         try:
             end = self.durable_end()
+            held = 0
             for i, name in enumerate(names[first:], start=first):
                 last = i == len(names) - 1
-                yield from self.segment_records(name, last=last, end=end, strict=strict)
-            check_reaches_end(names, end)
+                for record in self.segment_records(name, last=last, end=end, strict=strict):
+                    held = max(held, _last_lsn(record))
+                    yield record
+            check_reaches_end(names, end, held)
         except (LogCorruptionError, LogTruncatedError) as exc:
             self.note_damage(exc)
 

@@ -232,6 +232,22 @@ def test_an_end_file_that_claims_more_than_the_log_holds(tmp_path: Path) -> None
         list(SegmentLog(tmp_path).records())
 
 
+def test_a_repository_of_an_older_release_stays_readable(issue: Issue, tmp_path: Path) -> None:
+    """No end.json, and a copy without state.db: nothing says where the log ends, so the
+    readers keep the old rule (and verify says it cannot tell)."""
+    (issue.repo / "log" / "end.json").unlink()
+    _without_state(issue.repo)
+    verify = run_cli(issue.config, "verify")
+    assert verify.exit_code == 0, verify.output
+    assert "records no durable end" in verify.output
+    target = tmp_path / "restored.db"
+    restore = run_cli(
+        issue.config, "restore", "--latest", "--create-schema", "--target", f"sqlite:///{target}"
+    )
+    assert restore.exit_code == 0, restore.output
+    assert _rows(target) == sorted(issue.app.execute("SELECT code, qty FROM items").fetchall())
+
+
 # --- defect 2: a quiet source ------------------------------------------------------------
 
 

@@ -21,7 +21,6 @@ from typing import Any
 import orjson
 
 from nkdaemon.core.errors import RepositoryError
-from nkdaemon.repository.files import fsync_dir
 from nkdaemon.repository.state import Checkpoint
 
 END_FILE = "end.json"
@@ -71,7 +70,12 @@ class DurableEnd:
 
 
 def write_end(directory: Path, checkpoint: Checkpoint) -> None:
-    """Record the durable end in the log folder: a temporary file, fsynced, renamed."""
+    """Record the durable end in the log folder: a temporary file, fsynced, renamed.
+
+    The folder is not fsynced after the rename: should a crash lose the rename, the
+    previous end.json (or none) is still there, and any earlier end is a true lower bound.
+    What must never happen, a file claiming bytes that are not durable, cannot: this is
+    called only after the log's fsync, and the file's own bytes are fsynced first."""
     fields: dict[str, Any] = {
         "format": END_FORMAT,
         "lsn": checkpoint.lsn,
@@ -88,8 +92,7 @@ def write_end(directory: Path, checkpoint: Checkpoint) -> None:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
-    tmp.rename(directory / END_FILE)
-    fsync_dir(directory)
+    tmp.replace(directory / END_FILE)
 
 
 def read_end(directory: Path) -> DurableEnd | None:

@@ -638,15 +638,20 @@ def test_restore_times_outside_the_repository_or_malformed_are_refused(
     app_target(target)
     before = contents(target)
 
+    # the log is complete through the last drain pass, which came after the last commit
+    status = run_cli(history.config, "status", "--json")
+    complete = datetime.fromisoformat(json.loads(status.stdout)["complete_through"])
+    assert complete > history.second_commit
+
     too_early = (history.baseline_time - timedelta(hours=1)).isoformat()
     early = restore(history, target, "--at", too_early)
     assert early.exit_code == 2, early.output
-    assert _range_in(early.output) == (history.baseline_time, history.second_commit)
+    assert _range_in(early.output) == (history.baseline_time, complete)
 
-    too_late = (history.second_commit + timedelta(hours=1)).isoformat()
+    too_late = (complete + timedelta(hours=1)).isoformat()
     late = restore(history, target, "--at", too_late)
     assert late.exit_code == 2, late.output
-    assert _range_in(late.output) == (history.baseline_time, history.second_commit)
+    assert _range_in(late.output) == (history.baseline_time, complete)
 
     both = restore(history, target, "--at", history.second_commit.isoformat(), "--latest")
     assert both.exit_code == 2, both.output

@@ -1,4 +1,5 @@
-"""`nkdaemon restore --target URL (--at TIME | --latest) [--table T]... [--dry-run]`."""
+"""`nkdaemon restore --target URL (--at TIME | --latest) [--table T]... [--dry-run]
+[--allow-truncated-log]`."""
 
 from __future__ import annotations
 
@@ -14,12 +15,24 @@ from sqlalchemy.engine import make_url
 from tqdm import tqdm
 
 from nkdaemon.cli import AppContext, pass_app
-from nkdaemon.core.errors import UsageError
+from nkdaemon.core.errors import (
+    LogCorruptionError,
+    LogTruncatedError,
+    RepositoryError,
+    UsageError,
+)
 from nkdaemon.core.restore_plan import parse_time
+from nkdaemon.repository.log_end import DurableEnd
+from nkdaemon.repository.segments import SegmentLog
 from nkdaemon.runtime.config import canonical_url, redact_url
 from nkdaemon.runtime.logging import register_secrets
 from nkdaemon.runtime.session import Session
-from nkdaemon.services.restore import Restorer, open_restore_target, plan_restore
+from nkdaemon.services.restore import (
+    RestorePlan,
+    Restorer,
+    open_restore_target,
+    plan_restore,
+)
 
 log = structlog.get_logger("nkdaemon.restore")
 
@@ -44,6 +57,11 @@ def register(cli: click.Group) -> None:
     help="With --table: refuse (listing them) instead of adding the rows of other tables "
     "that the restored rows refer to and the target lacks.",
 )
+@click.option(
+    "--allow-truncated-log",
+    is_flag=True,
+    help="If the log is damaged, restore the transactions before the damage (says so loudly).",
+)
 @pass_app
 def restore_command(
     app: AppContext,
@@ -55,6 +73,7 @@ def restore_command(
     create_schema: bool,
     prune_target: bool,
     no_referenced_rows: bool,
+    allow_truncated_log: bool,
 ) -> None:
     """Rebuild the state of any moment into a database whose ids may differ."""
     if bool(at_text) == latest:
@@ -69,17 +88,16 @@ def restore_command(
     register_secrets(_password(target_url))
     with Session(app.settings, writer=False) as session:
         session.layout.require()
-        checkpoint = session.state.checkpoint()
-        last = datetime.fromisoformat(checkpoint.commit_time) if checkpoint.commit_time else None
-        plan = plan_restore(
-            snapshots_dir=session.layout.snapshots_dir,
-            log_store=session.log_store,
-            at=at,
-            last_logged=last,
-            tables=tables,
-        )
+        log_store = session.log_store
+        if allow_truncated_log:
+            log_store = log_store.tolerating_damage()
+        end = _durable_end(log_store)
+        plan = _plan(session, log_store, at, end, tables)
         for line in plan.describe():
             click.echo(line)
+        if at is not None and end is not None and not log_store.damage:
+            _say_quiet_tail(at, end)
+        _warn_truncated(log_store, end, plan.last_lsn)
         total = plan.snapshot_rows + plan.events
         bar = tqdm(total=total, unit="row", disable=not sys.stderr.isatty(), file=sys.stderr)
         done = {"n": 0}
@@ -92,9 +110,7 @@ def restore_command(
 
         with _sqlite_files_kept_only_if_committed(target_url, dry_run=dry_run):
             target = open_restore_target(target_url, plan.snapshot.dialect)
-            restorer = Restorer(
-                plan=plan, target=target, log_store=session.log_store, progress=progress
-            )
+            restorer = Restorer(plan=plan, target=target, log_store=log_store, progress=progress)
             restorer.refuse_missing_references = no_referenced_rows
             report = restorer.run(
                 dry_run=dry_run, create_schema=create_schema, prune_target=prune_target
@@ -119,10 +135,71 @@ def restore_command(
             f"{report.cross_checked} recorded from the source at this position"
         )
     verdict = "checked, then rolled back (--dry-run)" if dry_run else "committed"
+    if log_store.damage:
+        verdict = f"the log's intact prefix only; {verdict}"
     click.echo(
         f"{report.rows_loaded} snapshot rows and {report.events_applied} logged changes into "
         f"{redact_url(target_url)}: counts and checksums match; {verdict} "
         f"({report.seconds:.1f} s, {rate:.0f} rows/s)"
+    )
+    _warn_truncated(log_store, end, plan.last_lsn)
+
+
+def _durable_end(log_store: SegmentLog) -> DurableEnd | None:
+    try:
+        return log_store.durable_end()
+    except RepositoryError as exc:
+        raise RepositoryError(
+            f"{exc.message}; nothing was written to the target", hint=exc.hint
+        ) from None
+
+
+def _plan(
+    session: Session,
+    log_store: SegmentLog,
+    at: datetime | None,
+    end: DurableEnd | None,
+    tables: tuple[str, ...],
+) -> RestorePlan:
+    """The plan, which reads every log record the restore needs: damage found here stops
+    the restore before the target is touched."""
+    try:
+        return plan_restore(
+            snapshots_dir=session.layout.snapshots_dir,
+            log_store=log_store,
+            at=at,
+            last_logged=None if end is None else end.covered_until(),
+            tables=tables,
+        )
+    except (LogCorruptionError, LogTruncatedError) as exc:
+        raise RepositoryError(
+            f"{exc.message}\nnothing was written to the target",
+            hint="restore from an intact copy of the repository, or pass --allow-truncated-log "
+            "to restore only the transactions before the damage",
+        ) from None
+
+
+def _say_quiet_tail(at: datetime, end: DurableEnd) -> None:
+    last = end.commit_time
+    if last is not None and at > datetime.fromisoformat(last):
+        click.echo(
+            f"  no change between the last logged commit ({last}) and {at.isoformat()}: "
+            f"the log is complete through {end.complete_through}"
+        )
+
+
+def _warn_truncated(log_store: SegmentLog, end: DurableEnd | None, last_lsn: int | None) -> None:
+    """Said before the restore and again after it, on stderr, so that no one misses it."""
+    if not log_store.damage:
+        return
+    upto = f"transaction {last_lsn}" if last_lsn else "the snapshot (no logged transaction)"
+    held = "" if end is None else f", of the {end.lsn} the repository made durable"
+    for damage in log_store.damage:
+        click.echo(f"WARNING: {damage}", err=True)
+    click.echo(
+        f"WARNING: --allow-truncated-log: restoring the intact prefix of the log only, up to "
+        f"{upto}{held}; every later transaction is NOT in the target",
+        err=True,
     )
 
 

@@ -33,6 +33,8 @@ def status_command(app: AppContext, as_json: bool) -> None:
             f"last logged  transaction {status['last_lsn']}"
             + (f" committed {status['last_commit_time']}" if status["last_commit_time"] else "")
         )
+        complete = status["complete_through"]
+        click.echo(f"complete     {'unknown' if complete is None else f'through {complete}'}")
         click.echo(f"log          {status['log_bytes']} bytes in {status['log_segments']} segments")
         click.echo(f"snapshots    {len(status['snapshots'])}")
         for imported in status.get("imported_snapshots", []):

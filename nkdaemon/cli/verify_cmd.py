@@ -56,6 +56,11 @@ def verify_command(app: AppContext, with_source: bool) -> None:
     )
     for note in report.notes:
         click.echo(f"checked: {note}")
+    end = report.durable_end
+    if end is not None:
+        click.echo(
+            f"durable end: {end.describe()}; complete through {end.complete_through or 'unknown'}"
+        )
     for warning in report.warnings:
         click.echo(f"warning: {warning}")
     for diff in report.diffs:

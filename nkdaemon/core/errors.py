@@ -94,6 +94,22 @@ class LogCorruptionError(RepositoryError):
         self.offset = offset
 
 
+class LogTruncatedError(RepositoryError):
+    """The log ends before the durable end the repository recorded: records made durable
+    are missing (a segment cut short or lost)."""
+
+    kind = "corruption"
+
+    def __init__(self, segment: str, offset: int, detail: str) -> None:
+        super().__init__(
+            f"log segment {segment} ends at byte offset {offset}, before its durable end: {detail}",
+            hint="the records before this offset are intact; restore from a copy of the "
+            "repository, or pass --allow-truncated-log to restore the intact prefix only",
+        )
+        self.segment = segment
+        self.offset = offset
+
+
 class LogGapError(RepositoryError):
     """Transactions known to have been made durable are missing from the log."""
 

@@ -1,59 +1,64 @@
 """The append-only event log: segment files of checksummed records.
 
-Layout and format are specified in docs/FORMAT.md. In short: each segment starts with a
-16-byte header (magic, format version, header CRC); each record is ``u32 length, u32
-crc32, body`` where the body is one kind byte and a JSON payload (zstd-compressed when the
-kind byte has bit 0x80). A transaction is zero or more CHUNK records and one COMMIT record.
+Layout and format are specified in docs/FORMAT.md; the bytes are read and written by
+log_format. A transaction is zero or more CHUNK records and one COMMIT record.
 
 Written records are never rewritten. The only bytes ever removed are those past the last
-durable point after a crash (a torn tail), and only by :meth:`SegmentLog.recover`.
+durable point after a crash (a torn tail), and only by :meth:`SegmentLog.recover`. Where
+the durable log ends is recorded by log_end (log/end.json) and in state.db's checkpoint.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import struct
-import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-import zstandard
-
-from nkdaemon.core.errors import LogCorruptionError, RepositoryError
+from nkdaemon.core.errors import LogCorruptionError, LogTruncatedError, RepositoryError
 from nkdaemon.repository.files import fsync_dir
+from nkdaemon.repository.log_end import DurableEnd, furthest, read_end, write_end
+from nkdaemon.repository.log_format import (
+    COMPRESS_OVER,
+    COMPRESSED,
+    ENDING_KINDS,
+    FORMAT_VERSION,
+    HEADER,
+    KIND_CHUNK,
+    KIND_COMMIT,
+    KIND_EPOCH,
+    KIND_GAP,
+    MAGIC,
+    SUFFIX,
+    Record,
+    Torn,
+    encode_record,
+    read_segment,
+    segment_header,
+    segment_name,
+)
+from nkdaemon.repository.state import Checkpoint
 
-MAGIC = b"NKDLOG\r\n"
-FORMAT_VERSION = 1
-HEADER = struct.Struct("<8sHHI")
-FRAME = struct.Struct("<II")
-SUFFIX = ".nkdlog"
-MAX_RECORD = 1 << 30
-
-KIND_CHUNK = 1
-KIND_COMMIT = 2
-KIND_GAP = 3
-KIND_EPOCH = 4
-ENDING_KINDS = (KIND_COMMIT, KIND_GAP, KIND_EPOCH)
-COMPRESSED = 0x80
-COMPRESS_OVER = 4096
-
-_compressor = zstandard.ZstdCompressor(level=3)
-_decompressor = zstandard.ZstdDecompressor()
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Record:
-    """One decoded record and where it lies."""
-
-    segment: str
-    offset: int
-    end: int
-    kind: int
-    payload: dict[str, Any]
+__all__ = [
+    "COMPRESSED",
+    "COMPRESS_OVER",
+    "FORMAT_VERSION",
+    "HEADER",
+    "KIND_CHUNK",
+    "KIND_COMMIT",
+    "KIND_EPOCH",
+    "KIND_GAP",
+    "MAGIC",
+    "SUFFIX",
+    "LogEnd",
+    "Record",
+    "SegmentLog",
+    "check_reaches_end",
+    "encode_record",
+    "segment_name",
+]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -67,88 +72,52 @@ class LogEnd:
     last_commit_time: str | None
 
 
-def segment_name(first_lsn: int) -> str:
-    return f"{first_lsn:016d}{SUFFIX}"
+def _place(point: tuple[str | None, int]) -> tuple[str, int]:
+    return (point[0] or "", point[1])
 
 
-def encode_record(kind: int, payload: dict[str, Any]) -> bytes:
-    body = orjson.dumps(payload)
-    if len(body) > COMPRESS_OVER:
-        body = _compressor.compress(body)
-        kind |= COMPRESSED
-    framed = bytes([kind]) + body
-    return FRAME.pack(len(framed), zlib.crc32(framed)) + framed
-
-
-def _header() -> bytes:
-    head = struct.pack("<8sHH", MAGIC, FORMAT_VERSION, 0)
-    return head + struct.pack("<I", zlib.crc32(head))
-
-
-class _Torn(Exception):
-    """The bytes at an offset are not a whole valid record."""
-
-    def __init__(self, offset: int, detail: str) -> None:
-        super().__init__(detail)
-        self.offset = offset
-        self.detail = detail
-
-
-def _read_segment(path: Path, *, start: int = HEADER.size) -> Iterator[Record | _Torn]:
-    """Yield the records of one segment; a _Torn marks the first invalid bytes, then stops."""
-    data = path.read_bytes()
-    if len(data) < HEADER.size:
-        yield _Torn(0, "segment header is incomplete")
+def check_reaches_end(names: list[str], end: DurableEnd | None, held: int) -> None:
+    """Raise LogTruncatedError when the segment holding the durable end is gone, or the
+    log read to its end (last lsn ``held``) holds fewer transactions than it."""
+    if end is None or end.segment is None:
         return
-    magic, version, _reserved, crc = HEADER.unpack_from(data)
-    if magic != MAGIC or zlib.crc32(data[:12]) != crc:
-        yield _Torn(0, "segment header is not an nkdaemon log header")
-        return
-    if version > FORMAT_VERSION:
-        raise RepositoryError(
-            f"log segment {path.name} has format version {version}; this release reads up "
-            f"to {FORMAT_VERSION}",
-            hint="upgrade nkdaemon to read this repository",
-        )
-    offset = max(start, HEADER.size)
-    while offset < len(data):
-        if len(data) - offset < FRAME.size:
-            yield _Torn(offset, "record header is cut short")
-            return
-        length, crc = FRAME.unpack_from(data, offset)
-        body_start = offset + FRAME.size
-        if length == 0 or length > MAX_RECORD or body_start + length > len(data):
-            yield _Torn(offset, f"record length {length} runs past the end of the segment")
-            return
-        body = data[body_start : body_start + length]
-        if zlib.crc32(body) != crc:
-            yield _Torn(offset, "record checksum does not match its contents")
-            return
-        kind = body[0]
-        raw = body[1:]
-        if kind & COMPRESSED:
-            raw = _decompressor.decompress(raw)
-            kind &= ~COMPRESSED
-        yield Record(
-            segment=path.name,
-            offset=offset,
-            end=body_start + length,
-            kind=kind,
-            payload=orjson.loads(raw),
-        )
-        offset = body_start + length
+    if end.segment not in names:
+        detail = f"the file is missing; its durable end is {end.describe()}"
+        raise LogTruncatedError(end.segment, 0, detail)
+    if held < end.lsn:
+        detail = f"the log holds transactions up to {held}; its durable end is {end.describe()}"
+        raise LogTruncatedError(names[-1], 0, detail)
+
+
+def _last_lsn(record: Record) -> int:
+    payload = record.payload
+    if record.kind == KIND_CHUNK:
+        return 0
+    return int(payload.get("to_lsn", payload.get("lsn", 0)))
 
 
 class SegmentLog:
     """The log directory: reading, tail recovery and appending.
 
     One writer at a time (the repository lock sees to it); readers may run alongside and
-    see only whole records.
+    see only whole records. ``checkpoint`` gives the checkpoint of state.db, when there
+    is one; with ``log/end.json`` it tells readers where the durable log ends.
     """
 
-    def __init__(self, directory: Path, *, segment_bytes: int = 64 << 20) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        segment_bytes: int = 64 << 20,
+        checkpoint: Callable[[], Checkpoint | None] | None = None,
+    ) -> None:
         self.directory = directory
         self.segment_bytes = segment_bytes
+        self._checkpoint = checkpoint
+        # With allow_truncated (see tolerating_damage) reading stops at damage instead of
+        # raising, and notes here what it passed over.
+        self.allow_truncated = False
+        self.damage: list[str] = []
         self._file: Any = None
         self._segment: str | None = None
         self._next_lsn = 1
@@ -166,26 +135,79 @@ class SegmentLog:
     def size_bytes(self) -> int:
         return sum((self.directory / name).stat().st_size for name in self.segments())
 
+    def tolerating_damage(self) -> SegmentLog:
+        """A reader of the same log that stops at the first damage instead of raising
+        (`restore --allow-truncated-log`); what it passed over is listed in ``damage``."""
+        reader = SegmentLog(
+            self.directory, segment_bytes=self.segment_bytes, checkpoint=self._checkpoint
+        )
+        reader.allow_truncated = True
+        return reader
+
+    def note_damage(self, error: RepositoryError) -> None:
+        """Damage a tolerant reader stops at; anyone else raises it."""
+        if not self.allow_truncated:
+            raise error
+        if error.message not in self.damage:
+            self.damage.append(error.message)
+
+    def durable_end(self) -> DurableEnd | None:
+        """The furthest durable end recorded in state.db's checkpoint and in log/end.json;
+        None for a repository that records neither (an older release, or nothing yet)."""
+        recorded = self._checkpoint() if self._checkpoint is not None else None
+        ends = [None if recorded is None else DurableEnd.of(recorded, "state.db")]
+        try:
+            ends.append(read_end(self.directory))
+        except RepositoryError as exc:
+            self.note_damage(exc)
+        return furthest(ends)
+
     def records(self, *, from_lsn: int = 1, strict: bool = False) -> Iterator[Record]:
         """Every whole record from the segment holding ``from_lsn`` on.
 
-        Invalid bytes end the iteration: at the tail of the last segment they are a write
-        in progress (or torn by a crash); anywhere else they are corruption, raised as
-        LogCorruptionError. With ``strict`` even the last segment's tail must be clean.
+        Invalid bytes end the iteration. Past the durable end, at the tail of the last
+        segment, they are a write in progress (or torn by a crash); anywhere else they
+        are corruption, raised as LogCorruptionError, and a log that stops before its
+        durable end raises LogTruncatedError. With ``strict`` even the last segment's
+        tail must be clean.
         """
         names = self.segments()
         first = 0
         for i, name in enumerate(names):
             if int(name[: -len(SUFFIX)]) <= from_lsn:
                 first = i
-        for i, name in enumerate(names[first:], start=first):
-            last = i == len(names) - 1
-            for item in _read_segment(self.directory / name):
-                if isinstance(item, _Torn):
-                    if strict or not last:
-                        raise LogCorruptionError(name, item.offset, item.detail)
-                    return
-                yield item
+        try:
+            end = self.durable_end()
+            held = 0
+            for i, name in enumerate(names[first:], start=first):
+                last = i == len(names) - 1
+                for record in self.segment_records(name, last=last, end=end, strict=strict):
+                    held = max(held, _last_lsn(record))
+                    yield record
+            check_reaches_end(names, end, held)
+        except (LogCorruptionError, LogTruncatedError) as exc:
+            self.note_damage(exc)
+
+    def segment_records(
+        self, name: str, *, last: bool, end: DurableEnd | None, strict: bool = False
+    ) -> Iterator[Record]:
+        """The whole records of one segment, checked against the durable end ``end``
+        (see ``records``); ``last``: no segment follows it."""
+        reached = HEADER.size
+        for item in read_segment(self.directory / name):
+            if isinstance(item, Torn):
+                durable = end is not None and end.covers(name, item.offset)
+                if strict or not last or durable:
+                    detail = item.detail
+                    if durable and last:
+                        assert end is not None
+                        detail += f", inside the durable log ({end.describe()})"
+                    raise LogCorruptionError(name, item.offset, detail)
+                return
+            reached = item.end
+            yield item
+        if end is not None and name == end.segment and reached < end.offset:
+            raise LogTruncatedError(name, reached, f"its durable end is {end.describe()}")
 
     # --- writing ---------------------------------------------------------------------
 
@@ -193,9 +215,11 @@ class SegmentLog:
         """Open for appending: cut a torn tail, report corruption, find the end.
 
         ``durable_segment``/``durable_offset`` is the last point the repository recorded as
-        made durable. Invalid bytes after it are a crash's torn tail and are cut; invalid
-        bytes before it are damage and raise LogCorruptionError.
+        made durable (log/end.json may record a later one: the furthest counts). Invalid
+        bytes after it are a crash's torn tail and are cut; invalid bytes before it are
+        damage and raise LogCorruptionError.
         """
+        durable_segment, durable_offset = self._furthest_written(durable_segment, durable_offset)
         self.directory.mkdir(parents=True, exist_ok=True)
         names = self.segments()
         while names:
@@ -222,9 +246,9 @@ class SegmentLog:
     ) -> LogEnd | None:
         path = self.directory / name
         last_end: LogEnd | None = None
-        torn: _Torn | None = None
-        for item in _read_segment(path):
-            if isinstance(item, _Torn):
+        torn: Torn | None = None
+        for item in read_segment(path):
+            if isinstance(item, Torn):
                 torn = item
                 break
             if item.kind in ENDING_KINDS:
@@ -244,9 +268,23 @@ class SegmentLog:
                 os.fsync(handle.fileno())
         return last_end
 
+    def _furthest_written(self, segment: str | None, offset: int) -> tuple[str | None, int]:
+        try:
+            recorded = read_end(self.directory)
+        except RepositoryError:  # damaged: the checkpoint stands; the next publish_end rewrites it
+            recorded = None
+        if recorded is None or recorded.segment is None:
+            return segment, offset
+        return max((segment, offset), (recorded.segment, recorded.offset), key=_place)
+
+    def publish_end(self, checkpoint: Checkpoint) -> None:
+        """Record a durable end in log/end.json. Call after ``sync``, with what it returned,
+        before committing the same checkpoint to state.db."""
+        write_end(self.directory, checkpoint)
+
     @staticmethod
     def _is_damage(
-        path: Path, name: str, torn: _Torn, durable_segment: str | None, durable_offset: int
+        path: Path, name: str, torn: Torn, durable_segment: str | None, durable_offset: int
     ) -> bool:
         """Bad bytes inside what was made durable, where the file is still whole.
 
@@ -317,7 +355,7 @@ class SegmentLog:
         name = segment_name(lsn)
         path = self.directory / name
         with path.open("xb") as handle:
-            handle.write(_header())
+            handle.write(segment_header())
             handle.flush()
             os.fsync(handle.fileno())
         fsync_dir(self.directory)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,9 @@ class Checkpoint:
     segment: str | None = None
     offset: int = 0
     commit_time: str | None = None
+    # The source had no transaction committed at or before this time that the log does
+    # not hold (the start of the last drain pass that read up to its fence).
+    complete_through: str | None = None
 
 
 @dataclass(kw_only=True, slots=True)
@@ -117,8 +120,7 @@ class StateStore:
         rows = dict(self._db.execute("SELECT name, value FROM meta").fetchall())
         if "checkpoint" not in rows:
             return Checkpoint()
-        data = orjson.loads(rows["checkpoint"])
-        return Checkpoint(**data)
+        return _decode_checkpoint(rows["checkpoint"])
 
     def _write_checkpoint(self, checkpoint: Checkpoint) -> None:
         value = orjson.dumps(
@@ -128,6 +130,7 @@ class StateStore:
                 "segment": checkpoint.segment,
                 "offset": checkpoint.offset,
                 "commit_time": checkpoint.commit_time,
+                "complete_through": checkpoint.complete_through,
             }
         ).decode()
         self._db.execute(
@@ -262,6 +265,27 @@ def _connect_uri(path: Path, options: str) -> sqlite3.Connection:
         db.close()
         raise
     return db
+
+
+def read_checkpoint(path: Path) -> Checkpoint | None:
+    """The checkpoint of a state.db, read without creating one; None when there is none
+    (a repository copied without its state)."""
+    if not path.exists():
+        return None
+    db = _open_read_only(path)  # a mounted, read-only copy is read too
+    try:
+        row = db.execute("SELECT value FROM meta WHERE name = 'checkpoint'").fetchone()
+    except sqlite3.OperationalError:  # a state.db without the table: nothing recorded
+        return None
+    finally:
+        db.close()
+    return None if row is None else _decode_checkpoint(row[0])
+
+
+def _decode_checkpoint(raw: str) -> Checkpoint:
+    data = orjson.loads(raw)
+    known = {f.name: data[f.name] for f in fields(Checkpoint) if f.name in data}
+    return Checkpoint(**known)
 
 
 def _hashable(sid: Sid) -> Any:

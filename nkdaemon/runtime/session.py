@@ -10,7 +10,7 @@ from sqlalchemy.engine import Engine
 from nkdaemon.core.ports import CaptureSource
 from nkdaemon.repository.layout import RepositoryLayout
 from nkdaemon.repository.segments import SegmentLog
-from nkdaemon.repository.state import StateStore
+from nkdaemon.repository.state import StateStore, read_checkpoint
 from nkdaemon.runtime.config import Settings
 from nkdaemon.runtime.cuts import CutRegistry
 from nkdaemon.runtime.lock import RepositoryLock
@@ -52,7 +52,11 @@ class Session:
 
     @cached_property
     def log_store(self) -> SegmentLog:
-        return SegmentLog(self.layout.log_dir, segment_bytes=self.settings.repository.segment_bytes)
+        return SegmentLog(
+            self.layout.log_dir,
+            segment_bytes=self.settings.repository.segment_bytes,
+            checkpoint=lambda: read_checkpoint(self.layout.state_path),
+        )
 
     @cached_property
     def cuts(self) -> CutRegistry:

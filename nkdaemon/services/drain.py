@@ -10,15 +10,16 @@ the log already has them) or nothing to do.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
 
-from nkdaemon.core.errors import CaptureError, LogGapError
+from nkdaemon.core.errors import CaptureError, LogGapError, RepositoryError
 from nkdaemon.core.events import event_to_dict
 from nkdaemon.core.keys import ColumnSpec, TableSpec, replace_spec
 from nkdaemon.core.ports import CaptureSource, QueuedChange, SchemaDrift
@@ -94,6 +95,9 @@ class Drainer:
         self._log_position = 0
         self._flushed_log_position = 0
         self._last_time: str | None = None
+        # The log holds every transaction committed at or before this time (ISO 8601).
+        self._complete_through: str | None = None
+        self._pass: tuple[int, str] = (0, "")  # this pass's fence and the time before it
         self._gap: tuple[int, int] | None = None
         self._opened = False
 
@@ -110,6 +114,13 @@ class Drainer:
         self._log_position = end.last_position
         self._flushed_log_position = end.last_position
         self._last_time = end.last_commit_time or checkpoint.commit_time
+        try:
+            recorded = self._log.durable_end()
+        except RepositoryError:  # a damaged log/end.json: the checkpoint stands, and is rewritten
+            recorded = None
+        self._complete_through = _later(
+            checkpoint.complete_through, recorded.complete_through if recorded else None
+        )
         if end.last_lsn < checkpoint.lsn:
             self._record_gap(end.last_lsn + 1, checkpoint)
         self._opened = True
@@ -123,15 +134,7 @@ class Drainer:
         )
         segment, offset = self._log.sync()
         self._on_stage("log_synced")
-        self._state.commit(
-            Checkpoint(
-                lsn=checkpoint.lsn,
-                position=checkpoint.position,
-                segment=segment,
-                offset=offset,
-                commit_time=checkpoint.commit_time,
-            )
-        )
+        self._commit(dataclasses.replace(checkpoint, segment=segment, offset=offset))
         self._log_position = self._flushed_log_position = checkpoint.position
         self._gap = (first_lost, checkpoint.lsn)
         log.error("log.gap_recorded", first_lsn=first_lost, last_lsn=checkpoint.lsn)
@@ -143,9 +146,14 @@ class Drainer:
         if not self._opened:
             self.open()
         result = DrainResult()
+        # Taken before the fence: every transaction committed by then is at or below it
+        # (never earlier than a time already recorded, should the clock step back).
+        now = datetime.now(UTC).isoformat(timespec="microseconds")
+        started = _later(now, self._complete_through) or now
         with self._fence_guard():
             fence = self._source.fence()
             self._cuts = self._cuts_of()
+        self._pass = (fence, started)
         after = self._state.checkpoint().position
         if after < self._log_position:
             # The log got further than the checkpoint before a crash: bring the key index
@@ -154,6 +162,9 @@ class Drainer:
             after = self._stream(after, self._log_position, result)
         while after < fence:
             after = self._stream(after, fence, result)
+        if self._complete_through != started:  # a quiet pass: nothing flushed it
+            self._commit(dataclasses.replace(self._state.checkpoint(), complete_through=started))
+            self._complete_through = started
         if self._gap is not None:
             first, last = self._gap
             self._gap = None
@@ -221,15 +232,19 @@ class Drainer:
         checkpoint = self._state.checkpoint()
         segment, offset = self._log.sync()
         self._on_stage("log_synced")
-        self._state.commit(
+        fence, started = self._pass
+        complete = started if position >= fence else checkpoint.complete_through
+        self._commit(
             Checkpoint(
                 lsn=max(batch.lsn, checkpoint.lsn),
                 position=position,
                 segment=segment,
                 offset=offset,
                 commit_time=batch.commit_time or checkpoint.commit_time,
+                complete_through=complete,
             )
         )
+        self._complete_through = complete
         self._flushed_log_position = self._log_position
         self._on_stage("state_committed")
         if delete:
@@ -248,6 +263,12 @@ class Drainer:
                 last_lsn=batch.lsn,
                 skipped=batch.skipped,
             )
+
+    def _commit(self, checkpoint: Checkpoint) -> None:
+        """Record a durable end: first in the log's own end file (which a copy of the
+        repository without state.db keeps), then with the key index in state.db."""
+        self._log.publish_end(checkpoint)
+        self._state.commit(checkpoint)
 
     def _start_tx(self, queued: QueuedChange) -> _Tx:
         append = queued.position > self._log_position
@@ -273,9 +294,7 @@ class Drainer:
             batch.skipped += 1
             return
         tx.pending.extend(event_to_dict(e) for e in rest)
-        when = tx.commit_time.isoformat(timespec="microseconds")
-        if self._last_time is not None and when < self._last_time:
-            when = self._last_time  # never let log time run backwards (clock stepped back)
+        when = self._log_time(tx.commit_time)
         self._log.append_commit(
             {
                 "lsn": tx.lsn,
@@ -294,6 +313,18 @@ class Drainer:
         batch.events += tx.events + len(tx.pending)
         batch.lsn = tx.lsn
         batch.commit_time = when
+
+    def _log_time(self, commit_time: datetime) -> str:
+        """The commit time to log: never before the previous one (a clock stepped back),
+        and after the time through which the log was said to be complete (a SQLite
+        transaction whose changes were made before a pass but committed after it)."""
+        when = commit_time.astimezone(UTC)
+        if self._last_time is not None:
+            when = max(when, datetime.fromisoformat(self._last_time))
+        if self._complete_through is not None:
+            floor = datetime.fromisoformat(self._complete_through) + timedelta(microseconds=1)
+            when = max(when, floor)
+        return when.isoformat(timespec="microseconds")
 
     # --- schema drift ------------------------------------------------------------------
 
@@ -322,3 +353,10 @@ def _with_columns(spec: TableSpec, extra: dict[str, ColumnSpec]) -> TableSpec:
         return spec
     columns = spec.columns + tuple(c for n, c in extra.items() if n not in spec.column_index)
     return replace_spec(spec, columns=columns)
+
+
+def _later(time: str | None, other: str | None) -> str | None:
+    """The later of two ISO 8601 times, either of which may be missing."""
+    if time is None or other is None:
+        return time or other
+    return max(time, other, key=datetime.fromisoformat)

@@ -21,6 +21,7 @@ def collect_status(session: Session, *, now: datetime | None = None) -> dict[str
         "lag_seconds": None,
         "last_lsn": 0,
         "last_commit_time": None,
+        "complete_through": None,
         "snapshots": [],
         "log_bytes": 0,
         "log_segments": 0,
@@ -30,6 +31,7 @@ def collect_status(session: Session, *, now: datetime | None = None) -> dict[str
         checkpoint = session.state.checkpoint()
         status["last_lsn"] = checkpoint.lsn
         status["last_commit_time"] = checkpoint.commit_time
+        status["complete_through"] = _complete_through(session, status["errors"])
         status["log_bytes"] = session.log_store.size_bytes()
         status["log_segments"] = len(session.log_store.segments())
         snapshots = list_snapshots(session.layout.snapshots_dir)
@@ -76,3 +78,14 @@ def _capture_owner(session: Session, status: dict[str, Any]) -> None:
     }
     if owner.installation != ours:
         status["errors"].append(not_ours(owner, ours).message)
+
+
+def _complete_through(session: Session, errors: list[str]) -> str | None:
+    """The time up to which the log holds every committed transaction (the last drain pass
+    that read the whole queue), so `restore --at` any time up to it."""
+    try:
+        end = session.log_store.durable_end()
+    except NkdError as exc:
+        errors.append(exc.message)
+        return None
+    return None if end is None else end.complete_through

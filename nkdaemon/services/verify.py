@@ -13,15 +13,27 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from nkdaemon.core.errors import LogCorruptionError, NkdError, RepositoryError
+from nkdaemon.core.errors import (
+    LogCorruptionError,
+    LogTruncatedError,
+    NkdError,
+    RepositoryError,
+)
 from nkdaemon.core.events import RawChange
 from nkdaemon.core.expectation import Expectation, TableDiff
 from nkdaemon.core.keys import TableSpec
 from nkdaemon.core.ports import CaptureSource, SnapshotPoint, TableReader
 from nkdaemon.core.restore_plan import insert_order
 from nkdaemon.core.translate import Translator
+from nkdaemon.repository.log_end import DurableEnd
 from nkdaemon.repository.reader import LoggedTransaction, LogMarker, read_log
-from nkdaemon.repository.segments import KIND_CHUNK, SegmentLog
+from nkdaemon.repository.segments import (
+    KIND_CHUNK,
+    Record,
+    SegmentLog,
+    check_reaches_end,
+    segment_name,
+)
 from nkdaemon.repository.snapshots import (
     SnapshotInfo,
     file_checksum,
@@ -37,6 +49,7 @@ class VerifyReport:
     segments: int = 0
     transactions: int = 0
     snapshots: int = 0
+    durable_end: DurableEnd | None = None
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -48,57 +61,97 @@ class VerifyReport:
 
 
 def verify_log(log_store: SegmentLog, report: VerifyReport) -> None:
+    """Every record's checksum, lsns without holes, commit times that never run backwards,
+    and every byte up to the durable end present and whole."""
     names = log_store.segments()
     report.segments = len(names)
-    expected_lsn: int | None = None
-    last_time = ""
+    end = _durable_end(log_store, report)
+    check = _Sequence(report)
     for index, name in enumerate(names):
-        first = int(name.split(".")[0])
-        if expected_lsn is not None and first != expected_lsn:
-            report.problems.append(
-                f"log segment for transactions {expected_lsn}..{first - 1} is missing "
-                f"(the segment before {name})"
-            )
-        last = index == len(names) - 1
+        check.segment_starts(name)
         try:
-            for record in _segment_records(log_store, name, strict=not last):
-                if record.kind == KIND_CHUNK:
-                    continue
-                lsn = int(record.payload.get("lsn", record.payload.get("from_lsn", 0)))
-                if expected_lsn is not None and lsn != expected_lsn:
-                    report.problems.append(
-                        f"{name} offset {record.offset}: transaction {lsn} follows "
-                        f"{expected_lsn - 1} (transactions must be numbered without holes)"
-                    )
-                end = int(record.payload.get("to_lsn", lsn))
-                expected_lsn = end + 1
-                when = str(record.payload.get("time", ""))
-                if when and last_time and when < last_time:
-                    report.problems.append(
-                        f"{name} offset {record.offset}: commit time runs backwards"
-                    )
-                last_time = when or last_time
-                if "to_lsn" in record.payload:
-                    report.warnings.append(
-                        f"the log records lost transactions {lsn}..{end}: "
-                        f"{record.payload.get('reason', '')}"
-                    )
-                else:
-                    report.transactions += 1
-        except LogCorruptionError as exc:
+            for record in log_store.segment_records(name, last=index == len(names) - 1, end=end):
+                check.record(name, record)
+        except (LogCorruptionError, LogTruncatedError) as exc:
             report.problems.append(exc.message)
-            expected_lsn = None
+            check.lost_track()
+    try:
+        check_reaches_end(names, end, check.last_lsn)
+    except LogTruncatedError as exc:
+        if exc.message not in report.problems:
+            report.problems.append(exc.message)
 
 
-def _segment_records(log_store: SegmentLog, name: str, *, strict: bool) -> Iterator[Any]:
-    from nkdaemon.repository.segments import _read_segment, _Torn
+def _durable_end(log_store: SegmentLog, report: VerifyReport) -> DurableEnd | None:
+    try:
+        end = log_store.durable_end()
+    except RepositoryError as exc:
+        report.problems.append(exc.message)
+        return None
+    report.durable_end = end
+    if end is None and log_store.segments():
+        report.warnings.append(
+            "the repository records no durable end (written by an older release, and "
+            "state.db is absent): damage at the end of the last segment cannot be told from "
+            "a write in progress; `nkdaemon drain` records it"
+        )
+    return end
 
-    for item in _read_segment(log_store.directory / name):
-        if isinstance(item, _Torn):
-            if strict:
-                raise LogCorruptionError(name, item.offset, item.detail)
+
+class _Sequence:
+    """Numbering and time order across the records of every segment."""
+
+    def __init__(self, report: VerifyReport) -> None:
+        self._report = report
+        self._expected: int | None = None
+        self._previous = ""
+        self._last_time = ""
+        self.last_lsn = 0
+
+    def segment_starts(self, name: str) -> None:
+        first = int(name.split(".")[0])
+        if not self._previous and first != 1:
+            self._report.problems.append(
+                f"the log starts with {name}: the segment for transactions 1..{first - 1} "
+                f"({segment_name(1)}) is missing"
+            )
+        elif self._expected is not None and first != self._expected:
+            self._report.problems.append(
+                f"log segment for transactions {self._expected}..{first - 1} is missing "
+                f"({segment_name(self._expected)}, the segment before {name}), or "
+                f"{self._previous} was cut short"
+            )
+        self._expected = first  # each hole reported once
+        self._previous = name
+
+    def lost_track(self) -> None:
+        self._expected = None
+
+    def record(self, name: str, record: Record) -> None:
+        if record.kind == KIND_CHUNK:
             return
-        yield item
+        payload = record.payload
+        lsn = int(payload.get("lsn", payload.get("from_lsn", 0)))
+        if self._expected is not None and lsn != self._expected:
+            self._report.problems.append(
+                f"{name} offset {record.offset}: transaction {lsn} follows "
+                f"{self._expected - 1} (transactions must be numbered without holes)"
+            )
+        last = int(payload.get("to_lsn", lsn))
+        self._expected = last + 1
+        self.last_lsn = max(self.last_lsn, last)
+        when = str(payload.get("time", ""))
+        if when and self._last_time and when < self._last_time:
+            self._report.problems.append(
+                f"{name} offset {record.offset}: commit time runs backwards"
+            )
+        self._last_time = when or self._last_time
+        if "to_lsn" in payload:
+            self._report.warnings.append(
+                f"the log records lost transactions {lsn}..{last}: {payload.get('reason', '')}"
+            )
+        else:
+            self._report.transactions += 1
 
 
 def verify_snapshots(

@@ -1,0 +1,122 @@
+"""The log's bytes: segment header, record framing and kinds, encoding and decoding.
+
+Specified in docs/FORMAT.md. Little-endian; each segment starts with a 16-byte header
+(magic, format version, header CRC); each record is ``u32 length, u32 crc32, body`` where
+the body is one kind byte and a JSON payload (zstd-compressed when the kind byte has bit
+0x80).
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import zstandard
+
+from nkdaemon.core.errors import RepositoryError
+
+MAGIC = b"NKDLOG\r\n"
+FORMAT_VERSION = 1
+HEADER = struct.Struct("<8sHHI")
+FRAME = struct.Struct("<II")
+SUFFIX = ".nkdlog"
+MAX_RECORD = 1 << 30
+
+KIND_CHUNK = 1
+KIND_COMMIT = 2
+KIND_GAP = 3
+KIND_EPOCH = 4
+ENDING_KINDS = (KIND_COMMIT, KIND_GAP, KIND_EPOCH)
+COMPRESSED = 0x80
+COMPRESS_OVER = 4096
+
+_compressor = zstandard.ZstdCompressor(level=3)
+_decompressor = zstandard.ZstdDecompressor()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Record:
+    """One decoded record and where it lies."""
+
+    segment: str
+    offset: int
+    end: int
+    kind: int
+    payload: dict[str, Any]
+
+
+def segment_name(first_lsn: int) -> str:
+    return f"{first_lsn:016d}{SUFFIX}"
+
+
+def encode_record(kind: int, payload: dict[str, Any]) -> bytes:
+    body = orjson.dumps(payload)
+    if len(body) > COMPRESS_OVER:
+        body = _compressor.compress(body)
+        kind |= COMPRESSED
+    framed = bytes([kind]) + body
+    return FRAME.pack(len(framed), zlib.crc32(framed)) + framed
+
+
+def segment_header() -> bytes:
+    head = struct.pack("<8sHH", MAGIC, FORMAT_VERSION, 0)
+    return head + struct.pack("<I", zlib.crc32(head))
+
+
+class Torn(Exception):
+    """The bytes at an offset are not a whole valid record."""
+
+    def __init__(self, offset: int, detail: str) -> None:
+        super().__init__(detail)
+        self.offset = offset
+        self.detail = detail
+
+
+def read_segment(path: Path, *, start: int = HEADER.size) -> Iterator[Record | Torn]:
+    """Yield the records of one segment; a Torn marks the first invalid bytes, then stops."""
+    data = path.read_bytes()
+    if len(data) < HEADER.size:
+        yield Torn(0, "segment header is incomplete")
+        return
+    magic, version, _reserved, crc = HEADER.unpack_from(data)
+    if magic != MAGIC or zlib.crc32(data[:12]) != crc:
+        yield Torn(0, "segment header is not an nkdaemon log header")
+        return
+    if version > FORMAT_VERSION:
+        raise RepositoryError(
+            f"log segment {path.name} has format version {version}; this release reads up "
+            f"to {FORMAT_VERSION}",
+            hint="upgrade nkdaemon to read this repository",
+        )
+    offset = max(start, HEADER.size)
+    while offset < len(data):
+        if len(data) - offset < FRAME.size:
+            yield Torn(offset, "record header is cut short")
+            return
+        length, crc = FRAME.unpack_from(data, offset)
+        body_start = offset + FRAME.size
+        if length == 0 or length > MAX_RECORD or body_start + length > len(data):
+            yield Torn(offset, f"record length {length} runs past the end of the segment")
+            return
+        body = data[body_start : body_start + length]
+        if zlib.crc32(body) != crc:
+            yield Torn(offset, "record checksum does not match its contents")
+            return
+        kind = body[0]
+        raw = body[1:]
+        if kind & COMPRESSED:
+            raw = _decompressor.decompress(raw)
+            kind &= ~COMPRESSED
+        yield Record(
+            segment=path.name,
+            offset=offset,
+            end=body_start + length,
+            kind=kind,
+            payload=orjson.loads(raw),
+        )
+        offset = body_start + length

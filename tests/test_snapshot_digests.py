@@ -23,7 +23,7 @@ import orjson
 import pytest
 
 from nkdaemon.core.digest import ALGORITHM, DigestFold, digest_of
-from nkdaemon.repository.segments import FRAME, HEADER
+from nkdaemon.repository.log_format import FRAME, HEADER
 from nkdaemon.repository.snapshots import SnapshotInfo, list_snapshots, read_table
 from nkdaemon.runtime.config import Settings, load_settings
 from tests.helpers import do_drain, do_install, engine_for, logged, run_cli, write_config

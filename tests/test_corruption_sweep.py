@@ -330,12 +330,6 @@ def test_a_flipped_byte_in_a_snapshot_file_is_caught(
     _check(original, tmp_path, state, damages())
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="restore does not yet check a snapshot file's SHA-256 before using its rows "
-    "(branch `digests`, issue 10 defect 5): one flipped bit in a zstd literal can change a "
-    "value that still parses",
-)
 @pytest.mark.parametrize("state", STATES)
 def test_a_flipped_bit_in_the_newest_snapshot_is_caught(
     original: Original, tmp_path: Path, state: str

@@ -285,6 +285,8 @@ def test_writes_are_logged_within_a_second_and_health_and_metrics_report_it(
     assert code == 200 and json.loads(body) == {"ready": True, "reasons": []}
     status = daemon.status()
     assert status["state"] == "running" and status["pid"] == daemon.pid
+    # a quiet source: the log is known complete up to the last pass, not the last commit
+    wait_for(lambda: daemon.status().get("complete_through"), timeout=10, what="complete_through")
 
     # Writes after idle gaps of different lengths meet the daemon at every phase of its
     # loop (asleep, just woken, polling): each must be in the log within one second.

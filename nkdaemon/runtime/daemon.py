@@ -275,6 +275,7 @@ class Daemon:
             lag_seconds=lag,
             last_lsn=checkpoint.lsn,
             last_commit_time=checkpoint.commit_time,
+            complete_through=checkpoint.complete_through,  # as `status --json` says it
             log_bytes=self._session.log_store.size_bytes(),
         )
 

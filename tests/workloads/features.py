@@ -14,7 +14,11 @@ ID_FEATURES = frozenset(
     {"serial", "bigserial", "identity", "identity_always", "uuid", "autoincrement"}
     | {"text_pk", "composite_pk"}
 )
-KEY_FEATURES = frozenset({"unique_text", "unique_int", "composite_key", "fk_key", "declared_key"})
+# natural_fk_key: a key made of a foreign key to a table whose primary key is its natural
+# key (text or composite) plus a column
+KEY_FEATURES = frozenset(
+    {"unique_text", "unique_int", "composite_key", "fk_key", "natural_fk_key", "declared_key"}
+)
 REFERENCE_FEATURES = frozenset(
     {
         "nullable_fk",
@@ -37,8 +41,11 @@ WORKLOAD_FEATURES = frozenset(
     {"rename", "repoint", "delete", "delete_reinsert", "rollback", "snapshot_midway"}
 )
 # restore modes: (a) --create-schema into an empty database, (b) into a pre-seeded target,
-# (c) the same restore twice into one target, (d) --table of one table
-RESTORE_FEATURES = frozenset({"create_schema", "preseeded", "twice", "single_table"})
+# (c) the same restore twice into one target (twice_same_ids: and its ids stay as they
+# were), (d) --table of one table
+RESTORE_FEATURES = frozenset(
+    {"create_schema", "preseeded", "twice", "twice_same_ids", "single_table"}
+)
 ALL_FEATURES = SCHEMA_FEATURES | WORKLOAD_FEATURES | RESTORE_FEATURES
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import multiprocessing
 import random
 import time
-import traceback
+import traceback as tb
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -21,8 +21,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from nkdaemon.core.replay import natural_state
-from nkdaemon.sources.factory import open_source
-from nkdaemon.sources.registry import Registry
+from nkdaemon.sources.factory import make_engine, open_source
+from nkdaemon.sources.registry import Registry, reflect_registry
 from tests import pg
 from tests.helpers import engine_for, run_cli, settings_for
 from tests.workloads.schema import ForeignKey, Schema, Table, quote
@@ -53,14 +53,18 @@ def _child(pipe: Connection, config: str, args: tuple[str, ...]) -> None:
         result = run_cli(Path(config), *args)
         pipe.send((result.exit_code, result.output))
     except BaseException:  # reported to the parent, which fails the example
-        pipe.send((-1, traceback.format_exc()))
+        pipe.send((-1, tb.format_exc()))
 
 
-def restore(config: Path, args: tuple[str, ...], *, timeout: float) -> RestoreRun:
-    """``nkdaemon --config CONFIG restore ARGS`` in a forked child, killed after ``timeout``."""
+def restore(
+    config: Path, args: tuple[str, ...], *, timeout: float, traceback: bool = False
+) -> RestoreRun:
+    """``nkdaemon --config CONFIG restore ARGS`` in a forked child, killed after ``timeout``;
+    ``traceback``: with -vv, so that an unexpected error shows where it came from."""
     context = multiprocessing.get_context("fork")
     receiver, sender = context.Pipe(duplex=False)
-    child = context.Process(target=_child, args=(sender, str(config), ("restore", *args)))
+    command = ("-vv", "restore", *args) if traceback else ("restore", *args)
+    child = context.Process(target=_child, args=(sender, str(config), command))
     started = time.monotonic()
     child.start()
     sender.close()
@@ -185,6 +189,17 @@ def natural(url: str, registry: Registry, directory: Path) -> Content:
     finally:
         source.close()
     return natural_state(registry.tables, rows).comparable()
+
+
+def reflected(url: str, schema: Schema, directory: Path) -> Registry:
+    """The table specifications of a database whose schema nkdaemon made (--create-schema):
+    reflected from it, with the case's [tables] settings, as the source's were."""
+    directory.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings_for(directory, url, schema.config()).source)
+    try:
+        return reflect_registry(engine, settings_for(directory, url, schema.config()))
+    finally:
+        engine.dispose()
 
 
 # --- (b) a pre-seeded target ----------------------------------------------------------------

@@ -154,6 +154,10 @@ def _table_features(table: Table, schema: Schema) -> set[str]:
         found.add("keyless")
     else:
         found.add(_key_kind(table))
+        for fk in table.foreign_keys:
+            natural = schema.table(fk.ref_table).id_kind in ("text_pk", "composite_pk")
+            if natural and set(fk.columns) <= set(table.key):
+                found.add("natural_fk_key")
     if any(quoted(n) for n in (table.name, *(c.name for c in table.columns))):
         found.add("quoted_names")
     if table.declare_key:

@@ -92,7 +92,8 @@ class _Builder:
 
     def table(self, name: str) -> _Draft:
         kinds = [k for k in ("unique_text", "unique_int", "composite_key", "fk_key") if self.on(k)]
-        if not self.drafts or not self.on("not_null_fk"):
+        parents = [d for d in self.drafts if self.referable(d, in_key=True)]
+        if not parents or not self.on("not_null_fk"):
             kinds = [k for k in kinds if k != "fk_key"]
         key_kind = self.pick(kinds or ["unique_text"])
         ids = [k for k in ID_KINDS[self.dialect] if self.on(k)]
@@ -111,7 +112,7 @@ class _Builder:
             draft.primary_key = (draft.columns[0].name,)
         key: list[str] = []
         if key_kind == "fk_key":
-            parent = self.pick(self.drafts)
+            parent = self.pick(parents)
             on_delete = self.pick(["", "CASCADE"] if self.on("on_delete_cascade") else [""])
             key += self.reference(draft, parent, nullable=False, on_delete=on_delete)
         if key_kind in ("unique_text", "composite_key"):
@@ -193,7 +194,16 @@ class _Builder:
         options = [n for n, f in ((True, "nullable_fk"), (False, "not_null_fk")) if self.on(f)]
         return self.pick(options) if options else None
 
+    def referable(self, target: _Draft, *, in_key: bool = False) -> bool:
+        """Whether a foreign key to ``target`` (inside a natural key) uses only features on."""
+        if len(target.primary_key) > 1 and not self.on("composite_fk"):
+            return False
+        natural = target.id_kind in ("text_pk", "composite_pk")
+        return not (in_key and natural and not self.on("natural_fk_key"))
+
     def plain_reference(self, source: _Draft, target: _Draft) -> None:
+        if not self.referable(target):
+            return
         if any(fk.ref_table == target.name for fk in source.foreign_keys) and not self.on(
             "double_fk"
         ):
@@ -204,7 +214,7 @@ class _Builder:
 
     def back_reference(self, source: _Draft, target: _Draft) -> None:
         """A nullable foreign key that may close a cycle (or be a self-reference)."""
-        if self.on("nullable_fk"):
+        if self.on("nullable_fk") and self.referable(target):
             self.reference(source, target, nullable=True, on_delete=self.on_delete(True))
 
     def references(self, normal: list[_Draft]) -> None:

@@ -15,7 +15,7 @@ ID_FEATURES = frozenset(
     | {"text_pk", "composite_pk"}
 )
 # natural_fk_key: a key made of a foreign key to a table whose primary key is its natural
-# key (text or composite) plus a column
+# key (text or composite) plus a column; natural_fk: such a foreign key outside a key
 KEY_FEATURES = frozenset(
     {"unique_text", "unique_int", "composite_key", "fk_key", "natural_fk_key", "declared_key"}
 )
@@ -23,6 +23,7 @@ REFERENCE_FEATURES = frozenset(
     {
         "nullable_fk",
         "not_null_fk",
+        "natural_fk",
         "on_delete_cascade",
         "on_delete_set_null",
         "on_update_cascade",
@@ -31,7 +32,7 @@ REFERENCE_FEATURES = frozenset(
         "cycle2",
         "cycle3",
         "double_fk",
-        "self_ref_in_cycle",
+        "self_ref_in_cycle",  # a self-referencing table in a cycle, or referring to one
         "keyless",
         "quoted_names",
     }

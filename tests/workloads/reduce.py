@@ -116,10 +116,29 @@ def _without_table(tables: list[Table], gone: Table) -> list[Table] | None:
 
 def _fewer_tables(case: Case) -> Iterator[Case]:
     tables = list(case.schema.tables)
-    for gone in tables if len(tables) > 1 else ():
+    for index, gone in enumerate(tables if len(tables) > 1 else ()):
         kept = _without_table(tables, gone)
         if kept is not None:
-            yield _with_tables(case, kept)
+            yield _with_steps(_with_tables(case, kept), _steps_without(case, index))
+
+
+def _steps_without(case: Case, index: int) -> list[Step]:
+    """The workload's steps with the operations on table ``index`` left out and the others
+    pointed at the same tables as before."""
+    count = len(case.schema.tables)
+    steps: list[Step] = []
+    for step in case.workload.steps:
+        if not isinstance(step, Tx):
+            steps.append(step)
+            continue
+        ops = tuple(
+            dataclasses.replace(op, table=op.table % count - (op.table % count > index))
+            for op in step.ops
+            if op.table % count != index
+        )
+        if ops:
+            steps.append(Tx(ops=ops, commit=step.commit))
+    return steps
 
 
 def _fewer_references(case: Case) -> Iterator[Case]:

@@ -134,10 +134,24 @@ class Schema:
             found |= _table_features(table, self)
         cycles = [c for c in self.cycles() if len(c) > 1]
         found |= {"cycle2" if len(c) == 2 else "cycle3" for c in cycles}
-        in_cycle = {name for c in cycles for name in c}
-        if any(_self_referencing(t) and t.name in in_cycle for t in self.tables):
+        if any(_self_referencing(t) for t in self.tables if self.behind_cycle(t.name)):
             found.add("self_ref_in_cycle")
         return found
+
+    def behind_cycle(self, name: str) -> bool:
+        """Whether table ``name`` is in a cycle of references between tables, or refers
+        (through any chain) to a table that is: a restore can only insert it once the
+        cycle is broken."""
+        in_cycle = {n for c in self.cycles() if len(c) > 1 for n in c}
+        seen, todo = set(), [name]
+        while todo:
+            current = todo.pop()
+            if current in in_cycle:
+                return True
+            if current not in seen:
+                seen.add(current)
+                todo += [fk.ref_table for fk in self.table(current).foreign_keys]
+        return False
 
     def cycles(self) -> list[set[str]]:
         """Strongly connected components of the foreign-key graph (self-loops ignored)."""
@@ -155,9 +169,8 @@ def _table_features(table: Table, schema: Schema) -> set[str]:
     else:
         found.add(_key_kind(table))
         for fk in table.foreign_keys:
-            natural = schema.table(fk.ref_table).id_kind in ("text_pk", "composite_pk")
-            if natural and set(fk.columns) <= set(table.key):
-                found.add("natural_fk_key")
+            if schema.table(fk.ref_table).id_kind in ("text_pk", "composite_pk"):
+                found.add("natural_fk_key" if set(fk.columns) <= set(table.key) else "natural_fk")
     if any(quoted(n) for n in (table.name, *(c.name for c in table.columns))):
         found.add("quoted_names")
     if table.declare_key:

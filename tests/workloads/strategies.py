@@ -198,8 +198,9 @@ class _Builder:
         """Whether a foreign key to ``target`` (inside a natural key) uses only features on."""
         if len(target.primary_key) > 1 and not self.on("composite_fk"):
             return False
-        natural = target.id_kind in ("text_pk", "composite_pk")
-        return not (in_key and natural and not self.on("natural_fk_key"))
+        if target.id_kind not in ("text_pk", "composite_pk"):
+            return True
+        return self.on("natural_fk_key" if in_key else "natural_fk")
 
     def plain_reference(self, source: _Draft, target: _Draft) -> None:
         if not self.referable(target):
@@ -236,9 +237,8 @@ class _Builder:
 
     def self_references(self, normal: list[_Draft]) -> None:
         schema = _schema(self.dialect, normal)
-        in_cycle = {n for c in schema.cycles() if len(c) > 1 for n in c}
         for draft in normal:
-            inside = draft.name in in_cycle
+            inside = schema.behind_cycle(draft.name)
             wanted = (self.chance("self_ref_in_cycle", 0.6) if inside else False) or self.chance(
                 "self_reference", 0.25
             )

@@ -1,0 +1,58 @@
+"""The features generated cases may use, by name; a test switches some off.
+
+Schema features are what ``Schema.features()`` reports; workload and restore features are
+switched on or off in the strategies and the case runner. Every name a test passes in its
+set of disabled features must be one of these (``check_names``), so a typo cannot
+silently leave a feature on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+ID_FEATURES = frozenset(
+    {"serial", "bigserial", "identity", "identity_always", "uuid", "autoincrement"}
+    | {"text_pk", "composite_pk"}
+)
+# natural_fk_key: a key made of a foreign key to a table whose primary key is its natural
+# key (text or composite) plus a column; natural_fk: such a foreign key outside a key
+KEY_FEATURES = frozenset(
+    {"unique_text", "unique_int", "composite_key", "fk_key", "natural_fk_key", "declared_key"}
+)
+REFERENCE_FEATURES = frozenset(
+    {
+        "nullable_fk",
+        "not_null_fk",
+        "natural_fk",
+        "on_delete_cascade",
+        "on_delete_set_null",
+        "on_update_cascade",
+        "composite_fk",
+        "self_reference",
+        "cycle2",
+        "cycle3",
+        "double_fk",
+        "self_ref_in_cycle",  # a self-referencing table in a cycle, or referring to one
+        "keyless",
+        "quoted_names",
+    }
+)
+SCHEMA_FEATURES = ID_FEATURES | KEY_FEATURES | REFERENCE_FEATURES
+WORKLOAD_FEATURES = frozenset(
+    {"rename", "repoint", "delete", "delete_reinsert", "rollback", "snapshot_midway"}
+)
+# restore modes: (a) --create-schema into an empty database, (b) into a pre-seeded target,
+# (c) the same restore twice into one target (twice_same_ids: and its ids stay as they
+# were), (d) --table of one table
+RESTORE_FEATURES = frozenset(
+    {"create_schema", "preseeded", "twice", "twice_same_ids", "single_table"}
+)
+ALL_FEATURES = SCHEMA_FEATURES | WORKLOAD_FEATURES | RESTORE_FEATURES
+
+
+def check_names(names: Iterable[str]) -> frozenset[str]:
+    """``names`` as a frozenset, refusing any that is not a feature."""
+    chosen = frozenset(names)
+    unknown = chosen - ALL_FEATURES
+    assert not unknown, f"unknown features {sorted(unknown)}; known: {sorted(ALL_FEATURES)}"
+    return chosen

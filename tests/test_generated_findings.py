@@ -2,9 +2,9 @@
 
 Each case is the smallest that tests/workloads/reduce.py found for one distinct failure of
 the generated tests, written down as data (tests/workloads/FINDINGS.md shows each as SQL).
-Each test is xfail(strict=True), its reason saying what fails, until its defect is fixed:
+A test is xfail(strict=True), its reason saying what fails, until its defect is fixed:
 then it passes, the strict xfail fails, and whoever fixed it removes the mark here and the
-feature from KNOWN_BROKEN in test_generated_restore.py.
+feature from KNOWN_BROKEN in test_generated_restore.py. All but one are fixed now.
 """
 
 from __future__ import annotations
@@ -119,12 +119,6 @@ CYCLE_WITH_TWO_WAYS_OUT = Case(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Failure,
-    reason="restore planning never ends: _break_cycle defers an already deferred foreign key "
-    "again (issue 9 defect 2, also without a self-reference)",
-)
 def test_a_cycle_whose_first_table_has_two_nullable_references_plans(tmp_path: Path) -> None:
     reproduce(CYCLE_WITH_TWO_WAYS_OUT, tmp_path, expect="timeout", timeout=6)
 
@@ -199,12 +193,6 @@ SELF_REFERENCE_BEHIND_A_CYCLE = Case(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Failure,
-    reason="restore planning never ends: a self-referencing table that refers to a cycle "
-    "and sorts first (issue 9 defect 2, the table outside the cycle)",
-)
 def test_a_self_referencing_table_behind_a_cycle_plans(tmp_path: Path) -> None:
     reproduce(SELF_REFERENCE_BEHIND_A_CYCLE, tmp_path, expect="timeout", timeout=6)
 
@@ -249,12 +237,6 @@ KEY_WITH_A_TEXT_REFERENCE = Case(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Failure,
-    reason='unexpected _Unresolved: t1 {"code":"k1"} in validation (expectation.entity_key): '
-    "a natural key holding a foreign key to another table's natural (text) primary key",
-)
 def test_a_key_holding_a_reference_to_a_text_primary_key_restores(tmp_path: Path) -> None:
     reproduce(KEY_WITH_A_TEXT_REFERENCE, tmp_path, expect="_Unresolved", modes=())
 
@@ -295,12 +277,6 @@ REFERENCE_TO_A_TEXT_PRIMARY_KEY = Case(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Failure,
-    reason="snapshot t2: t2 refers to t1 {...}, which does not exist: a plain foreign key to "
-    "a text primary key",
-)
 def test_a_reference_to_a_text_primary_key_restores(tmp_path: Path) -> None:
     reproduce(REFERENCE_TO_A_TEXT_PRIMARY_KEY, tmp_path, expect="which does not exist", modes=())
 
@@ -348,22 +324,10 @@ TEXT_GENERATED_ID = Case(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Failure,
-    reason="unexpected KeyError: 'c1' in restore _address_of: a referenced table whose "
-    "generated id is not an integer (issue 9 defect 9, on SQLite too)",
-)
 def test_a_referenced_table_with_a_text_generated_id_restores(tmp_path: Path) -> None:
     reproduce(TEXT_GENERATED_ID, tmp_path, expect="KeyError", modes=())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Failure,
-    reason="--create-schema makes the TEXT id INTEGER PRIMARY KEY AUTOINCREMENT, then "
-    "validation fails: unexpected TypeError: unhashable type: 'dict' in _keys_of",
-)
 def test_a_referenced_table_with_a_text_generated_id_restores_with_create_schema(
     tmp_path: Path,
 ) -> None:
@@ -393,12 +357,6 @@ UUID_IDS = Case(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Failure,
-    reason="--create-schema drops the uuid default and restore draws no id: null value in "
-    'column "id" (issue 9 defects 8 and 9)',
-)
 def test_uuid_ids_restore_with_create_schema(tmp_path: Path, pg_pool: Pool) -> None:
     reproduce(UUID_IDS, tmp_path, expect="null value in column", pool=pg_pool)
 
@@ -520,12 +478,6 @@ FULL_ROW_WITH_A_NULL_DELETED = Case(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Failure,
-    reason="the log deletes a t2 row the target does not hold (issue 9 defect 3: a keyless "
-    "row with a NULL column)",
-)
 def test_a_keyless_row_with_a_null_column_can_be_deleted(tmp_path: Path) -> None:
     reproduce(FULL_ROW_WITH_A_NULL_DELETED, tmp_path, expect="the target does not hold")
 
@@ -550,12 +502,6 @@ FULL_ROWS_RESTORED_TWICE = Case(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Failure,
-    reason="the second restore inserts the keyless row again and validation refuses: "
-    "expected 1 rows, found 2 (issue 9 defects 3 and 6)",
-)
 def test_a_keyless_table_restored_twice_keeps_its_rows(tmp_path: Path) -> None:
     reproduce(
         FULL_ROWS_RESTORED_TWICE, tmp_path, expect="found 2", modes=("create_schema", "twice")
@@ -592,12 +538,6 @@ DELETED_AND_REINSERTED = Case(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Failure,
-    reason="the second restore gives the row a new id: 2 becomes 3 (issue 9 defect 6: a "
-    "restore into a target that already holds the state changes it)",
-)
 def test_restoring_twice_leaves_a_deleted_and_reinserted_row_alone(tmp_path: Path) -> None:
     modes = ("create_schema", "twice", "twice_same_ids")
     reproduce(DELETED_AND_REINSERTED, tmp_path, expect="changed rows", modes=modes)
@@ -635,12 +575,6 @@ RENAMED_ROW = Case(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Failure,
-    reason="the second restore fails: the target refused updates of t1: UNIQUE constraint "
-    "failed: t1.c2 (issue 9 defect 6)",
-)
 def test_restoring_a_renamed_row_twice_succeeds(tmp_path: Path) -> None:
     reproduce(RENAMED_ROW, tmp_path, expect="UNIQUE constraint failed", modes=("twice",))
 
@@ -693,11 +627,5 @@ CYCLE_RESTORED_TWICE = Case(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Failure,
-    reason="the second restore: t1: expected 2 rows, found 2 — different: {c2: 3} (issue 9 "
-    "defect 6, with a reference cycle)",
-)
 def test_restoring_a_cycle_twice_keeps_its_references(tmp_path: Path) -> None:
     reproduce(CYCLE_RESTORED_TWICE, tmp_path, expect="different", modes=("twice",))

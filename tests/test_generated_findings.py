@@ -4,7 +4,7 @@ Each case is the smallest that tests/workloads/reduce.py found for one distinct 
 the generated tests, written down as data (tests/workloads/FINDINGS.md shows each as SQL).
 A test is xfail(strict=True), its reason saying what fails, until its defect is fixed:
 then it passes, the strict xfail fails, and whoever fixed it removes the mark here and the
-feature from KNOWN_BROKEN in test_generated_restore.py. All but one are fixed now.
+feature from KNOWN_BROKEN in test_generated_restore.py. All are fixed now.
 """
 
 from __future__ import annotations
@@ -425,12 +425,6 @@ FULL_ROWS_WITH_A_COMPOSITE_REFERENCE = Case(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Failure,
-    reason="install crashes: TypeError: unhashable type: 'list' (a keyless table with a "
-    "composite foreign key)",
-)
 def test_install_takes_a_keyless_table_with_a_composite_reference(tmp_path: Path) -> None:
     reproduce(FULL_ROWS_WITH_A_COMPOSITE_REFERENCE, tmp_path, expect="unhashable type")
 

@@ -106,7 +106,8 @@ class Translator:
     def finish(self) -> list[ChangeEvent]:
         """End the transaction: resolve late references, forget deleted rows."""
         events = [self._complete(e) if isinstance(e, _Unfinished) else e for e in self._buffer]
-        for table, sid in self._tombstones:
+        for table, sid in self._tombstones:  # a composite id is kept as a tuple here
+            sid = list(sid) if isinstance(sid, tuple) else sid
             self._index.delete(table, sid)
         self._tombstones.clear()
         self._buffer.clear()
@@ -173,13 +174,13 @@ class Translator:
     # --- keys ------------------------------------------------------------------------
 
     def _put(self, number: int, sid: Sid, shallow: ShallowKey) -> None:
-        self._tombstones.pop((number, sid), None)
+        self._tombstones.pop((number, _hashable(sid)), None)
         self._index.put(number, sid, shallow)
         self._invalidate(number, sid)
 
     def _forget(self, number: int, sid: Sid, shallow: ShallowKey | None) -> None:
         if shallow is not None:
-            self._tombstones[(number, sid)] = shallow
+            self._tombstones[(number, _hashable(sid))] = shallow
         self._invalidate(number, sid)
 
     def _invalidate(self, number: int, sid: Sid) -> None:
@@ -241,7 +242,7 @@ class Translator:
         resolved = self._resolved.get(cache_key)
         if resolved is not None:
             return resolved
-        shallow = self._tombstones.get((value.table, value.sid))
+        shallow = self._tombstones.get((value.table, _hashable(value.sid)))
         cacheable = shallow is None  # a row deleted in this transaction is not kept
         if shallow is None:
             shallow = self._index.get(value.table, value.sid)

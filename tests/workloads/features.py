@@ -43,9 +43,16 @@ WORKLOAD_FEATURES = frozenset(
 )
 # restore modes: (a) --create-schema into an empty database, (b) into a pre-seeded target,
 # (c) the same restore twice into one target (twice_same_ids: and its ids stay as they
-# were), (d) --table of one table
+# were), (d) --table of one table that drifted (single_table) or was emptied
+# (single_table_empty). matched_deferred: targets of (b) and (d) also hold rows of tables
+# that refer to themselves or sit in a cycle, which the restore must match.
+# single_table_references: (d) may pick a table that refers to others. preseeded_renamed:
+# (b) also seeds rows whose natural key changed after install (the target holds the later
+# key; the log renames onto it).
 RESTORE_FEATURES = frozenset(
-    {"create_schema", "preseeded", "twice", "twice_same_ids", "single_table"}
+    {"create_schema", "preseeded", "preseeded_renamed", "matched_deferred", "twice"}
+    | {"twice_same_ids"}
+    | {"single_table", "single_table_empty", "single_table_references"}
 )
 ALL_FEATURES = SCHEMA_FEATURES | WORKLOAD_FEATURES | RESTORE_FEATURES
 

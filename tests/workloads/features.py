@@ -57,9 +57,22 @@ RESTORE_FEATURES = frozenset(
 ALL_FEATURES = SCHEMA_FEATURES | WORKLOAD_FEATURES | RESTORE_FEATURES
 
 
+DIALECTS = ("postgresql", "sqlite")
+
+
 def check_names(names: Iterable[str]) -> frozenset[str]:
-    """``names`` as a frozenset, refusing any that is not a feature."""
+    """``names`` as a frozenset, refusing any that is not a feature; ``feature@dialect``
+    names a feature off on one dialect only."""
     chosen = frozenset(names)
-    unknown = chosen - ALL_FEATURES
+    unknown = {
+        n
+        for n in chosen
+        if n.partition("@")[0] not in ALL_FEATURES or n.partition("@")[2] not in ("", *DIALECTS)
+    }
     assert not unknown, f"unknown features {sorted(unknown)}; known: {sorted(ALL_FEATURES)}"
     return chosen
+
+
+def for_dialect(names: Iterable[str], dialect: str) -> frozenset[str]:
+    """The features of ``names`` that are off on ``dialect``."""
+    return frozenset(n.partition("@")[0] for n in names if n.partition("@")[2] in ("", dialect))

@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
+from hypothesis.database import DirectoryBasedExampleDatabase
 
 from tests.workloads.case import Case, literal, run_case
 from tests.workloads.features import check_names, for_dialect
@@ -82,6 +83,7 @@ class Profile:
     settings: settings
 
 
+DEEP_DB = os.environ.get("NKD_HYPOTHESIS_DB", str(Path(tempfile.gettempdir()) / "nkd-hypothesis"))
 BASE = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
@@ -89,9 +91,17 @@ BASE = settings(
 )
 PROFILES = {
     # CI: the same examples every run (derandomize), the module well under two minutes
-    "ci": Profile(8, 16, 3, 8, 60, settings(BASE, derandomize=True)),
-    # looking for defects: new examples every run, each distinct failure shrunk and reported
-    "deep": Profile(200, 400, 0, 16, 60, settings(BASE, report_multiple_bugs=True)),
+    "ci": Profile(6, 16, 3, 8, 60, settings(BASE, derandomize=True, database=None)),
+    # looking for defects: new examples every run, each distinct failure shrunk and reported;
+    # failures are kept outside the checkout and replayed first by the next deep run
+    "deep": Profile(
+        200,
+        400,
+        0,
+        16,
+        60,
+        settings(BASE, report_multiple_bugs=True, database=DirectoryBasedExampleDatabase(DEEP_DB)),
+    ),
 }
 PROFILE = PROFILES[os.environ.get("NKD_HYPOTHESIS_PROFILE", "ci")]
 TIMEOUT_MARK = pytest.mark.timeout(0 if PROFILE is PROFILES["deep"] else 300)

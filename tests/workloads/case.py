@@ -44,7 +44,7 @@ from tests.workloads.restoring import (
     without_locator,
 )
 from tests.workloads.schema import Schema
-from tests.workloads.workload import Application, Marker, Op, Workload, describe
+from tests.workloads.workload import Application, Marker, Workload, describe
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -367,9 +367,9 @@ def _next_insert(run: _Run, url: str) -> None:
     try:
         with engine.connect() as conn, conn.begin() as tx:
             app = Application(schema=run.schema, conn=conn, counter=10**6)
-            for number, table in enumerate(run.schema.tables):
+            for table in run.schema.tables:
                 try:
-                    app._insert(table, Op(kind="insert", table=number, pick=1, other=1))
+                    app.insert_new(table)
                 except sa.exc.DBAPIError as exc:
                     raise failure(
                         "b preseeded", "next-insert", f"{table.name}: {exc}", table.id_kind

@@ -193,6 +193,11 @@ class Application:
         target = targets[choice % len(targets)]
         return True, {c: target[r] for c, r in zip(fk.columns, fk.ref_columns, strict=True)}
 
+    def insert_new(self, table: Table) -> bool:
+        """One row with fresh key values, referring to existing rows (False: there were
+        none to refer to)."""
+        return self._insert(table, Op(kind="insert", table=0, pick=1, other=1))
+
     # --- operations (each says whether it did something) ----------------------------------
 
     def _insert(self, table: Table, op: Op) -> bool:

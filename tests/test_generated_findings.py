@@ -361,6 +361,42 @@ def test_uuid_ids_restore_with_create_schema(tmp_path: Path, pg_pool: Pool) -> N
     reproduce(UUID_IDS, tmp_path, expect="null value in column", pool=pg_pool)
 
 
+# PostgreSQL: t3 (c1 integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY, c2 UNIQUE): a row
+# before install, one inserted after; restore into the application's schema.
+GENERATED_ALWAYS = Case(
+    schema=Schema(
+        dialect="postgresql",
+        tables=(
+            Table(
+                name="t3",
+                id_kind="identity_always",
+                columns=(
+                    Column(name="c1", kind="int", nullable=False),
+                    Column(name="c2", kind="int", nullable=False),
+                ),
+                primary_key=("c1",),
+                key=("c2",),
+                plain_key=("c2",),
+                unique=("c2",),
+            ),
+        ),
+    ),
+    workload=Workload(
+        seed_rows=1, steps=(Tx(ops=(Op(kind="insert", table=0),)), Marker(kind="instant"))
+    ),
+)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=Failure,
+    reason="replaying a logged insert: unexpected GeneratedAlways: cannot insert a non-DEFAULT "
+    'value into column "c1" (issue 9 defect 9)',
+)
+def test_generated_always_ids_restore(tmp_path: Path, pg_pool: Pool) -> None:
+    reproduce(GENERATED_ALWAYS, tmp_path, expect="GeneratedAlways", modes=(), pool=pg_pool)
+
+
 # --- install -----------------------------------------------------------------------------------
 
 # t3 (identity = "full", no primary key) refers through a composite foreign key to t2, whose
@@ -623,3 +659,182 @@ CYCLE_RESTORED_TWICE = Case(
 
 def test_restoring_a_cycle_twice_keeps_its_references(tmp_path: Path) -> None:
     reproduce(CYCLE_RESTORED_TWICE, tmp_path, expect="different", modes=("twice",))
+
+
+# --- a pre-seeded target ---------------------------------------------------------------------
+
+# t1 (id, c2, c3, c4 -> t1 nullable, UNIQUE (c2, c3)): two rows, the second pointing at the
+# first. The target holds the same rows (other ids), the second with its reference not set
+# yet; the restore matches it and leaves the reference NULL.
+PRESEEDED_SELF_REFERENCE = Case(
+    schema=Schema(
+        dialect="sqlite",
+        tables=(
+            Table(
+                name="t1",
+                id_kind="serial",
+                columns=(
+                    Column(name="c1", kind="int", nullable=False),
+                    Column(name="c2", kind="text", nullable=False),
+                    Column(name="c3", kind="int", nullable=False),
+                    Column(name="c4", kind="int"),
+                ),
+                primary_key=("c1",),
+                key=("c2", "c3"),
+                plain_key=("c2", "c3"),
+                unique=("c2", "c3"),
+                foreign_keys=(
+                    ForeignKey(columns=("c4",), ref_table="t1", ref_columns=("c1",), nullable=True),
+                ),
+            ),
+        ),
+    ),
+    workload=Workload(
+        seed_rows=1,
+        steps=(
+            Tx(ops=(Op(kind="insert", table=0, other=26),)),
+            Marker(kind="snapshot"),
+            Marker(kind="instant"),
+        ),
+    ),
+    seed=185,
+)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=Failure,
+    reason="t1: expected 2 rows, found 2 — different: the matched row's self-reference is "
+    "not set (issue 9 defect 4)",
+)
+def test_a_preseeded_self_referencing_row_gets_its_parent(tmp_path: Path) -> None:
+    modes = ("preseeded", "matched_deferred")
+    reproduce(PRESEEDED_SELF_REFERENCE, tmp_path, expect="different", modes=modes)
+
+
+# t2 (id, c2 UNIQUE): three rows; after install one is renamed. The target was seeded with
+# some of the rows as they are at the instant, the renamed one under its new key: the
+# restore inserts the old key from the snapshot and replays the rename onto the new one.
+PRESEEDED_UNDER_THE_NEW_KEY = Case(
+    schema=Schema(
+        dialect="sqlite",
+        tables=(
+            Table(
+                name="t1",
+                id_kind="serial",
+                columns=(
+                    Column(name="c1", kind="int", nullable=False),
+                    Column(name="c2", kind="int", nullable=False),
+                ),
+                primary_key=("c1",),
+                key=("c2",),
+                plain_key=("c2",),
+                unique=("c2",),
+            ),
+            Table(
+                name="t2",
+                id_kind="serial",
+                columns=(
+                    Column(name="c1", kind="int", nullable=False),
+                    Column(name="c2", kind="int", nullable=False),
+                ),
+                primary_key=("c1",),
+                key=("c2",),
+                plain_key=("c2",),
+                unique=("c2",),
+            ),
+        ),
+    ),
+    workload=Workload(
+        seed_rows=3, steps=(Tx(ops=(Op(kind="rename", table=1),)), Marker(kind="instant"))
+    ),
+    seed=1592,
+)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=Failure,
+    reason="the target refused updates of t2: UNIQUE constraint failed: t2.c2 (a pre-seeded "
+    "row already under the key the log renames to; issue 9 defect 6's shape)",
+)
+def test_a_preseeded_row_under_its_renamed_key_is_matched(tmp_path: Path) -> None:
+    modes = ("preseeded", "preseeded_renamed")
+    reproduce(PRESEEDED_UNDER_THE_NEW_KEY, tmp_path, expect="UNIQUE constraint", modes=modes)
+
+
+# --- one table -------------------------------------------------------------------------------
+
+# t1 (id, c2 UNIQUE); t2 (id, c2 -> t1, c3, UNIQUE (c2, c3)); t4 (id, c2 UNIQUE, c3 -> t2).
+# One row each; after the snapshot t2's row is renamed (c3 2 -> 3). The target holds the
+# whole instant except t4, emptied; restore --table t4 looks for t2 under its old key.
+REFERENCED_ROW_RENAMED = Case(
+    schema=Schema(
+        dialect="sqlite",
+        tables=(
+            Table(
+                name="t1",
+                id_kind="serial",
+                columns=(
+                    Column(name="c1", kind="int", nullable=False),
+                    Column(name="c2", kind="int", nullable=False),
+                ),
+                primary_key=("c1",),
+                key=("c2",),
+                plain_key=("c2",),
+                unique=("c2",),
+            ),
+            Table(
+                name="t2",
+                id_kind="serial",
+                columns=(
+                    Column(name="c1", kind="int", nullable=False),
+                    Column(name="c2", kind="int", nullable=False),
+                    Column(name="c3", kind="int", nullable=False),
+                ),
+                primary_key=("c1",),
+                key=("c2", "c3"),
+                plain_key=("c3",),
+                unique=("c2", "c3"),
+                foreign_keys=(
+                    ForeignKey(
+                        columns=("c2",), ref_table="t1", ref_columns=("c1",), nullable=False
+                    ),
+                ),
+            ),
+            Table(
+                name="t4",
+                id_kind="serial",
+                columns=(
+                    Column(name="c1", kind="int", nullable=False),
+                    Column(name="c2", kind="text", nullable=False),
+                    Column(name="c3", kind="int", nullable=False),
+                ),
+                primary_key=("c1",),
+                key=("c2",),
+                plain_key=("c2",),
+                unique=("c2",),
+                foreign_keys=(
+                    ForeignKey(
+                        columns=("c3",), ref_table="t2", ref_columns=("c1",), nullable=False
+                    ),
+                ),
+            ),
+        ),
+    ),
+    workload=Workload(
+        seed_rows=1, steps=(Tx(ops=(Op(kind="rename", table=1),)), Marker(kind="instant"))
+    ),
+    seed=1071,
+)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=Failure,
+    reason="t4 refers to t2 {...}, which neither the backup nor the target holds: the target "
+    "holds it, renamed after the snapshot (issue 9 defect 5)",
+)
+def test_one_table_restores_when_the_row_it_refers_to_was_renamed(tmp_path: Path) -> None:
+    modes = ("single_table_empty", "single_table_references")
+    reproduce(REFERENCED_ROW_RENAMED, tmp_path, expect="neither the backup", modes=modes)

@@ -32,6 +32,7 @@ from tests.workloads.restoring import (
     Pool,
     Raw,
     RestoreRun,
+    deferring_tables,
     drift,
     execute,
     natural,
@@ -39,10 +40,11 @@ from tests.workloads.restoring import (
     reflected,
     restore,
     seed,
+    unreferenced_tables,
     without_locator,
 )
 from tests.workloads.schema import Schema
-from tests.workloads.workload import Application, Marker, Op, Workload, describe
+from tests.workloads.workload import Application, Marker, Workload, describe
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,6 +103,7 @@ class Instant:
     moment: datetime
     content: Content
     raw: Raw
+    renamed: frozenset[tuple[str, tuple[object, ...]]]  # Application.renamed then
 
 
 @dataclass
@@ -197,7 +200,7 @@ def _steps(run: _Run, app: Application, source: str, drain: Callable[[], object]
         if not isinstance(step, Marker):
             app.transaction(step)
         elif step.kind == "instant":
-            instants.append(_instant(run, source, len(instants), drain))
+            instants.append(_instant(run, source, len(instants), drain, app))
         elif step.kind == "snapshot":
             out = run_cli(run.config, "snapshot")
             if out.exit_code != 0:
@@ -207,7 +210,9 @@ def _steps(run: _Run, app: Application, source: str, drain: Callable[[], object]
     return instants
 
 
-def _instant(run: _Run, source: str, number: int, drain: Callable[[], object]) -> Instant:
+def _instant(
+    run: _Run, source: str, number: int, drain: Callable[[], object], app: Application
+) -> Instant:
     """The source's content now, read after the last commit; on SQLite a drain pass closes
     the log transaction here (see docs/FORMAT.md), and the clock leaves the millisecond."""
     assert run.registry is not None and run.settings is not None
@@ -220,7 +225,9 @@ def _instant(run: _Run, source: str, number: int, drain: Callable[[], object]) -
     if sqlite:
         leave_millisecond(moment)
     run.report.instants += 1
-    return Instant(number=number, moment=moment, content=content, raw=raw)
+    return Instant(
+        number=number, moment=moment, content=content, raw=raw, renamed=frozenset(app.renamed)
+    )
 
 
 # --- restoring an instant ----------------------------------------------------------------------
@@ -239,30 +246,69 @@ def _check_instant(run: _Run, instant: Instant, *, latest: bool) -> None:
     --at would be refused as past the last commit (issue 10), so restore --latest."""
     rng = random.Random(run.case.seed * 1000 + instant.number)
     at = ("--latest",) if latest else ("--at", instant.moment.isoformat())
-    if run.on("create_schema"):
-        mode, url = "a create-schema", run.databases.new("a")
-        _restore(run, mode, instant, ("--target", url, *at, "--create-schema"))
-    else:
-        mode, url = "a empty", run.databases.new("a")
-        execute(url, run.schema.ddl())
-        _restore(run, mode, instant, ("--target", url, *at))
+    url = _restore_into_empty(run, instant, at)
     if run.on("twice"):
-        before = raw_rows(url, run.schema)
-        _restore(run, "c twice", instant, ("--target", url, *at))
-        after = raw_rows(url, run.schema)
-        changed = _changed_rows(without_locator(before), without_locator(after))
-        if run.on("twice_same_ids") and changed:
-            raise failure("c twice", "changed", f"the second restore changed rows: {changed}")
-    if run.on("single_table"):
-        table = rng.choice(run.schema.tables)
-        drift(url, run.schema, table, rng)
-        _restore(run, "d --table", instant, ("--target", url, *at, "--table", table.name))
+        _restore_twice(run, instant, at, url)
+    if run.on("single_table") or run.on("single_table_empty"):
+        _restore_one_table(run, instant, at, url, rng)
     if run.on("preseeded"):
         url = run.databases.new("b")
         execute(url, run.schema.ddl())
-        seed(url, run.schema, instant.raw, rng)
+        seed(
+            url,
+            run.schema,
+            instant.raw,
+            rng,
+            deferred=run.on("matched_deferred"),
+            renamed=set() if run.on("preseeded_renamed") else instant.renamed,
+        )
         _restore(run, "b preseeded", instant, ("--target", url, *at))
         _next_insert(run, url)
+
+
+def _restore_into_empty(run: _Run, instant: Instant, at: tuple[str, ...]) -> str:
+    """(a): into an empty database, with --create-schema (or the application's schema)."""
+    url = run.databases.new("a")
+    if run.on("create_schema"):
+        _restore(run, "a create-schema", instant, ("--target", url, *at, "--create-schema"))
+    else:
+        execute(url, run.schema.ddl())
+        _restore(run, "a empty", instant, ("--target", url, *at))
+    return url
+
+
+def _restore_twice(run: _Run, instant: Instant, at: tuple[str, ...], url: str) -> None:
+    """(c): the same restore again into (a)'s target, which holds the instant already."""
+    before = raw_rows(url, run.schema)
+    _restore(run, "c twice", instant, ("--target", url, *at))
+    after = raw_rows(url, run.schema)
+    changed = _changed_rows(without_locator(before), without_locator(after))
+    if run.on("twice_same_ids") and changed:
+        raise failure("c twice", "changed", f"the second restore changed rows: {changed}")
+
+
+def _restore_one_table(
+    run: _Run, instant: Instant, at: tuple[str, ...], url: str, rng: random.Random
+) -> None:
+    """(d): --table of one table of (a)'s target, after that table drifted from the
+    instant (single_table), or was emptied (single_table_empty: only a table no other
+    table's rows refer to). Not a table that refers to itself or sits in a cycle unless
+    matched_deferred is on, nor one with references unless single_table_references is."""
+    deferring = set() if run.on("matched_deferred") else deferring_tables(run.schema)
+    if not run.on("single_table_references"):
+        deferring |= {t.name for t in run.schema.tables if t.foreign_keys}
+    if run.on("single_table"):
+        choices = [t for t in run.schema.tables if t.name not in deferring]
+        empty = False
+    else:
+        free = unreferenced_tables(url, run.schema)
+        choices = [t for t in run.schema.tables if t.name in free and t.name not in deferring]
+        empty = True
+    if not choices:
+        return
+    table = rng.choice(choices)
+    drift(url, run.schema, table, rng, empty=empty)
+    _restore(run, "d --table", instant, ("--target", url, *at, "--table", table.name))
 
 
 def _changed_rows(before: Raw, after: Raw) -> str:
@@ -321,9 +367,9 @@ def _next_insert(run: _Run, url: str) -> None:
     try:
         with engine.connect() as conn, conn.begin() as tx:
             app = Application(schema=run.schema, conn=conn, counter=10**6)
-            for number, table in enumerate(run.schema.tables):
+            for table in run.schema.tables:
                 try:
-                    app._insert(table, Op(kind="insert", table=number, pick=1, other=1))
+                    app.insert_new(table)
                 except sa.exc.DBAPIError as exc:
                     raise failure(
                         "b preseeded", "next-insert", f"{table.name}: {exc}", table.id_kind

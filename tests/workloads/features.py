@@ -43,16 +43,36 @@ WORKLOAD_FEATURES = frozenset(
 )
 # restore modes: (a) --create-schema into an empty database, (b) into a pre-seeded target,
 # (c) the same restore twice into one target (twice_same_ids: and its ids stay as they
-# were), (d) --table of one table
+# were), (d) --table of one table that drifted (single_table) or was emptied
+# (single_table_empty). matched_deferred: targets of (b) and (d) also hold rows of tables
+# that refer to themselves or sit in a cycle, which the restore must match.
+# single_table_references: (d) may pick a table that refers to others. preseeded_renamed:
+# (b) also seeds rows whose natural key changed after install (the target holds the later
+# key; the log renames onto it).
 RESTORE_FEATURES = frozenset(
-    {"create_schema", "preseeded", "twice", "twice_same_ids", "single_table"}
+    {"create_schema", "preseeded", "preseeded_renamed", "matched_deferred", "twice"}
+    | {"twice_same_ids"}
+    | {"single_table", "single_table_empty", "single_table_references"}
 )
 ALL_FEATURES = SCHEMA_FEATURES | WORKLOAD_FEATURES | RESTORE_FEATURES
 
 
+DIALECTS = ("postgresql", "sqlite")
+
+
 def check_names(names: Iterable[str]) -> frozenset[str]:
-    """``names`` as a frozenset, refusing any that is not a feature."""
+    """``names`` as a frozenset, refusing any that is not a feature; ``feature@dialect``
+    names a feature off on one dialect only."""
     chosen = frozenset(names)
-    unknown = chosen - ALL_FEATURES
+    unknown = {
+        n
+        for n in chosen
+        if n.partition("@")[0] not in ALL_FEATURES or n.partition("@")[2] not in ("", *DIALECTS)
+    }
     assert not unknown, f"unknown features {sorted(unknown)}; known: {sorted(ALL_FEATURES)}"
     return chosen
+
+
+def for_dialect(names: Iterable[str], dialect: str) -> frozenset[str]:
+    """The features of ``names`` that are off on ``dialect``."""
+    return frozenset(n.partition("@")[0] for n in names if n.partition("@")[2] in ("", dialect))

@@ -12,7 +12,7 @@ import multiprocessing
 import random
 import time
 import traceback as tb
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -205,17 +205,47 @@ def reflected(url: str, schema: Schema, directory: Path) -> Registry:
 # --- (b) a pre-seeded target ----------------------------------------------------------------
 
 
-def seed(url: str, schema: Schema, rows: Raw, rng: random.Random) -> int:
+def seed(
+    url: str,
+    schema: Schema,
+    rows: Raw,
+    rng: random.Random,
+    *,
+    deferred: bool = True,
+    renamed: Collection[tuple[str, tuple[Any, ...]]] = (),
+) -> int:
     """Some of the rows of ``rows`` (the source at the instant) into ``url``, which holds
     the application's schema: in reverse order, with other generated ids, and now and then
     with an older payload or a reference not set yet, which the restore must put right.
-    Returns how many rows were seeded."""
+    ``deferred``: seed rows of tables that refer to themselves or sit in a reference cycle
+    too (the restore loads their references after the rows). ``renamed``: rows (by table
+    and primary key) not to seed, nor any whose key refers to them. Returns how many rows
+    were seeded."""
+    skip = set() if deferred else deferring_tables(schema)
+    chosen = {
+        t.name: [
+            r for r in rows[t.name] if t.name not in skip and (t.name, _pk(t, r)) not in renamed
+        ]
+        for t in schema.tables
+    }
     engine = engine_for(url)
     try:
         with engine.begin() as conn:
-            return _Seeder(schema, conn, rng).run(rows)
+            return _Seeder(schema, conn, rng).run(chosen)
     finally:
         engine.dispose()
+
+
+def _pk(table: Table, row: Row) -> tuple[Any, ...]:
+    return tuple(row[c] for c in table.primary_key)
+
+
+def deferring_tables(schema: Schema) -> set[str]:
+    """Tables whose references a restore loads after the rows: ones that refer to
+    themselves or sit in a cycle."""
+    in_cycle = {n for c in schema.cycles() if len(c) > 1 for n in c}
+    referring = {t.name for t in schema.tables for fk in t.foreign_keys if fk.ref_table == t.name}
+    return in_cycle | referring
 
 
 class _Seeder:
@@ -298,12 +328,15 @@ class _Seeder:
 # --- (d) a target where one table has drifted -------------------------------------------------
 
 
-def drift(url: str, schema: Schema, table: Table, rng: random.Random) -> int:
+def drift(url: str, schema: Schema, table: Table, rng: random.Random, *, empty: bool) -> int:
     """Change ``table`` in a target that holds the instant's state: other payloads,
-    references unset, rows that nothing refers to deleted. Returns how many rows changed."""
+    references unset, rows that nothing refers to deleted; or (``empty``) delete all its
+    rows. Returns how many rows changed."""
     engine = engine_for(url)
     try:
         with engine.begin() as conn:
+            if empty:
+                return conn.exec_driver_sql(f"DELETE FROM {quote(table.name)}").rowcount
             app = Application(schema=schema, conn=conn)
             referenced = _referenced(app, table)
             changed = 0
@@ -312,6 +345,18 @@ def drift(url: str, schema: Schema, table: Table, rng: random.Random) -> int:
             return changed
     finally:
         engine.dispose()
+
+
+def unreferenced_tables(url: str, schema: Schema) -> set[str]:
+    """Tables none of whose rows another table's rows refer to (they can be emptied)."""
+    rows = raw_rows(url, schema)
+    used = {
+        fk.ref_table
+        for t in schema.tables
+        for fk in t.foreign_keys
+        if fk.ref_table != t.name and any(r[fk.columns[0]] is not None for r in rows[t.name])
+    }
+    return {t.name for t in schema.tables} - used
 
 
 def _referenced(app: Application, table: Table) -> set[tuple[Any, ...]]:

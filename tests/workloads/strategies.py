@@ -297,7 +297,11 @@ def operations(disabled: Collection[str]) -> list[str]:
 
 @st.composite
 def workloads(
-    draw: Draw[Any], disabled: Collection[str] = frozenset(), *, max_steps: int = 8
+    draw: Draw[Any],
+    disabled: Collection[str] = frozenset(),
+    *,
+    min_steps: int = 0,
+    max_steps: int = 8,
 ) -> Workload:
     op = st.builds(
         Op,
@@ -310,14 +314,19 @@ def workloads(
     tx = st.builds(Tx, ops=st.lists(op, min_size=1, max_size=3).map(tuple), commit=commit)
     markers = ["instant", "drain"] + ([] if "snapshot_midway" in disabled else ["snapshot"])
     step = st.one_of(tx, st.sampled_from(markers).map(lambda kind: Marker(kind=kind)))
-    steps = draw(st.lists(step, max_size=max_steps))
+    steps = draw(st.lists(step, min_size=min_steps, max_size=max_steps))
     return Workload(seed_rows=draw(st.integers(0, 3)), steps=(*steps, Marker(kind="instant")))
 
 
 @st.composite
 def cases(
-    draw: Draw[Any], dialect: str, disabled: Collection[str] = frozenset(), *, max_steps: int = 8
+    draw: Draw[Any],
+    dialect: str,
+    disabled: Collection[str] = frozenset(),
+    *,
+    min_steps: int = 0,
+    max_steps: int = 8,
 ) -> Case:
     schema = draw(schemas(dialect, disabled).filter(lambda s: allowed(s, disabled)))
-    workload = draw(workloads(disabled, max_steps=max_steps))
+    workload = draw(workloads(disabled, min_steps=min_steps, max_steps=max_steps))
     return Case(schema=schema, workload=workload, seed=draw(st.integers(0, 2**16)))

@@ -387,12 +387,6 @@ GENERATED_ALWAYS = Case(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Failure,
-    reason="replaying a logged insert: unexpected GeneratedAlways: cannot insert a non-DEFAULT "
-    'value into column "c1" (issue 9 defect 9)',
-)
 def test_generated_always_ids_restore(tmp_path: Path, pg_pool: Pool) -> None:
     reproduce(GENERATED_ALWAYS, tmp_path, expect="GeneratedAlways", modes=(), pool=pg_pool)
 
@@ -701,12 +695,6 @@ PRESEEDED_SELF_REFERENCE = Case(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Failure,
-    reason="t1: expected 2 rows, found 2 — different: the matched row's self-reference is "
-    "not set (issue 9 defect 4)",
-)
 def test_a_preseeded_self_referencing_row_gets_its_parent(tmp_path: Path) -> None:
     modes = ("preseeded", "matched_deferred")
     reproduce(PRESEEDED_SELF_REFERENCE, tmp_path, expect="different", modes=modes)
@@ -752,12 +740,6 @@ PRESEEDED_UNDER_THE_NEW_KEY = Case(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Failure,
-    reason="the target refused updates of t2: UNIQUE constraint failed: t2.c2 (a pre-seeded "
-    "row already under the key the log renames to; issue 9 defect 6's shape)",
-)
 def test_a_preseeded_row_under_its_renamed_key_is_matched(tmp_path: Path) -> None:
     modes = ("preseeded", "preseeded_renamed")
     reproduce(PRESEEDED_UNDER_THE_NEW_KEY, tmp_path, expect="UNIQUE constraint", modes=modes)
@@ -829,12 +811,6 @@ REFERENCED_ROW_RENAMED = Case(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Failure,
-    reason="t4 refers to t2 {...}, which neither the backup nor the target holds: the target "
-    "holds it, renamed after the snapshot (issue 9 defect 5)",
-)
 def test_one_table_restores_when_the_row_it_refers_to_was_renamed(tmp_path: Path) -> None:
     modes = ("single_table_empty", "single_table_references")
     reproduce(REFERENCED_ROW_RENAMED, tmp_path, expect="neither the backup", modes=modes)

@@ -14,8 +14,10 @@ import sqlalchemy as sa
 from click.testing import CliRunner, Result
 
 from nkdaemon.cli import cli
-from nkdaemon.core.replay import NaturalState, natural_state
-from nkdaemon.repository.reader import LoggedTransaction, LogMarker, read_log
+from nkdaemon.core.fold import LogFold
+from nkdaemon.core.log import LoggedTransaction, LogMarker
+from nkdaemon.core.replay import natural_state
+from nkdaemon.repository.reader import read_log
 from nkdaemon.runtime.config import Settings, load_settings
 from nkdaemon.runtime.session import Session
 from nkdaemon.services.drain import DrainResult
@@ -97,10 +99,10 @@ def logged(settings: Settings) -> list[LoggedTransaction]:
 
 def markers(settings: Settings) -> list[LogMarker]:
     with Session(settings, writer=False) as s:
-        return [t for t in read_log(s.log_store) if isinstance(t, LogMarker)]
+        return [t for t in read_log(s.log_store) if not isinstance(t, LoggedTransaction)]
 
 
-def truth(settings: Settings) -> NaturalState:
+def truth(settings: Settings) -> LogFold:
     """The source's current content by natural key."""
     with Session(settings, writer=False) as s:
         tables = dict(load_registry(s.engine, settings, s.source).tables)
@@ -108,9 +110,7 @@ def truth(settings: Settings) -> NaturalState:
     return natural_state(tables, rows)
 
 
-def replayed(
-    settings: Settings, baseline: NaturalState, *, upto_lsn: int | None = None
-) -> NaturalState:
+def replayed(settings: Settings, baseline: LogFold, *, upto_lsn: int | None = None) -> LogFold:
     """The baseline with the log applied (a copy; the baseline is left as it was)."""
     state = baseline.copy()
     for tx in logged(settings):

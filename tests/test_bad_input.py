@@ -81,7 +81,7 @@ def _capture_installed(engine: sa.Engine) -> bool:
 
 
 def _events(config: Path, table: str) -> list[dict[str, Any]]:
-    return [e for tx in logged(load_settings(config)) for e in tx.events if e["t"] == table]
+    return [e for tx in logged(load_settings(config)) for e in tx.events if e.table == table]
 
 
 def _refused(result: Any, *expected: str) -> None:
@@ -455,7 +455,7 @@ def test_install_refuses_a_table_with_no_usable_key_and_shows_both_ways_out(
         conn.exec_driver_sql("INSERT INTO audit_entries (message) VALUES ('logged in')")
     assert run_cli(config, "drain").exit_code == 0
     [event] = _events(config, "audit_entries")
-    assert event["o"] == "I" and event["r"]["message"] == "logged in"
+    assert event.op == "I" and event.row["message"] == "logged in"
 
 
 @pytest.mark.parametrize("table", ["audit_entries", "Audit Entries", 'audit "entries"'])
@@ -550,16 +550,16 @@ def test_a_table_and_column_needing_quotes_are_captured_by_name(
     assert result.exit_code == 0, result.output
 
     events = _events(config, "Order Items")
-    assert [(e["o"], e["k"], e.get("ok")) for e in events] == [
+    assert [(e.op, e.key, e.old_key) for e in events] == [
         ("I", {"select": "widget"}, None),
         ("I", {"select": "gadget"}, None),
         ("U", {"select": "widget"}, None),
         ("U", {"select": "gizmo"}, {"select": "gadget"}),
         ("D", {"select": "widget"}, None),
     ]
-    assert events[0]["r"] == {"select": "widget", "Quantity Ordered": 1}
-    assert events[2]["r"] == {"select": "widget", "Quantity Ordered": 5}
-    assert events[3]["r"] == {"select": "gizmo", "Quantity Ordered": 2}
+    assert events[0].row == {"select": "widget", "Quantity Ordered": 1}
+    assert events[2].row == {"select": "widget", "Quantity Ordered": 5}
+    assert events[3].row == {"select": "gizmo", "Quantity Ordered": 2}
 
     history = run_cli(config, "history", "Order Items", "select=gizmo")
     assert history.exit_code == 0, history.output
@@ -604,13 +604,13 @@ def test_names_with_quotes_and_semicolons_are_captured_and_never_executed(
     assert result.exit_code == 0, result.output
 
     events = _events(config, WEIRD_TABLE)
-    assert [(e["o"], e["k"]) for e in events] == [
+    assert [(e.op, e.key) for e in events] == [
         ("I", {WEIRD_COLUMN: WEIRD_VALUE}),
         ("I", {WEIRD_COLUMN: "plain"}),
         ("U", {WEIRD_COLUMN: "plain"}),
         ("D", {WEIRD_COLUMN: WEIRD_VALUE}),
     ]
-    assert events[2]["r"] == {WEIRD_COLUMN: "plain", 'a"b': 3}
+    assert events[2].row == {WEIRD_COLUMN: "plain", 'a"b': 3}
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT code FROM x").scalars().all() == ["kept"]
 

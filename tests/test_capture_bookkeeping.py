@@ -64,7 +64,7 @@ def test_a_commit_during_the_fence_waits_for_it_and_is_numbered_after_it(
         assert int(str(row[0])) > fenced
 
     do_drain(settings)
-    assert [e["r"]["body"] for tx in logged(settings) for e in tx.events] == ["during the fence"]
+    assert [e.row["body"] for tx in logged(settings) for e in tx.events] == ["during the fence"]
 
 
 def test_the_queue_keeps_its_size_where_autovacuum_is_off(pg_url: str, tmp_path: Path) -> None:

@@ -86,7 +86,7 @@ def cascaded(db_url: str, tmp_path: Path) -> Path:
 
 def test_cascaded_child_deletes_name_their_parent_by_key(cascaded: Path) -> None:
     (tx,) = logged(load_settings(cascaded))
-    deleted = [(e["t"], e["k"]) for e in tx.events]
+    deleted = [(e.table, e.key) for e in tx.events]
     assert sorted(deleted, key=str) == sorted(
         [
             ("parent", {"code": "p1"}),

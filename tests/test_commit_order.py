@@ -19,9 +19,9 @@ import pytest
 import sqlalchemy as sa
 
 from nkdaemon.core.events import RawChange
+from nkdaemon.core.fold import ReplayError
 from nkdaemon.core.keys import TableSpec
 from nkdaemon.core.ports import QueuedChange
-from nkdaemon.core.replay import ReplayError
 from nkdaemon.runtime.config import Settings
 from nkdaemon.runtime.session import Session
 from nkdaemon.sources.postgres import PostgresSource, RowDecoder
@@ -159,7 +159,7 @@ def problems(
     found: list[str] = []
     transactions = logged(settings)
     notes = [
-        [e["r"]["note"] for e in tx.events if e["t"] == "ledger" and e["o"] == "I"]
+        [e.row["note"] for e in tx.events if e.table == "ledger" and e.op == "I"]
         for tx in transactions
     ]
     flat = [n for tx_notes in notes for n in tx_notes]
@@ -192,7 +192,7 @@ def test_concurrent_writers_are_logged_once_whole_and_in_commit_order(
     assert problems(settings, baseline, tally, merged=db_url.startswith("sqlite")) == []
     if not db_url.startswith("sqlite"):
         last = logged(settings)[-1]
-        assert any(e["t"] == "ledger" and e["r"]["note"] == "early" for e in last.events), (
+        assert any(e.table == "ledger" and e.row["note"] == "early" for e in last.events), (
             "the transaction that committed last is last in the log"
         )
 
@@ -249,7 +249,7 @@ def test_deferred_foreign_key_child_before_parent(pg_url: str, tmp_path: Path, r
             conn.exec_driver_sql(f"INSERT INTO parent (id, code) VALUES ({100 + i}, 'p{i}')")
         conn.exec_driver_sql("UPDATE parent SET code = code || '-renamed'")
     _drain(settings, naive=False)
-    children = [e for tx in logged(settings) for e in tx.events if e["t"] == "child"]
-    assert [c["r"]["parent_id"] for c in children] == [
+    children = [e for tx in logged(settings) for e in tx.events if e.table == "child"]
+    assert [c.row["parent_id"] for c in children] == [
         {"code": f"p{i}-renamed"} for i in range(rows)
     ]

@@ -214,16 +214,19 @@ def prepare(url: str, tmp_path: Path, extra: str = "") -> tuple[sa.Engine, Path,
 def logged_notes(settings: Settings) -> list[str]:
     """The note of every ledger row inserted in the log (the workload's tags)."""
     return [
-        e["r"]["note"]
+        e.row["note"]
         for tx in logged(settings)
         for e in tx.events
-        if e["t"] == "ledger" and e["o"] == "I"
+        if e.table == "ledger" and e.op == "I"
     ]
 
 
 def logged_rows(settings: Settings, table: str, column: str) -> list[Any]:
     return [
-        e["r"][column] for tx in logged(settings) for e in tx.events if e["t"] == table and "r" in e
+        e.row[column]
+        for tx in logged(settings)
+        for e in tx.events
+        if e.table == table and e.row is not None
     ]
 
 

@@ -521,10 +521,10 @@ def test_full_repository_disk_keeps_changes_queued_and_resumes_by_itself(
     assert len(tally.committed) > 60 and tally.rolled_back
     assert problems(settings, baseline, tally, merged=sqlite) == []
     referenced = [
-        e["r"]["account_id"]
+        e.row["account_id"]
         for tx in logged(settings)
         for e in tx.events
-        if e["t"] == "ledger" and e["o"] == "I" and e["r"]["note"] == "probe-ref"
+        if e.table == "ledger" and e.op == "I" and e.row["note"] == "probe-ref"
     ]
     assert referenced == [{"name": "acct-00"}], "the key as it was when the row was written"
 
@@ -720,10 +720,10 @@ def test_a_failing_snapshot_job_is_reported_and_draining_goes_on(
 
     def logged_notes() -> set[str]:
         return {
-            e["r"]["note"]
+            e.row["note"]
             for tx in logged(settings)
             for e in tx.events
-            if e["t"] == "ledger" and e["o"] == "I"
+            if e.table == "ledger" and e.op == "I"
         }
 
     try:  # the outcome is asserted at the end, after the repair has been checked as well

@@ -17,13 +17,14 @@ import json
 import shutil
 import sqlite3
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from nkdaemon.core.errors import LogTruncatedError
+from nkdaemon.core.log import Commit
 from nkdaemon.repository.log_end import write_end
 from nkdaemon.repository.segments import SegmentLog
 from nkdaemon.repository.state import Checkpoint
@@ -223,8 +224,10 @@ def test_an_end_file_that_claims_more_than_the_log_holds(tmp_path: Path) -> None
     """Offsets that line up but transactions that do not: the lsn counts too."""
     log = SegmentLog(tmp_path)
     log.recover(durable_segment=None, durable_offset=0)
-    payload = {"pos": 1, "xid": None, "time": "2026-01-01T00:00:00+00:00", "parts": 0}
-    log.append_commit({"lsn": 1, **payload, "n": 0, "events": []})
+    when = datetime(2026, 1, 1, tzinfo=UTC)
+    log.append_commit(
+        Commit(lsn=1, position=1, txid=None, commit_time=when, parts=0, count=0, events=())
+    )
     segment, offset = log.sync()
     log.close()
     write_end(tmp_path, Checkpoint(lsn=2, position=2, segment=segment, offset=offset))

@@ -32,7 +32,7 @@ def _edms(url: str) -> sa.Engine:
 
 
 def _events(settings, table: str) -> list[dict]:
-    return [e for tx in logged(settings) for e in tx.events if e["t"] == table]
+    return [e for tx in logged(settings) for e in tx.events if e.table == table]
 
 
 def test_every_edms_table_is_captured_with_nested_composite_keys(
@@ -73,21 +73,21 @@ def test_every_edms_table_is_captured_with_nested_composite_keys(
         )
     do_drain(settings)
 
-    role_keys = [e["k"] for e in _events(settings, "user_roles")]
+    role_keys = [e.key for e in _events(settings, "user_roles")]
     assert {"user_id": {"username": "dave"}, "role_id": {"name": "author"}} in role_keys
-    assert _events(settings, "document_versions")[0]["k"] == {
+    assert _events(settings, "document_versions")[0].key == {
         "document_id": {"document_number": "DOC-0100"},
         "version_number": 1,
     }
-    assert _events(settings, "document_dependencies")[0]["k"] == {
+    assert _events(settings, "document_dependencies")[0].key == {
         "document_id": {"document_number": "DOC-0100"},
         "depends_on_id": {"document_number": "DOC-0001"},
         "kind": "cites",
     }
     document = _events(settings, "documents")[0]
-    assert document["r"]["state_id"]["workflow_id"] == {"name": "standard"}
-    assert document["r"]["author_id"] == {"username": "dave"}
-    assert "id" not in document["r"], "surrogate ids stay out of the payload"
+    assert document.row["state_id"]["workflow_id"] == {"name": "standard"}
+    assert document.row["author_id"] == {"username": "dave"}
+    assert "id" not in document.row, "surrogate ids stay out of the payload"
 
 
 def test_log_replays_to_the_source_state(db_url: str, tmp_path: Path) -> None:
@@ -134,13 +134,13 @@ def test_a_reference_names_the_key_as_it_was_when_the_change_was_made(
     do_drain(settings)  # once, after both
 
     document = next(
-        e for e in _events(settings, "documents") if e["k"]["document_number"] == "DOC-0300"
+        e for e in _events(settings, "documents") if e.key["document_number"] == "DOC-0300"
     )
-    assert document["r"]["author_id"] == {"username": "alice"}
+    assert document.row["author_id"] == {"username": "alice"}
     comment = _events(settings, "document_comments")[0]
-    assert comment["r"]["author_id"] == {"username": "alice"}
-    rename = next(e for e in _events(settings, "users") if e["o"] == "U")
-    assert rename["ok"] == {"username": "alice"} and rename["k"] == {"username": "alice2"}
+    assert comment.row["author_id"] == {"username": "alice"}
+    rename = next(e for e in _events(settings, "users") if e.op == "U")
+    assert rename.old_key == {"username": "alice"} and rename.key == {"username": "alice2"}
 
     out = run_cli(config, "history", "users", "username=alice2")
     assert out.exit_code == 0, out.output
@@ -161,7 +161,7 @@ def test_rolled_back_work_never_reaches_the_log(db_url: str, tmp_path: Path) -> 
     with engine.begin() as conn:
         edms.add_user(conn, "real")
     do_drain(settings)
-    names = [e["k"]["username"] for e in _events(settings, "users")]
+    names = [e.key["username"] for e in _events(settings, "users")]
     assert names == ["real"]
 
 
@@ -201,26 +201,26 @@ def test_types_round_trip_exactly_into_the_event_payload(pg_url: str, tmp_path: 
     update = next(
         e
         for e in _events(settings, "documents")
-        if e["o"] == "U" and e["k"]["document_number"] == "DOC-T"
+        if e.op == "U" and e.key["document_number"] == "DOC-T"
     )
-    assert update["r"]["fee"] == "1234567890.0100"
-    assert update["r"]["title"] == text
-    assert update["r"]["tags"] == ["plain", None, "with,comma", 'quo"te', "{braces}", ""]
-    assert update["r"]["created_at"] == "2026-03-03T23:36:07.891011+00:00"
-    nan = next(e for e in _events(settings, "documents") if e["k"]["document_number"] == "DOC-0001")
-    assert nan["r"]["fee"] == "NaN"
+    assert update.row["fee"] == "1234567890.0100"
+    assert update.row["title"] == text
+    assert update.row["tags"] == ["plain", None, "with,comma", 'quo"te', "{braces}", ""]
+    assert update.row["created_at"] == "2026-03-03T23:36:07.891011+00:00"
+    nan = next(e for e in _events(settings, "documents") if e.key["document_number"] == "DOC-0001")
+    assert nan.row["fee"] == "NaN"
     version = _events(settings, "document_versions")[0]
-    assert base64.b64decode(version["r"]["content"]) == every_byte
+    assert base64.b64decode(version.row["content"]) == every_byte
     placeholder = next(
-        e for e in _events(settings, "placeholder_definitions") if e["k"]["name"] == "exact"
+        e for e in _events(settings, "placeholder_definitions") if e.key["name"] == "exact"
     )
     # jsonb's own key order, every digit kept (1.10 is not 1.1; the big number is no float)
-    assert placeholder["r"]["default_value"] == (
+    assert placeholder.row["default_value"] == (
         '{"n":1.10,"s":"ü","z":null,"big":123456789012345678901234567890.5}'
     )
-    comment = next(e for e in _events(settings, "document_comments") if e["r"]["body"] == text)
-    assert comment["k"] == {"uuid": "6f9619ff-8b86-d011-b42d-00cf4fc964ff"}
-    assert comment["r"]["created_at"] == "infinity"
+    comment = next(e for e in _events(settings, "document_comments") if e.row["body"] == text)
+    assert comment.key == {"uuid": "6f9619ff-8b86-d011-b42d-00cf4fc964ff"}
+    assert comment.row["created_at"] == "infinity"
 
 
 def test_sqlite_values_keep_their_storage_class_exactly(sqlite_url: str, tmp_path: Path) -> None:
@@ -236,14 +236,14 @@ def test_sqlite_values_keep_their_storage_class_exactly(sqlite_url: str, tmp_pat
         )
         conn.exec_driver_sql("UPDATE documents SET fee = ? WHERE id = ?", (0.1 + 0.2, doc))
     do_drain(settings)
-    updates = [e for e in _events(settings, "documents") if e["o"] == "U"]
-    assert updates[0]["r"]["fee"] == tiny
-    assert updates[0]["r"]["title"] == "nul\x00inside ✓"
+    updates = [e for e in _events(settings, "documents") if e.op == "U"]
+    assert updates[0].row["fee"] == tiny
+    assert updates[0].row["title"] == "nul\x00inside ✓"
     # an integer stored in a DATETIME column keeps its class and value
-    assert updates[0]["r"]["created_at"] == {"$type": "int", "v": 2**62 + 1}
-    assert updates[1]["r"]["fee"] == 0.30000000000000004
+    assert updates[0].row["created_at"] == {"$type": "int", "v": 2**62 + 1}
+    assert updates[1].row["fee"] == 0.30000000000000004
     version = _events(settings, "document_versions")[0]
-    assert base64.b64decode(version["r"]["content"]) == b"\x00\x00nul\x00"
+    assert base64.b64decode(version.row["content"]) == b"\x00\x00nul\x00"
 
 
 def test_a_json_null_is_not_an_sql_null(pg_url: str, tmp_path: Path) -> None:
@@ -257,8 +257,7 @@ def test_a_json_null_is_not_an_sql_null(pg_url: str, tmp_path: Path) -> None:
         )
     do_drain(settings)
     values = {
-        e["k"]["name"]: e["r"]["default_value"]
-        for e in _events(settings, "placeholder_definitions")
+        e.key["name"]: e.row["default_value"] for e in _events(settings, "placeholder_definitions")
     }
     assert values == {"json-null": "null", "sql-null": None}
     state = truth(settings).comparable()["placeholder_definitions"]

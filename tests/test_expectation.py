@@ -1,5 +1,5 @@
-"""The restore's validator (core.expectation): what the log says each table must hold,
-compared with rows read back from a target. Pure domain code, no database.
+"""The restore's validator (core.fold, the one fold of the log): what the log says each
+table must hold, compared with rows read back from a target. Pure domain code, no database.
 
 A validator that misses a difference lets a wrong restore commit; these tests feed it
 every kind of difference and check each is named.
@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from nkdaemon.core.expectation import Expectation, ExpectationError
+from nkdaemon.core.fold import LogFold, ReplayError
 from nkdaemon.core.keys import ColumnSpec, KeyPart, TableSpec, make_table_spec
+from nkdaemon.core.log import decode_event
 
 
 def _spec() -> TableSpec:
@@ -37,13 +38,14 @@ BO = {"username": "bo", "email": "bo@x"}
 DI = {"username": "di", "email": None}
 
 
-def _expectation() -> Expectation:
-    expectation = Expectation([_spec()])
+def _expectation() -> LogFold:
+    expectation = LogFold([_spec()])
     for name in ("ann", "bob", "cy"):
         expectation.load("users", {"username": name}, {"username": name, "email": f"{name}@x"})
     expectation.finish_load()
     expectation.apply_transaction(
-        [
+        decode_event(e)
+        for e in [
             {"t": "users", "o": "D", "k": {"username": "cy"}},
             {"t": "users", "o": "I", "k": {"username": "di"}, "r": DI},
             {
@@ -95,7 +97,11 @@ def test_a_renamed_row_under_its_old_key_is_wrong() -> None:
 
 def test_a_log_that_contradicts_itself_is_refused() -> None:
     expectation = _expectation()
-    with pytest.raises(ExpectationError, match="exists"):
+    with pytest.raises(ReplayError, match="exists"):
         expectation.apply_transaction(
-            [{"t": "users", "o": "I", "k": {"username": "ann"}, "r": {"username": "ann"}}]
+            [
+                decode_event(
+                    {"t": "users", "o": "I", "k": {"username": "ann"}, "r": {"username": "ann"}}
+                )
+            ]
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +17,14 @@ import pytest
 import sqlalchemy as sa
 
 from nkdaemon.core.errors import LogCorruptionError, RepositoryError
+from nkdaemon.core.log import ChangeEvent, Chunk, Commit, Epoch, Gap
 from nkdaemon.repository.layout import RepositoryLayout
-from nkdaemon.repository.reader import LoggedTransaction, LogMarker, read_log
+from nkdaemon.repository.reader import LoggedTransaction, read_log
 from nkdaemon.repository.segments import (
     COMPRESS_OVER,
     COMPRESSED,
     FORMAT_VERSION,
     HEADER,
-    KIND_CHUNK,
     KIND_COMMIT,
     KIND_GAP,
     MAGIC,
@@ -39,35 +40,39 @@ from tests.helpers import do_drain, do_install, engine_for, logged, markers, run
 # --- writing transactions straight into a SegmentLog ------------------------------------------
 
 
-def _events(lsn: int, count: int, tag: str) -> list[dict[str, Any]]:
+def _events(lsn: int, count: int, tag: str) -> list[ChangeEvent]:
     return [
-        {"t": "items", "o": "I", "k": {"code": f"{tag}{lsn}.{i}"}, "r": {"note": "n" * 24}}
+        ChangeEvent(table="items", op="I", key={"code": f"{tag}{lsn}.{i}"}, row={"note": "n" * 24})
         for i in range(count)
     ]
 
 
-def _commit_payload(lsn: int, parts: int, n: int, events: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "lsn": lsn,
-        "pos": lsn * 10,
-        "xid": f"x{lsn}",
-        "time": f"2026-01-01T00:00:{lsn:02d}.000000+00:00",
-        "parts": parts,
-        "n": n,
-        "events": events,
-    }
+def _commit(lsn: int, parts: int, n: int, events: list[ChangeEvent]) -> Commit:
+    return Commit(
+        lsn=lsn,
+        position=lsn * 10,
+        txid=f"x{lsn}",
+        commit_time=datetime(2026, 1, 1, 0, 0, lsn, tzinfo=UTC),
+        parts=parts,
+        count=n,
+        events=tuple(events),
+    )
 
 
-def _write_tx(log: SegmentLog, lsn: int, *, chunks: int = 0, tag: str = "e") -> list[dict]:
+def _chunk(lsn: int, part: int, events: list[ChangeEvent]) -> Chunk:
+    return Chunk(lsn=lsn, part=part, events=tuple(events))
+
+
+def _write_tx(log: SegmentLog, lsn: int, *, chunks: int = 0, tag: str = "e") -> list[ChangeEvent]:
     """One transaction as the drain writes it: chunks, the commit, then a roll if full."""
     assert log.next_lsn == lsn
-    written: list[dict[str, Any]] = []
+    written: list[ChangeEvent] = []
     for part in range(chunks):
         events = _events(lsn, 3, f"{tag}c{part}-")
-        log.append_chunk(lsn, part, events)
+        log.append_chunk(_chunk(lsn, part, events))
         written += events
     tail = _events(lsn, 2, f"{tag}t-")
-    log.append_commit(_commit_payload(lsn, chunks, len(written) + len(tail), tail))
+    log.append_commit(_commit(lsn, chunks, len(written) + len(tail), tail))
     log.roll_if_full()
     return written + tail
 
@@ -114,15 +119,16 @@ def test_records_read_back_in_order_with_chunks_joined_across_segment_rolls(
 ) -> None:
     directory = tmp_path / "log"
     log = _open(directory, segment_bytes=700)
-    expected: dict[int, list[dict]] = {}
+    expected: dict[int, list[ChangeEvent]] = {}
     for lsn in range(1, 10):
         expected[lsn] = _write_tx(log, lsn, chunks=lsn % 3)
     # one transaction large enough to be stored compressed
     big = [
-        {"t": "items", "o": "I", "k": {"code": f"big{i}"}, "r": {"x": "y" * 90}} for i in range(80)
+        ChangeEvent(table="items", op="I", key={"code": f"big{i}"}, row={"x": "y" * 90})
+        for i in range(80)
     ]
-    log.append_chunk(10, 0, big[:40])
-    log.append_commit(_commit_payload(10, 1, 80, big[40:]))
+    log.append_chunk(_chunk(10, 0, big[:40]))
+    log.append_commit(_commit(10, 1, 80, big[40:]))
     log.roll_if_full()
     expected[10] = big
     log.sync()
@@ -130,29 +136,27 @@ def test_records_read_back_in_order_with_chunks_joined_across_segment_rolls(
 
     names = SegmentLog(directory).segments()
     assert len(names) >= 4, "small segments must have rolled several times"
-    stored = [r for r in SegmentLog(directory).records() if r.payload["lsn"] == 10]
+    stored = [r for r in SegmentLog(directory).records() if r.entry.lsn == 10]
     for record in stored:
         raw = (directory / record.segment).read_bytes()
         assert raw[record.offset + 8] & COMPRESSED, "records over the limit are stored compressed"
         assert record.end - record.offset < COMPRESS_OVER
     for name in names:
         first = _records(directory, name)[0]
-        assert int(name[: -len(SUFFIX)]) == first.payload["lsn"], (
-            "a segment is named by its first lsn"
-        )
+        assert int(name[: -len(SUFFIX)]) == first.entry.lsn, "a segment is named by its first lsn"
         assert first.offset == HEADER.size
 
     txs = _transactions(directory)
     assert [t.lsn for t in txs] == list(range(1, 11))
     for tx in txs:
-        assert tx.events == expected[tx.lsn]
+        assert list(tx.events) == expected[tx.lsn]
         assert tx.position == tx.lsn * 10
         assert tx.txid == f"x{tx.lsn}"
-        assert tx.commit_time == f"2026-01-01T00:00:{tx.lsn:02d}.000000+00:00"
+        assert tx.commit_time == datetime(2026, 1, 1, 0, 0, tx.lsn, tzinfo=UTC)
 
     # the records of one transaction never straddle two segments
     for name in names:
-        lsns = [r.payload["lsn"] for r in _records(directory, name)]
+        lsns = [r.entry.lsn for r in _records(directory, name)]
         kinds = [r.kind for r in _records(directory, name)]
         assert kinds[-1] == KIND_COMMIT
         assert lsns == sorted(lsns)
@@ -166,10 +170,10 @@ def test_gap_and_epoch_markers_are_read_back_in_their_place(tmp_path: Path) -> N
     directory = tmp_path / "log"
     log = _open(directory)
     log.append_epoch(
-        {"lsn": 1, "pos": 0, "installation": "i1", "time": "2026-01-01T00:00:00+00:00"}
+        Epoch(lsn=1, position=0, installation="i1", time=datetime(2026, 1, 1, tzinfo=UTC))
     )
     _write_tx(log, 2)
-    log.append_gap(3, 5, 50, "lost")
+    log.append_gap(Gap(from_lsn=3, to_lsn=5, position=50, reason="lost"))
     assert log.next_lsn == 6
     _write_tx(log, 6)
     log.sync()
@@ -177,14 +181,14 @@ def test_gap_and_epoch_markers_are_read_back_in_their_place(tmp_path: Path) -> N
 
     items = list(read_log(SegmentLog(directory)))
     assert [(type(i).__name__, i.lsn) for i in items] == [
-        ("LogMarker", 1),
+        ("Epoch", 1),
         ("LoggedTransaction", 2),
-        ("LogMarker", 3),
+        ("Gap", 3),
         ("LoggedTransaction", 6),
     ]
     gap = items[2]
-    assert isinstance(gap, LogMarker) and gap.kind == "gap"
-    assert (gap.payload["from_lsn"], gap.payload["to_lsn"]) == (3, 5)
+    assert isinstance(gap, Gap) and gap.kind == "gap"
+    assert (gap.from_lsn, gap.to_lsn) == (3, 5)
     reopened = SegmentLog(directory)
     end = reopened.recover(durable_segment=None, durable_offset=0)
     assert (end.last_lsn, end.last_position, reopened.next_lsn) == (6, 60, 7)
@@ -222,7 +226,7 @@ def test_rollback_forgets_unsynced_writes_including_new_segments(tmp_path: Path)
 
     for lsn in range(4, 12):
         _write_tx(log, lsn, chunks=1, tag="lost")
-    log.append_chunk(12, 0, _events(12, 3, "lost"))  # a transaction cut off mid-way
+    log.append_chunk(_chunk(12, 0, _events(12, 3, "lost")))  # a transaction cut off mid-way
     grown = _files(directory)
     assert len(grown) > len(before), "the unsynced writes started new segments"
     assert len(grown[segment]) > offset, "and grew the synced one"
@@ -236,9 +240,9 @@ def test_rollback_forgets_unsynced_writes_including_new_segments(tmp_path: Path)
     log.close()
     txs = _transactions(directory)
     assert [t.lsn for t in txs] == [1, 2, 3, 4]
-    assert [t.events for t in txs[:3]] == [synced_events[n] for n in (1, 2, 3)]
-    assert txs[3].events == again
-    assert not any("lost" in e["k"]["code"] for t in txs for e in t.events)
+    assert [list(t.events) for t in txs[:3]] == [synced_events[n] for n in (1, 2, 3)]
+    assert list(txs[3].events) == again
+    assert not any("lost" in e.key["code"] for t in txs for e in t.events)
 
 
 def test_rollback_after_a_roll_at_the_sync_point(tmp_path: Path) -> None:
@@ -273,14 +277,14 @@ def test_rollback_before_anything_was_synced_leaves_an_empty_log(tmp_path: Path)
     log.close()
     txs = _transactions(directory)
     assert [t.lsn for t in txs] == [1]
-    assert txs[0].events[0]["k"]["code"].startswith("againt-")
+    assert txs[0].events[0].key["code"].startswith("againt-")
 
 
 # --- recovery: the torn tail --------------------------------------------------------------
 
 
 def _half_record() -> bytes:
-    record = encode_record(KIND_COMMIT, _commit_payload(3, 0, 2, _events(3, 2, "torn")))
+    record = encode_record(_commit(3, 0, 2, _events(3, 2, "torn")))
     return record[: len(record) // 2]
 
 
@@ -288,9 +292,7 @@ TORN_TAILS = {
     "half of a valid record": _half_record(),
     "a few zero bytes": b"\x00" * 5,
     "a zero-length frame": b"\x00" * 12,
-    "a whole chunk then half a commit": encode_record(
-        KIND_CHUNK, {"lsn": 3, "part": 0, "events": _events(3, 3, "torn")}
-    )
+    "a whole chunk then half a commit": encode_record(_chunk(3, 0, _events(3, 3, "torn")))
     + _half_record(),
 }
 
@@ -312,7 +314,7 @@ def test_recover_cuts_a_torn_tail_after_the_durable_point(tmp_path: Path, tail: 
     reopened = SegmentLog(directory)
     end = reopened.recover(durable_segment=segment, durable_offset=offset)
     assert (end.segment, end.offset, end.last_lsn, end.last_position) == (segment, offset, 2, 20)
-    assert end.last_commit_time == "2026-01-01T00:00:02.000000+00:00"
+    assert end.last_commit_time == datetime(2026, 1, 1, 0, 0, 2, tzinfo=UTC)
     assert path.read_bytes() == durable, "cut exactly where the last whole transaction ended"
     assert reopened.next_lsn == 3
 
@@ -347,7 +349,7 @@ def test_recover_removes_a_new_segment_that_holds_no_whole_transaction(tmp_path:
     _write_tx(log, 2)
     segment, offset = log.sync()
     durable = _files(directory)
-    log.append_chunk(3, 0, _events(3, 3, "torn"))  # starts a new segment, then the crash
+    log.append_chunk(_chunk(3, 0, _events(3, 3, "torn")))  # starts a new segment, then the crash
     log.close()
     assert len(_files(directory)) == len(durable) + 1
 
@@ -441,7 +443,7 @@ def test_reading_reports_a_damaged_record_in_a_segment_that_is_not_the_last(
     for read in (
         lambda: list(SegmentLog(directory).records()),
         lambda: list(read_log(SegmentLog(directory))),
-        lambda: list(read_log(SegmentLog(directory), from_lsn=damaged.payload["lsn"])),
+        lambda: list(read_log(SegmentLog(directory), from_lsn=damaged.entry.lsn)),
     ):
         with pytest.raises(LogCorruptionError) as caught:
             read()
@@ -459,9 +461,7 @@ def test_a_segment_of_a_newer_format_is_refused(tmp_path: Path) -> None:
     segment, offset = log.sync()
     log.close()
     newer = directory / segment_name(2)
-    newer.write_bytes(
-        _header(FORMAT_VERSION + 1) + encode_record(KIND_COMMIT, _commit_payload(2, 0, 0, []))
-    )
+    newer.write_bytes(_header(FORMAT_VERSION + 1) + encode_record(_commit(2, 0, 0, [])))
     before = _files(directory)
 
     with pytest.raises(RepositoryError) as reading:
@@ -506,7 +506,7 @@ def _insert(engine: sa.Engine, *codes: str) -> None:
 
 
 def _logged_codes(settings: Settings) -> list[str]:
-    return [e["k"]["code"] for tx in logged(settings) for e in tx.events if e["t"] == "items"]
+    return [e.key["code"] for tx in logged(settings) for e in tx.events if e.table == "items"]
 
 
 def _assert_whole_and_ordered(settings: Settings) -> list[int]:
@@ -573,10 +573,10 @@ def test_drain_records_a_gap_when_a_durable_record_was_torn(db_url: str, tmp_pat
         do_drain(settings)
     txs = logged(settings)
     lost = txs[-1]
-    assert [e["k"]["code"] for e in lost.events] == ["b4"]
+    assert [e.key["code"] for e in lost.events] == ["b4"]
     last = _last_segment(settings)
     record = [r for r in SegmentLog(_log_dir(settings)).records() if r.segment == last.name][-1]
-    assert record.payload["lsn"] == lost.lsn
+    assert record.entry.lsn == lost.lsn
     prefix = last.read_bytes()[: record.offset]
     with last.open("r+b") as handle:  # the disk lost the end of a record already made durable
         handle.truncate(_middle_of(record))
@@ -587,14 +587,14 @@ def test_drain_records_a_gap_when_a_durable_record_was_torn(db_url: str, tmp_pat
     assert f"log transactions {lost.lsn}..{lost.lsn}" in out.output
     assert "snapshot" in out.output
     gaps = [m for m in markers(settings) if m.kind == "gap"]
-    assert [(g.payload["from_lsn"], g.payload["to_lsn"]) for g in gaps] == [(lost.lsn, lost.lsn)]
+    assert [(g.from_lsn, g.to_lsn) for g in gaps] == [(lost.lsn, lost.lsn)]
     assert last.read_bytes()[: record.offset] == prefix, "the whole records before it stay"
     records = [
         r for r in SegmentLog(_log_dir(settings)).records(strict=True) if r.segment == last.name
     ]
     cut = next(i for i, r in enumerate(records) if r.offset == record.offset)
     assert records[cut].kind == KIND_GAP, "the torn record is cut and the gap written in its place"
-    assert records[cut + 1].kind == KIND_COMMIT and records[cut + 1].payload["lsn"] == lost.lsn + 1
+    assert records[cut + 1].kind == KIND_COMMIT and records[cut + 1].entry.lsn == lost.lsn + 1
     assert _logged_codes(settings) == ["b1", "b2", "b3", "b5"]
     assert logged(settings)[-1].lsn == lost.lsn + 1, "new transactions go after the gap"
 

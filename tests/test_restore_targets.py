@@ -145,7 +145,7 @@ def _build_history(dialect: str, url: str, directory: Path, server: str | None) 
     do_drain(settings)
     engine.dispose()
 
-    commits = [datetime.fromisoformat(tx.commit_time) for tx in logged(settings)]
+    commits = [tx.commit_time for tx in logged(settings)]
     assert len(commits) == 2, commits
     status = run_cli(config, "status", "--json")
     assert status.exit_code == 0, status.output

@@ -16,13 +16,13 @@ import sqlite3
 import time
 import zlib
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import orjson
 import pytest
 
 from nkdaemon.core.digest import ALGORITHM, DigestFold, digest_of
+from nkdaemon.core.log import encode_event
 from nkdaemon.repository.log_format import FRAME, HEADER
 from nkdaemon.repository.snapshots import SnapshotInfo, list_snapshots, read_table
 from nkdaemon.runtime.config import Settings, load_settings
@@ -93,8 +93,8 @@ def _damage(repo: Repo, how: str) -> None:
     if how == "altered":  # one logged value changed
         _rewrite_record(repo.settings, (b'"qty":1003', b'"qty":1993'))
     else:  # one transaction's events removed, its record kept whole and valid
-        tx = next(t for t in logged(repo.settings) if t.events[0]["r"]["qty"] == 1003)
-        events = orjson.dumps(tx.events)
+        tx = next(t for t in logged(repo.settings) if t.events[0].row["qty"] == 1003)
+        events = orjson.dumps([encode_event(e) for e in tx.events])
         blank = b"[" + b" " * (len(events) - 2) + b"]"
         _rewrite_record(repo.settings, (events, blank), (b'"n":1,', b'"n":0,'))
 
@@ -239,7 +239,7 @@ def test_restore_to_a_snapshots_position_refuses_a_log_that_does_not_reach_it(
     repo = _items_repository(tmp_path)
     _damage(repo, how)
     first, second = repo.snapshots
-    last_commit = datetime.fromisoformat(logged(repo.settings)[-1].commit_time)
+    last_commit = logged(repo.settings)[-1].commit_time
     at = last_commit + (second.moment - last_commit) / 2
     target = tmp_path / "target.db"
     with sqlite3.connect(target) as conn:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from nkdaemon.core.log import Gap
 from nkdaemon.repository.snapshots import SnapshotInfo, list_snapshots
 from nkdaemon.runtime.config import HealthSettings, Settings, load_settings
 from nkdaemon.runtime.health import HealthState
@@ -128,7 +129,9 @@ def test_a_gap_logged_since_the_newest_snapshot_makes_a_new_one(tmp_path: Path) 
             durable_segment=checkpoint.segment, durable_offset=checkpoint.offset
         )
         lsn = session.log_store.next_lsn
-        session.log_store.append_gap(lsn, lsn, checkpoint.position, "lost in a test")
+        session.log_store.append_gap(
+            Gap(from_lsn=lsn, to_lsn=lsn, position=checkpoint.position, reason="lost in a test")
+        )
         session.log_store.sync()
 
         def snapshot(log_lsn: int) -> SnapshotResult:

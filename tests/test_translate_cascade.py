@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from nkdaemon.core.events import ChangeEvent, RawChange
+from nkdaemon.core.events import RawChange
 from nkdaemon.core.keys import (
     ColumnSpec,
     ForeignKeySpec,
@@ -24,6 +24,7 @@ from nkdaemon.core.keys import (
     TableSpec,
     make_table_spec,
 )
+from nkdaemon.core.log import ChangeEvent
 from nkdaemon.core.translate import ShallowKey, Translator
 
 

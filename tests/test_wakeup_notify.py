@@ -25,7 +25,7 @@ def _notifications(listener: psycopg.Connection[tuple[object, ...]]) -> int:
 
 
 def _logged_notes(settings: Settings) -> list[str]:
-    return [e["r"]["body"] for tx in logged(settings) for e in tx.events]
+    return [e.row["body"] for tx in logged(settings) for e in tx.events]
 
 
 def _latest_version() -> int:

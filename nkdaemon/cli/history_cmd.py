@@ -10,9 +10,9 @@ import click
 from nkdaemon.cli import AppContext, echo_json, pass_app
 from nkdaemon.core.definitions import spec_from_json
 from nkdaemon.core.errors import UsageError
-from nkdaemon.core.events import OP_NAMES
-from nkdaemon.core.history import HistoryTracker, RowHistory
-from nkdaemon.repository.reader import LogMarker, read_log
+from nkdaemon.core.history import HistoryEntry, HistoryTracker, RowHistory
+from nkdaemon.core.log import OP_NAMES, Epoch, Gap, encode_time
+from nkdaemon.repository.reader import read_log
 from nkdaemon.repository.snapshots import list_snapshots
 from nkdaemon.runtime.session import Session
 
@@ -60,11 +60,11 @@ def history_command(app: AppContext, table: str, pairs: tuple[str, ...], as_json
     with Session(app.settings, writer=False) as session:
         session.layout.require()
         for item in read_log(session.log_store):
-            if isinstance(item, LogMarker):
-                if item.kind == "epoch":
+            if isinstance(item, Gap | Epoch):
+                if isinstance(item, Epoch):
                     tracker.new_epoch()
                 continue
-            logged.update(e["t"] for e in item.events)
+            logged.update(e.table for e in item.events)
             tracker.feed(item.lsn, item.commit_time, item.events)
         captured = _captured(session, logged)
     if table not in captured:
@@ -74,7 +74,7 @@ def history_command(app: AppContext, table: str, pairs: tuple[str, ...], as_json
         )
     rows = tracker.matching(selector)
     if as_json:
-        echo_json([[entry.__dict__ for entry in row.entries] for row in rows])
+        echo_json([[_as_json(entry) for entry in row.entries] for row in rows])
         return
     if not rows:
         click.echo(f"no change of {table} matching {' '.join(pairs)} is in the log")
@@ -105,6 +105,10 @@ def _key_names(definition: dict[str, Any] | None) -> str:
     return "(" + ", ".join(part.name for part in spec.key_parts) + ")"
 
 
+def _as_json(entry: HistoryEntry) -> dict[str, Any]:
+    return {**entry.__dict__, "commit_time": encode_time(entry.commit_time)}
+
+
 def _render(table: str, number: int, row: RowHistory) -> None:
     keys = " -> ".join(
         json.dumps(k, ensure_ascii=False)
@@ -113,7 +117,7 @@ def _render(table: str, number: int, row: RowHistory) -> None:
     click.echo(f"{table} row {number}: {keys}")
     for entry in row.entries:
         what = OP_NAMES.get(entry.op, entry.op)
-        line = f"  tx {entry.lsn:<8} {entry.commit_time}  {what:<8}"
+        line = f"  tx {entry.lsn:<8} {encode_time(entry.commit_time)}  {what:<8}"
         if entry.old_key is not None:
             line += f" key {json.dumps(entry.old_key, ensure_ascii=False)} -> "
             line += json.dumps(entry.key, ensure_ascii=False)

@@ -10,15 +10,17 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from nkdaemon.core.keys import key_matches
+from nkdaemon.core.log import ChangeEvent
 
 
 @dataclass(frozen=True, kw_only=True)
 class HistoryEntry:
     lsn: int
-    commit_time: str
+    commit_time: datetime
     op: str
     key: Any
     old_key: Any = None
@@ -56,13 +58,13 @@ class HistoryTracker:
     def new_epoch(self) -> None:
         self._by_sid.clear()
 
-    def feed(self, lsn: int, commit_time: str, events: Iterable[Mapping[str, Any]]) -> None:
+    def feed(self, lsn: int, commit_time: datetime, events: Iterable[ChangeEvent]) -> None:
         for event in events:
-            if event["t"] == self.table:
+            if event.table == self.table:
                 self._apply(lsn, commit_time, event)
 
-    def _apply(self, lsn: int, commit_time: str, event: Mapping[str, Any]) -> None:
-        op = event["o"]
+    def _apply(self, lsn: int, commit_time: datetime, event: ChangeEvent) -> None:
+        op = event.op
         if op == "T":
             for tracked in {id(r): r for r in self._by_key.values()}.values():
                 tracked.entries.append(
@@ -71,7 +73,7 @@ class HistoryTracker:
             self._by_key.clear()
             self._by_sid.clear()
             return
-        key, old_key, sid = event.get("k"), event.get("ok"), event.get("s")
+        key, old_key, sid = event.key, event.old_key, event.sid
         sid_key = None if sid is None else _frozen(sid)
         previous_key = old_key if old_key is not None else key
         row = None
@@ -88,7 +90,7 @@ class HistoryTracker:
                 op=op,
                 key=key,
                 old_key=old_key,
-                row=event.get("r"),
+                row=event.row,
             )
         )
         self._by_key.pop(_frozen(previous_key), None)

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from nkdaemon.core.errors import CaptureError
-from nkdaemon.core.events import ChangeEvent, RawChange
+from nkdaemon.core.events import RawChange
 from nkdaemon.core.keys import ForeignKeySpec, NaturalKey, Ref, Sid, TableSpec
+from nkdaemon.core.log import ChangeEvent
 
 ShallowKey = tuple[Any, ...]
 RESOLVED_CACHE = 50_000
@@ -303,29 +304,6 @@ class Translator:
         if isinstance(value, dict):
             return {k: self._patch(v, event) for k, v in value.items()}
         return value
-
-
-def seed_entries(tables: Mapping[int, TableSpec], spec: TableSpec, rows: Any) -> Any:
-    """(sid, shallow key) of each existing row of a referenced table, for the key index."""
-    translator = Translator(tables, _NoIndex())
-    for row in rows:
-        shallow = translator.shallow_key(spec, row)
-        if shallow is not None:
-            yield source_id(spec, row), shallow
-
-
-class _NoIndex:
-    def get(self, table: int, sid: Sid) -> ShallowKey | None:
-        return None
-
-    def put(self, table: int, sid: Sid, key: ShallowKey) -> None:
-        return None
-
-    def delete(self, table: int, sid: Sid) -> None:
-        return None
-
-    def clear_table(self, table: int) -> None:
-        return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,12 +13,43 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import orjson
 import zstandard
 
 from nkdaemon.core.errors import RepositoryError
+from nkdaemon.core.log import (
+    KIND_CHUNK,
+    KIND_COMMIT,
+    KIND_EPOCH,
+    KIND_GAP,
+    Chunk,
+    Entry,
+    Gap,
+    UnknownRecord,
+    decode,
+    encode,
+)
+
+__all__ = [
+    "COMPRESSED",
+    "COMPRESS_OVER",
+    "ENDING_KINDS",
+    "FORMAT_VERSION",
+    "HEADER",
+    "KIND_CHUNK",
+    "KIND_COMMIT",
+    "KIND_EPOCH",
+    "KIND_GAP",
+    "MAGIC",
+    "SUFFIX",
+    "Record",
+    "Torn",
+    "encode_record",
+    "read_segment",
+    "segment_header",
+    "segment_name",
+]
 
 MAGIC = b"NKDLOG\r\n"
 FORMAT_VERSION = 1
@@ -27,10 +58,6 @@ FRAME = struct.Struct("<II")
 SUFFIX = ".nkdlog"
 MAX_RECORD = 1 << 30
 
-KIND_CHUNK = 1
-KIND_COMMIT = 2
-KIND_GAP = 3
-KIND_EPOCH = 4
 ENDING_KINDS = (KIND_COMMIT, KIND_GAP, KIND_EPOCH)
 COMPRESSED = 0x80
 COMPRESS_OVER = 4096
@@ -47,14 +74,25 @@ class Record:
     offset: int
     end: int
     kind: int
-    payload: dict[str, Any]
+    entry: Entry
+
+    @property
+    def last_lsn(self) -> int:
+        """The last lsn the record accounts for: 0 for a chunk (its transaction is not
+        whole yet), the commit's or epoch's lsn, a gap's last lost lsn."""
+        entry = self.entry
+        if isinstance(entry, Chunk):
+            return 0
+        return entry.to_lsn if isinstance(entry, Gap) else entry.lsn
 
 
 def segment_name(first_lsn: int) -> str:
     return f"{first_lsn:016d}{SUFFIX}"
 
 
-def encode_record(kind: int, payload: dict[str, Any]) -> bytes:
+def encode_record(entry: Entry) -> bytes:
+    """The framed bytes of one record (see core/log.py for its payload)."""
+    kind, payload = encode(entry)
     body = orjson.dumps(payload)
     if len(body) > COMPRESS_OVER:
         body = _compressor.compress(body)
@@ -117,6 +155,16 @@ def read_segment(path: Path, *, start: int = HEADER.size) -> Iterator[Record | T
             offset=offset,
             end=body_start + length,
             kind=kind,
-            payload=orjson.loads(raw),
+            entry=_decoded(path, offset, kind, raw),
         )
         offset = body_start + length
+
+
+def _decoded(path: Path, offset: int, kind: int, raw: bytes) -> Entry:
+    try:
+        return decode(kind, orjson.loads(raw))
+    except UnknownRecord as exc:  # a whole record, checksum valid: written by a later release
+        raise RepositoryError(
+            f"log segment {path.name} offset {offset}: {exc}",
+            hint="upgrade nkdaemon to read this repository",
+        ) from None

@@ -1,38 +1,39 @@
-"""Reading the log back as whole transactions (chunks joined to their commit)."""
+"""Reading the log back as whole transactions (chunks joined to their commit).
+
+``read_log`` gives every whole transaction and marker in order; ``transactions_between``
+is the public way to read the transactions between two source positions (or up to a
+time) that restore, export and verify replay, with what a GAP or EPOCH marker means to
+each caller stated by an explicit rule.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
 
-from nkdaemon.core.errors import LogCorruptionError
-from nkdaemon.repository.segments import (
-    KIND_CHUNK,
-    KIND_COMMIT,
-    KIND_EPOCH,
-    KIND_GAP,
-    Record,
-    SegmentLog,
+from nkdaemon.core.errors import LogCorruptionError, NkdError
+from nkdaemon.core.log import (
+    ChangeEvent,
+    Chunk,
+    Commit,
+    Epoch,
+    Gap,
+    LoggedTransaction,
+    LogMarker,
 )
+from nkdaemon.repository.segments import Record, SegmentLog
 
-
-@dataclass(frozen=True, kw_only=True)
-class LoggedTransaction:
-    lsn: int
-    position: int
-    txid: str | None
-    commit_time: str
-    events: list[dict[str, Any]] = field(repr=False)
-
-
-@dataclass(frozen=True, kw_only=True)
-class LogMarker:
-    """A GAP (lost transactions) or an EPOCH (capture restarted from a baseline)."""
-
-    kind: str
-    lsn: int
-    payload: dict[str, Any]
+__all__ = [
+    "AtMarker",
+    "CrossedGap",
+    "LogMarker",
+    "LogRange",
+    "LoggedTransaction",
+    "read_log",
+    "transactions_between",
+]
 
 
 def read_log(log: SegmentLog, *, from_lsn: int = 1) -> Iterator[LoggedTransaction | LogMarker]:
@@ -48,41 +49,30 @@ def read_log(log: SegmentLog, *, from_lsn: int = 1) -> Iterator[LoggedTransactio
 
 
 def _read_log(log: SegmentLog, from_lsn: int) -> Iterator[LoggedTransaction | LogMarker]:
-    pending: list[dict[str, Any]] = []
+    pending: list[ChangeEvent] = []
     pending_lsn: int | None = None
     numbering = _Numbering(from_lsn)
     for record in log.records(from_lsn=from_lsn):
         numbering.check(record)
-        payload = record.payload
-        if record.kind == KIND_CHUNK:
-            if pending_lsn is not None and payload["lsn"] != pending_lsn:
+        entry = record.entry
+        if isinstance(entry, Chunk):
+            if pending_lsn is not None and entry.lsn != pending_lsn:
                 raise LogCorruptionError(
                     record.segment, record.offset, "a chunk of another transaction interrupts one"
                 )
-            pending_lsn = payload["lsn"]
-            pending.extend(payload["events"])
+            pending_lsn = entry.lsn
+            pending.extend(entry.events)
             continue
-        if record.kind == KIND_COMMIT:
-            if pending_lsn is not None and payload["lsn"] != pending_lsn:
+        if isinstance(entry, Commit):
+            if pending_lsn is not None and entry.lsn != pending_lsn:
                 raise LogCorruptionError(
                     record.segment, record.offset, "a commit does not match its chunks"
                 )
-            events = pending + payload["events"]
-            pending, pending_lsn = [], None
-            if payload["lsn"] < from_lsn:
-                continue
-            yield LoggedTransaction(
-                lsn=payload["lsn"],
-                position=payload["pos"],
-                txid=payload.get("xid"),
-                commit_time=payload["time"],
-                events=events,
-            )
-        elif record.kind in (KIND_GAP, KIND_EPOCH):
-            lsn = payload.get("lsn", payload.get("from_lsn", 0))
-            if lsn >= from_lsn:
-                kind = "gap" if record.kind == KIND_GAP else "epoch"
-                yield LogMarker(kind=kind, lsn=lsn, payload=payload)
+            before, pending, pending_lsn = pending, [], None
+            if entry.lsn >= from_lsn:
+                yield LoggedTransaction.joined(entry, before)
+        elif entry.lsn >= from_lsn:
+            yield entry
 
 
 class _Numbering:
@@ -95,15 +85,14 @@ class _Numbering:
         self._previous: Record | None = None
 
     def check(self, record: Record) -> None:
-        payload = record.payload
-        lsn = int(payload["from_lsn"] if record.kind == KIND_GAP else payload["lsn"])
+        lsn = record.entry.lsn
         expected = self._next
         if expected is None and lsn > self._from:  # the log must hold from_lsn on
             expected = max(1, self._from)
         if expected is not None and lsn != expected:
             detail = self._hole(record, expected, lsn)
             raise LogCorruptionError(record.segment, record.offset, detail)
-        self._next = lsn if record.kind == KIND_CHUNK else int(payload.get("to_lsn", lsn)) + 1
+        self._next = lsn if isinstance(record.entry, Chunk) else record.last_lsn + 1
         self._previous = record
 
     def _hole(self, record: Record, expected: int, lsn: int) -> str:
@@ -119,3 +108,91 @@ class _Numbering:
                 "or a segment between them is missing)"
             )
         return missing
+
+
+# --- a range of transactions to replay ----------------------------------------------------
+
+
+class CrossedGap(NkdError):
+    """A range read with ``AtMarker.RESTORE`` reached lost transactions (a GAP)."""
+
+    def __init__(self, gap: Gap) -> None:
+        super().__init__(f"the log lost transactions {gap.from_lsn}..{gap.to_lsn}")
+        self.gap = gap
+
+
+class AtMarker(Enum):
+    """What a GAP or EPOCH marker inside the range means to the caller.
+
+    - ``RESTORE``: an EPOCH ends the range (capture was re-installed; its baseline snapshot
+      takes over), a GAP raises CrossedGap (restore never crosses lost transactions).
+    - ``REFUSE``: any marker raises NkdError naming it (verify's check of the log between
+      two snapshots of one installation: nothing may lie between them).
+    - ``SKIP``: markers are passed over (verify --source, which compares the source with a
+      snapshot and the log as they stand, and reports any difference as a diff).
+    """
+
+    RESTORE = "restore"
+    REFUSE = "refuse"
+    SKIP = "skip"
+
+
+@dataclass(kw_only=True)
+class LogRange:
+    """The logged transactions after source position ``after`` (read from ``from_lsn``,
+    the log's lsn when that position was read), up to position ``through`` and up to
+    commit time ``until`` (either may be None: no limit).
+
+    Iterate it once. ``passed_limit`` is then True when it stopped at a transaction beyond
+    a limit: the log is known to reach it."""
+
+    log: SegmentLog
+    from_lsn: int
+    after: int
+    through: int | None = None
+    until: datetime | None = None
+    at_marker: AtMarker = AtMarker.RESTORE
+    passed_limit: bool = False
+
+    def __iter__(self) -> Iterator[LoggedTransaction]:
+        for item in read_log(self.log, from_lsn=max(1, self.from_lsn)):
+            if isinstance(item, Gap | Epoch):
+                if self._ends_at(item):
+                    return
+                continue
+            if item.position <= self.after:
+                continue
+            if self._beyond(item):
+                self.passed_limit = True
+                return
+            yield item
+
+    def _beyond(self, tx: LoggedTransaction) -> bool:
+        if self.through is not None and tx.position > self.through:
+            return True
+        return self.until is not None and tx.commit_time > self.until
+
+    def _ends_at(self, marker: LogMarker) -> bool:
+        """True when the marker ends the range; raises where it must not be crossed."""
+        if self.at_marker is AtMarker.SKIP or marker.lsn <= self.from_lsn:
+            return False  # the snapshot's own epoch, or a marker it already accounts for
+        if self.at_marker is AtMarker.REFUSE:
+            raise NkdError(f"the log holds a {marker.kind} marker (lsn {marker.lsn}) between them")
+        if isinstance(marker, Epoch):
+            return True
+        raise CrossedGap(marker)
+
+
+def transactions_between(
+    log: SegmentLog,
+    *,
+    from_lsn: int,
+    after: int,
+    through: int | None = None,
+    until: datetime | None = None,
+    at_marker: AtMarker = AtMarker.RESTORE,
+) -> LogRange:
+    """The transactions a replay from a snapshot applies (see LogRange and AtMarker)."""
+    return LogRange(
+        log=log, from_lsn=from_lsn, after=after, through=through, until=until, at_marker=at_marker
+    )

@@ -14,16 +14,17 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from nkdaemon.core.errors import LogCorruptionError, LogTruncatedError, RepositoryError
+from nkdaemon.core.log import Chunk, Commit, Epoch, Gap
 from nkdaemon.repository.files import fsync_dir
 from nkdaemon.repository.log_end import DurableEnd, furthest, read_end, write_end
 from nkdaemon.repository.log_format import (
     COMPRESS_OVER,
     COMPRESSED,
-    ENDING_KINDS,
     FORMAT_VERSION,
     HEADER,
     KIND_CHUNK,
@@ -69,7 +70,7 @@ class LogEnd:
     offset: int
     last_lsn: int
     last_position: int
-    last_commit_time: str | None
+    last_commit_time: datetime | None
 
 
 def _place(point: tuple[str | None, int]) -> tuple[str, int]:
@@ -89,11 +90,10 @@ def check_reaches_end(names: list[str], end: DurableEnd | None, held: int) -> No
         raise LogTruncatedError(names[-1], 0, detail)
 
 
-def _last_lsn(record: Record) -> int:
-    payload = record.payload
-    if record.kind == KIND_CHUNK:
-        return 0
-    return int(payload.get("to_lsn", payload.get("lsn", 0)))
+def _time_of(entry: Commit | Gap | Epoch) -> datetime | None:
+    if isinstance(entry, Commit):
+        return entry.commit_time
+    return entry.time if isinstance(entry, Epoch) else None
 
 
 class SegmentLog:
@@ -182,7 +182,7 @@ class SegmentLog:
             for i, name in enumerate(names[first:], start=first):
                 last = i == len(names) - 1
                 for record in self.segment_records(name, last=last, end=end, strict=strict):
-                    held = max(held, _last_lsn(record))
+                    held = max(held, record.last_lsn)
                     yield record
             check_reaches_end(names, end, held)
         except (LogCorruptionError, LogTruncatedError) as exc:
@@ -251,13 +251,14 @@ class SegmentLog:
             if isinstance(item, Torn):
                 torn = item
                 break
-            if item.kind in ENDING_KINDS:
+            entry = item.entry
+            if not isinstance(entry, Chunk):
                 last_end = LogEnd(
                     segment=name,
                     offset=item.end,
-                    last_lsn=int(item.payload.get("lsn", item.payload.get("to_lsn", 0))),
-                    last_position=int(item.payload.get("pos", 0)),
-                    last_commit_time=item.payload.get("time"),
+                    last_lsn=item.last_lsn,
+                    last_position=entry.position,
+                    last_commit_time=_time_of(entry),
                 )
         if torn is not None and self._is_damage(path, name, torn, durable_segment, durable_offset):
             raise LogCorruptionError(name, torn.offset, torn.detail)
@@ -317,25 +318,22 @@ class SegmentLog:
     def next_lsn(self) -> int:
         return self._next_lsn
 
-    def append_chunk(self, lsn: int, part: int, events: list[dict[str, Any]]) -> None:
-        self._write(lsn, encode_record(KIND_CHUNK, {"lsn": lsn, "part": part, "events": events}))
+    def append_chunk(self, chunk: Chunk) -> None:
+        self._write(chunk.lsn, encode_record(chunk))
 
-    def append_commit(self, payload: dict[str, Any]) -> None:
-        lsn = int(payload["lsn"])
-        self._write(lsn, encode_record(KIND_COMMIT, payload))
-        self._next_lsn = lsn + 1
+    def append_commit(self, commit: Commit) -> None:
+        self._write(commit.lsn, encode_record(commit))
+        self._next_lsn = commit.lsn + 1
 
-    def append_gap(self, from_lsn: int, to_lsn: int, position: int, reason: str) -> None:
+    def append_gap(self, gap: Gap) -> None:
         """Record that transactions from_lsn..to_lsn were lost (restore will not cross it)."""
-        payload = {"from_lsn": from_lsn, "to_lsn": to_lsn, "pos": position, "reason": reason}
-        self._write(from_lsn, encode_record(KIND_GAP, payload))
-        self._next_lsn = to_lsn + 1
+        self._write(gap.from_lsn, encode_record(gap))
+        self._next_lsn = gap.to_lsn + 1
 
-    def append_epoch(self, payload: dict[str, Any]) -> None:
-        """Record that capture (re)started from a baseline at source position ``pos``."""
-        lsn = int(payload["lsn"])
-        self._write(lsn, encode_record(KIND_EPOCH, payload))
-        self._next_lsn = lsn + 1
+    def append_epoch(self, epoch: Epoch) -> None:
+        """Record that capture (re)started from a baseline at its source position."""
+        self._write(epoch.lsn, encode_record(epoch))
+        self._next_lsn = epoch.lsn + 1
 
     def roll_if_full(self) -> None:
         """Close a full segment; the next record starts a new one. Call between transactions."""

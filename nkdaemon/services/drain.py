@@ -20,8 +20,8 @@ from typing import Any
 import structlog
 
 from nkdaemon.core.errors import CaptureError, LogGapError, RepositoryError
-from nkdaemon.core.events import event_to_dict
 from nkdaemon.core.keys import ColumnSpec, TableSpec, replace_spec
+from nkdaemon.core.log import ChangeEvent, Chunk, Commit, Gap, decode_time, encode_time
 from nkdaemon.core.ports import CaptureSource, QueuedChange, SchemaDrift
 from nkdaemon.core.translate import Translator
 from nkdaemon.repository.segments import SegmentLog
@@ -60,7 +60,7 @@ class _Tx:
     lsn: int = 0
     part: int = 0
     events: int = 0
-    pending: list[dict[str, Any]] = field(default_factory=list)
+    pending: list[ChangeEvent] = field(default_factory=list)
 
 
 class Drainer:
@@ -94,7 +94,7 @@ class Drainer:
         self._cuts: Sequence[int] = ()
         self._log_position = 0
         self._flushed_log_position = 0
-        self._last_time: str | None = None
+        self._last_time: datetime | None = None
         # The log holds every transaction committed at or before this time (ISO 8601).
         self._complete_through: str | None = None
         self._pass: tuple[int, str] = (0, "")  # this pass's fence and the time before it
@@ -113,7 +113,7 @@ class Drainer:
         )
         self._log_position = end.last_position
         self._flushed_log_position = end.last_position
-        self._last_time = end.last_commit_time or checkpoint.commit_time
+        self._last_time = end.last_commit_time or _time(checkpoint.commit_time)
         try:
             recorded = self._log.durable_end()
         except RepositoryError:  # a damaged log/end.json: the checkpoint stands, and is rewritten
@@ -127,10 +127,12 @@ class Drainer:
 
     def _record_gap(self, first_lost: int, checkpoint: Checkpoint) -> None:
         self._log.append_gap(
-            first_lost,
-            checkpoint.lsn,
-            checkpoint.position,
-            "records made durable earlier are missing from the log",
+            Gap(
+                from_lsn=first_lost,
+                to_lsn=checkpoint.lsn,
+                position=checkpoint.position,
+                reason="records made durable earlier are missing from the log",
+            )
         )
         segment, offset = self._log.sync()
         self._on_stage("log_synced")
@@ -220,7 +222,7 @@ class Drainer:
                 tx = self._start_tx(queued)
             translator.translate(queued.change)
             if tx.append:
-                tx.pending.extend(event_to_dict(e) for e in translator.ready())
+                tx.pending.extend(translator.ready())
                 if len(tx.pending) >= CHUNK_EVENTS:
                     self._flush_chunk(tx)
         if tx is not None:
@@ -283,7 +285,7 @@ class Drainer:
         return tx
 
     def _flush_chunk(self, tx: _Tx) -> None:
-        self._log.append_chunk(tx.lsn, tx.part, tx.pending)
+        self._log.append_chunk(Chunk(lsn=tx.lsn, part=tx.part, events=tuple(tx.pending)))
         tx.events += len(tx.pending)
         tx.part += 1
         tx.pending = []
@@ -293,18 +295,18 @@ class Drainer:
         if not tx.append:
             batch.skipped += 1
             return
-        tx.pending.extend(event_to_dict(e) for e in rest)
+        tx.pending.extend(rest)
         when = self._log_time(tx.commit_time)
         self._log.append_commit(
-            {
-                "lsn": tx.lsn,
-                "pos": tx.position,
-                "xid": tx.txid,
-                "time": when,
-                "parts": tx.part,
-                "n": tx.events + len(tx.pending),
-                "events": tx.pending,
-            }
+            Commit(
+                lsn=tx.lsn,
+                position=tx.position,
+                txid=tx.txid,
+                commit_time=when,
+                parts=tx.part,
+                count=tx.events + len(tx.pending),
+                events=tuple(tx.pending),
+            )
         )
         self._log.roll_if_full()
         self._log_position = tx.position
@@ -312,19 +314,19 @@ class Drainer:
         batch.transactions += 1
         batch.events += tx.events + len(tx.pending)
         batch.lsn = tx.lsn
-        batch.commit_time = when
+        batch.commit_time = encode_time(when)
 
-    def _log_time(self, commit_time: datetime) -> str:
+    def _log_time(self, commit_time: datetime) -> datetime:
         """The commit time to log: never before the previous one (a clock stepped back),
         and after the time through which the log was said to be complete (a SQLite
         transaction whose changes were made before a pass but committed after it)."""
         when = commit_time.astimezone(UTC)
         if self._last_time is not None:
-            when = max(when, datetime.fromisoformat(self._last_time))
+            when = max(when, self._last_time)
         if self._complete_through is not None:
-            floor = datetime.fromisoformat(self._complete_through) + timedelta(microseconds=1)
+            floor = decode_time(self._complete_through) + timedelta(microseconds=1)
             when = max(when, floor)
-        return when.isoformat(timespec="microseconds")
+        return when
 
     # --- schema drift ------------------------------------------------------------------
 
@@ -353,6 +355,10 @@ def _with_columns(spec: TableSpec, extra: dict[str, ColumnSpec]) -> TableSpec:
         return spec
     columns = spec.columns + tuple(c for n, c in extra.items() if n not in spec.column_index)
     return replace_spec(spec, columns=columns)
+
+
+def _time(text: str | None) -> datetime | None:
+    return None if text is None else decode_time(text)
 
 
 def _later(time: str | None, other: str | None) -> str | None:

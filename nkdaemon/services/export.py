@@ -1,7 +1,7 @@
 """`export`: the state at a time as a Django fixture that `manage.py loaddata` accepts.
 
 The state is read the way a restore validates it: the chosen snapshot, and the log after
-it up to the time folded over it (services.restore.fold_state). When no logged change
+it up to the time folded over it (core.replay.fold_state). When no logged change
 follows the snapshot, its tables are streamed as they are, without a fold. Objects carry
 natural foreign keys and natural primary keys (no ``pk``: loaddata finds or creates each
 row by its natural key), models come parents first (restore_plan.insert_order; a cycle's
@@ -18,14 +18,15 @@ from typing import IO, Any
 
 import orjson
 
-from nkdaemon.core.keys import TableSpec
+from nkdaemon.core.fold import LogFold, key_text
+from nkdaemon.core.keys import NaturalKey, TableSpec
 from nkdaemon.core.legacy import FieldPlan, ModelMap, field_name, flatten_key, through_sides
 from nkdaemon.core.legacy_values import RawJson, fixture_converter
-from nkdaemon.core.replay import NaturalState, key_text
+from nkdaemon.core.replay import fold_state
 from nkdaemon.core.restore_plan import insert_order
 from nkdaemon.repository.segments import SegmentLog
 from nkdaemon.repository.snapshots import read_table
-from nkdaemon.services.restore import RestorePlan, fold_state, replay_range
+from nkdaemon.services.restore import RestorePlan, replay_range
 
 Progress = Callable[[int], object]
 _PASS = orjson.OPT_PASSTHROUGH_DATACLASS  # RawJson goes to _raw_json, not as an object
@@ -79,7 +80,7 @@ class _Exporter:
         self.specs = {s.name: s for s in plan.context}
         self.selected = {s.name for s in plan.tables}
         self.m2m = self._m2m_fields()
-        self._state: NaturalState | None = None
+        self._state: LogFold | None = None
         self._converters: dict[tuple[str, str], Callable[[Any], Any]] = {}
         # no logged change after the snapshot: stream its files, no fold needed
         self._straight = plan.transactions == 0
@@ -139,20 +140,20 @@ class _Exporter:
         if self._state is None:
             self._state = fold_state(
                 self.plan.context,
-                self._snapshot_events(),
+                self._snapshot_rows(),
                 replay_range(self.log_store, self.plan.snapshot, self.plan.at),
             )
         for key, row, count in self._state.rendered(name):
             for _ in range(count):
                 yield key, row
 
-    def _snapshot_events(self) -> Iterator[dict[str, Any]]:
+    def _snapshot_rows(self) -> Iterator[tuple[str, NaturalKey, dict[str, Any]]]:
         snapshot = self.plan.snapshot
         for spec in self.plan.context:
             file = snapshot.table(spec.name)
             if file is not None:
                 for item in read_table(snapshot, file):
-                    yield {"t": spec.name, "o": "I", "k": item["k"], "r": item["r"]}
+                    yield spec.name, item["k"], item["r"]
 
     def _members(self, through: str, m2m: _M2M) -> dict[str, list[Any]]:
         """Owner key text -> the target keys of its many-to-many field, as fixture lists."""

@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine
 from nkdaemon.core.definitions import spec_to_json
 from nkdaemon.core.errors import NkdError, NotInstalledError
 from nkdaemon.core.keys import TableSpec
+from nkdaemon.core.log import Epoch
 from nkdaemon.core.ownership import CaptureClaim, CaptureOwner, not_ours, owned_elsewhere
 from nkdaemon.core.ports import CaptureSource, SnapshotPoint, TableReader
 from nkdaemon.core.translate import ShallowKey
@@ -162,7 +163,7 @@ def _write_epoch(
     lsn = log_store.next_lsn
     when = point.time.astimezone(UTC).isoformat(timespec="microseconds")
     log_store.append_epoch(
-        {"lsn": lsn, "pos": point.position, "installation": installation, "time": when}
+        Epoch(lsn=lsn, position=point.position, installation=installation, time=point.time)
     )
     segment, offset = log_store.sync()
     state.commit(

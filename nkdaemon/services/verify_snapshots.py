@@ -17,6 +17,7 @@ snapshot's position, the target's rows read back must fold to that snapshot's di
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,10 +26,12 @@ from typing import Any, Protocol
 from nkdaemon.core.definitions import spec_from_json
 from nkdaemon.core.digest import Digest, DigestFold
 from nkdaemon.core.errors import NkdError
-from nkdaemon.core.expectation import Expectation, ExpectationError, TableDiff
+from nkdaemon.core.fold import LogFold, ReplayError
 from nkdaemon.core.keys import TableSpec
+from nkdaemon.core.log import ChangeEvent
 from nkdaemon.core.restore_plan import insert_order
-from nkdaemon.repository.reader import LoggedTransaction, LogMarker, read_log
+from nkdaemon.core.table_diff import TableDiff
+from nkdaemon.repository.reader import AtMarker, transactions_between
 from nkdaemon.repository.segments import SegmentLog
 from nkdaemon.repository.snapshots import SnapshotInfo, list_snapshots, read_table
 
@@ -85,7 +88,7 @@ class _Chain:
             pair = _Pair(earlier=earlier, later=later)
             try:
                 self.pair(pair)
-            except ExpectationError as exc:
+            except ReplayError as exc:
                 self.findings.problems.append(
                     f"{pair.label}: the log after {earlier.id} cannot be applied to it: "
                     f"{exc.message}"
@@ -127,7 +130,7 @@ class _Chain:
         tables, skipped = _comparable(earlier, later)
         for name, why in skipped.items():
             self.findings.notes.append(f"{pair.label}: {name} not compared ({why})")
-        expectation = Expectation([tables[n] for n in insert_order(list(tables.values())).tables])
+        expectation = LogFold([tables[n] for n in insert_order(list(tables.values())).tables])
         project = _projections(earlier, later, tables)
         self.load(earlier, expectation, project)
         applied, covered = _apply_log(pair, self.log_store, expectation, project)
@@ -150,7 +153,7 @@ class _Chain:
             )
 
     def load(
-        self, snapshot: SnapshotInfo, expectation: Expectation, project: Mapping[str, Projection]
+        self, snapshot: SnapshotInfo, expectation: LogFold, project: Mapping[str, Projection]
     ) -> None:
         for name in expectation.tables():
             fold = DigestFold()
@@ -160,7 +163,7 @@ class _Chain:
         expectation.finish_load()
 
     def compare(
-        self, snapshot: SnapshotInfo, expectation: Expectation, project: Mapping[str, Projection]
+        self, snapshot: SnapshotInfo, expectation: LogFold, project: Mapping[str, Projection]
     ) -> list[TableDiff]:
         diffs = []
         for name in expectation.tables():
@@ -274,38 +277,34 @@ def _pairs(snapshot: SnapshotInfo, name: str) -> Iterator[tuple[Any, Any]]:
 def _apply_log(
     pair: _Pair,
     log_store: SegmentLog,
-    expectation: Expectation,
+    expectation: LogFold,
     project: Mapping[str, Projection],
 ) -> tuple[int, bool]:
     """Apply the transactions after the earlier snapshot up to the later one's position:
     (how many, whether the log is known to reach that position)."""
     earlier, later = pair.earlier, pair.later
     applied = 0
-    for item in read_log(log_store, from_lsn=max(1, earlier.log_lsn)):
-        if isinstance(item, LogMarker):
-            if item.lsn <= earlier.log_lsn:
-                continue
-            raise NkdError(f"the log holds a {item.kind} marker (lsn {item.lsn}) between them")
-        assert isinstance(item, LoggedTransaction)
-        if item.position <= earlier.position:
-            continue
-        if item.position > later.position:
-            return applied, True
-        events = (_project_event(e, project) for e in item.events if e.get("t") in project)
+    replay = transactions_between(
+        log_store,
+        from_lsn=earlier.log_lsn,
+        after=earlier.position,
+        through=later.position,
+        at_marker=AtMarker.REFUSE,  # between two snapshots of one installation: none may lie
+    )
+    for item in replay:
+        events = (_project_event(e, project) for e in item.events if e.table in project)
         expectation.apply_transaction(events, where=f"log transaction {item.lsn}: ")
         applied += 1
-    return applied, False
+    return applied, replay.passed_limit
 
 
-def _project_event(event: dict[str, Any], project: Mapping[str, Projection]) -> dict[str, Any]:
-    projection = project[event["t"]]
-    if projection is _whole or event["o"] == "T":
+def _project_event(event: ChangeEvent, project: Mapping[str, Projection]) -> ChangeEvent:
+    projection = project[event.table]
+    if projection is _whole or event.op == "T":
         return event
-    out = dict(event)
-    out["k"], out["r"] = projection(event.get("k"), event.get("r"))
-    if event.get("ok") is not None:
-        out["ok"], _ = projection(event["ok"], None)
-    return out
+    key, row = projection(event.key, event.row)
+    old_key = None if event.old_key is None else projection(event.old_key, None)[0]
+    return dataclasses.replace(event, key=key, row=row, old_key=old_key)
 
 
 # --- restore's cross-check ---------------------------------------------------------------

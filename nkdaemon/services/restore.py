@@ -25,16 +25,18 @@ from cachetools import LRUCache
 from nkdaemon.core.definitions import spec_from_json
 from nkdaemon.core.digest import DigestFold
 from nkdaemon.core.errors import NkdError, UsageError
-from nkdaemon.core.expectation import Expectation, TableDiff
+from nkdaemon.core.fold import LogFold
 from nkdaemon.core.keys import ForeignKeySpec, TableSpec
-from nkdaemon.core.replay import NaturalState, shapes_of
+from nkdaemon.core.log import ChangeEvent, LoggedTransaction
+from nkdaemon.core.replay import fold_state
 from nkdaemon.core.restore_plan import (
     InsertOrder,
     SnapshotChoice,
     choose_snapshot,
     insert_order,
 )
-from nkdaemon.repository.reader import LoggedTransaction, LogMarker, read_log
+from nkdaemon.core.table_diff import TableDiff
+from nkdaemon.repository.reader import AtMarker, CrossedGap, transactions_between
 from nkdaemon.repository.segments import SegmentLog
 from nkdaemon.repository.snapshots import (
     SnapshotInfo,
@@ -162,7 +164,7 @@ def plan_restore(
     first = last = None
     for tx in replay_range(log_store, chosen, at):
         count += 1
-        events += sum(1 for e in tx.events if e["t"] in names)
+        events += sum(1 for e in tx.events if e.table in names)
         first = first or tx.lsn
         last = tx.lsn
     rows = sum(t.rows for t in chosen.tables if t.name in {s.name for s in selected})
@@ -186,27 +188,20 @@ def replay_range(
     (none after an imported snapshot: the log does not continue it)."""
     if snapshot.imported is not None:
         return
-    limit = None if at is None else at.isoformat(timespec="microseconds")
-    for item in read_log(log_store, from_lsn=max(1, snapshot.log_lsn)):
-        if isinstance(item, LogMarker):
-            if item.lsn <= snapshot.log_lsn:
-                continue
-            if item.kind == "epoch":
-                return  # capture was re-installed: its baseline snapshot takes over
-            raise RestoreError(
-                f"the log lost transactions {item.payload['from_lsn']}..{item.payload['to_lsn']} "
-                "after the chosen snapshot",
-                hint="restore to a time before the gap, or after a snapshot taken after it",
-            )
-        if item.position <= snapshot.position:
-            continue
-        if limit is not None and _utc(item.commit_time) > limit:
-            return
-        yield item
-
-
-def _utc(text: str) -> str:
-    return datetime.fromisoformat(text).astimezone(UTC).isoformat(timespec="microseconds")
+    try:
+        yield from transactions_between(
+            log_store,
+            from_lsn=snapshot.log_lsn,
+            after=snapshot.position,
+            until=at,
+            at_marker=AtMarker.RESTORE,
+        )
+    except CrossedGap as crossed:
+        raise RestoreError(
+            f"the log lost transactions {crossed.gap.from_lsn}..{crossed.gap.to_lsn} "
+            "after the chosen snapshot",
+            hint="restore to a time before the gap, or after a snapshot taken after it",
+        ) from None
 
 
 class _Resolver:
@@ -686,7 +681,7 @@ class Restorer:
             self._apply_deferred(partial=True)
         self._apply_deferred()
 
-    def _snapshot_events(self) -> Iterator[dict[str, Any]]:
+    def _snapshot_events(self) -> Iterator[tuple[str, Any, dict[str, Any]]]:
         snapshot = self.plan.snapshot
         for spec in self.plan.context:
             file = snapshot.table(spec.name)
@@ -694,11 +689,11 @@ class Restorer:
                 for item in read_table(snapshot, file):
                     if spec.name in self._selected:
                         self.report.rows_loaded += 1
-                    yield {"t": spec.name, "o": "I", "k": item["k"], "r": item["r"]}
+                    yield spec.name, item["k"], item["r"]
 
     def _counted_log(self) -> Iterator[LoggedTransaction]:
         for tx in replay_range(self.log_store, self.plan.snapshot, self.plan.at):
-            self.report.events_applied += sum(1 for e in tx.events if e["t"] in self._selected)
+            self.report.events_applied += sum(1 for e in tx.events if e.table in self._selected)
             yield tx
 
     def _add_missing(
@@ -828,20 +823,20 @@ class Restorer:
                 self._apply_deferred(partial=True)
         self._apply_deferred()
         self.resolver.end_transaction()
-        self.progress("replay", sum(1 for e in tx.events if e["t"] in self._selected))
+        self.progress("replay", sum(1 for e in tx.events if e.table in self._selected))
 
     def _foldable(self, tx: LoggedTransaction) -> bool:
         """True when the transaction only inserts rows and updates rows without renaming
         them: such transactions commute table by table, so a run of them can be applied as
         its net change (each row's last version), parents before children."""
         for event in tx.events:
-            name = event["t"]
+            name = event.table
             if name not in self._selected:
                 continue
-            op = event["o"]
+            op = event.op
             if op == "I":
                 continue
-            if op != "U" or event.get("ok") is not None:
+            if op != "U" or event.old_key is not None:
                 return False
             if self._tables[name].spec.full_row_identity:
                 return False
@@ -860,19 +855,19 @@ class Restorer:
         events = 0
         for tx in run:
             for event in tx.events:
-                name = event["t"]
+                name = event.table
                 if name not in self._selected:
                     continue
                 events += 1
                 if self._tables[name].spec.full_row_identity:
-                    multiset.setdefault(name, []).append(event["r"])
+                    multiset.setdefault(name, []).append(_row(event))
                     continue
-                text = _text(event["k"])
+                text = _text(event.key)
                 inserted = inserts.setdefault(name, {})
-                if event["o"] == "I" or text in inserted:
-                    inserted[text] = (event["k"], event["r"])
+                if event.op == "I" or text in inserted:
+                    inserted[text] = (event.key, _row(event))
                 else:
-                    updates.setdefault(name, {})[text] = (event["k"], event["r"])
+                    updates.setdefault(name, {})[text] = (event.key, _row(event))
         try:
             with self.target.attempt():
                 for name in self._order.tables:
@@ -898,15 +893,15 @@ class Restorer:
         wanted: dict[str, list[Any]] = {}
         for tx in window:
             for event in tx.events:
-                name = event["t"]
+                name = event.table
                 if name not in self._selected:
                     continue
                 spec = self._tables[name].spec
                 if spec.full_row_identity:
                     continue
-                if event["o"] in ("U", "D"):
-                    wanted.setdefault(name, []).append(event.get("ok") or event["k"])
-                row = event.get("r") or {}
+                if event.op in ("U", "D"):
+                    wanted.setdefault(name, []).append(event.previous_key)
+                row = event.row or {}
                 for fk in spec.foreign_keys:
                     value = row.get(fk.part_name)
                     if value is not None and not fk.by_natural_key:
@@ -915,7 +910,7 @@ class Restorer:
             if name in self._tables:
                 self.resolver.resolve(name, keys)
 
-    def _apply(self, table: TargetTable, op: str, events: list[dict[str, Any]]) -> None:
+    def _apply(self, table: TargetTable, op: str, events: list[ChangeEvent]) -> None:
         name = table.spec.name
         if op == "T":
             self.target.delete_all(table)
@@ -925,17 +920,17 @@ class Restorer:
             self._apply_multiset(table, op, events)
             return
         if op == "I":
-            self._write(table, [(e["k"], e["r"]) for e in events], match=True, late_refs=True)
+            self._write(table, [(e.key, _row(e)) for e in events], match=True, late_refs=True)
             return
         if op == "D":
-            found = self.resolver.resolve(name, [e["k"] for e in events])
+            found = self.resolver.resolve(name, [e.key for e in events])
             addresses = [a for a in found.values() if a is not None]  # cascades took the rest
             self.target.delete(table, addresses)
             self.resolver.deleted(name, found)
             return
         for event in events:  # updates one by one: a rename changes what later ones find
-            self._update_many(table, [(event["k"], event["r"])], old_key=event.get("ok"))
-            if event.get("ok") is not None:
+            self._update_many(table, [(event.key, _row(event))], old_key=event.old_key)
+            if event.old_key is not None:
                 self.resolver.changed(name)
 
     def _update_many(
@@ -970,13 +965,12 @@ class Restorer:
         if self._deferred:  # a reference to these rows' keys can be set right away
             self._apply_deferred(partial=True)
 
-    def _apply_multiset(self, table: TargetTable, op: str, events: list[dict[str, Any]]) -> None:
+    def _apply_multiset(self, table: TargetTable, op: str, events: list[ChangeEvent]) -> None:
         for event in events:
             if op in ("U", "D"):
-                old = event.get("ok") or event["k"]
-                self._delete_one_equal(table, old)
+                self._delete_one_equal(table, _row(event, old=True))
             if op in ("I", "U"):
-                self._write(table, [(event["r"], event["r"])], match=False)
+                self._write(table, [(_row(event), _row(event))], match=False)
 
     def _delete_one_equal(self, table: TargetTable, row: dict[str, Any]) -> None:
         spec = table.spec
@@ -1007,7 +1001,7 @@ class Restorer:
 
     def _validate(self, order: InsertOrder) -> None:
         specs = [self._tables[n].spec for n in order.tables]
-        expectation = Expectation(specs)
+        expectation = LogFold(specs)
         snapshot = self.plan.snapshot
         for name in order.tables:
             file = snapshot.table(name)
@@ -1018,7 +1012,7 @@ class Restorer:
         position = snapshot.position
         for tx in replay_range(self.log_store, snapshot, self.plan.at):
             expectation.apply_transaction(
-                (e for e in tx.events if e["t"] in self._in_play),
+                (e for e in tx.events if e.table in self._in_play),
                 where=f"log transaction {tx.lsn}: ",
             )
             position = tx.position
@@ -1124,27 +1118,11 @@ def referenced_tables(specs: Sequence[TableSpec], selected: set[str]) -> set[str
     return found
 
 
-def fold_state(
-    specs: Sequence[TableSpec],
-    snapshot_events: Iterable[dict[str, Any]],
-    transactions: Iterable[LoggedTransaction],
-) -> NaturalState:
-    """The natural-key state made by a snapshot's rows and the log after it."""
-    shapes = shapes_of(specs)
-    order = insert_order(specs).tables
-    rank = {name: i for i, name in enumerate(order)}
-    state = NaturalState(shapes=shapes)
-    # a key names its parents' keys, so parents are loaded first
-    by_table: dict[str, list[dict[str, Any]]] = {}
-    for event in snapshot_events:
-        by_table.setdefault(event["t"], []).append(event)
-    state.apply_transaction(
-        (e for name in sorted(by_table, key=lambda n: rank.get(n, 0)) for e in by_table[name]),
-        where="snapshot: ",
-    )
-    for tx in transactions:
-        state.apply_transaction(tx.events, where=f"log transaction {tx.lsn}: ")
-    return state
+def _row(event: ChangeEvent, *, old: bool = False) -> dict[str, Any]:
+    """The row an insert or update carries (or, ``old``, the whole-row key it replaces)."""
+    row = event.previous_key if old else event.row
+    assert row is not None, "the log format gives inserts and updates a row"
+    return row
 
 
 def _raw_pk(table: TargetTable, row: Mapping[str, Any]) -> list[Any]:
@@ -1192,13 +1170,13 @@ def _foldable_runs(
 
 
 def _runs(
-    events: Iterable[dict[str, Any]],
-) -> Iterator[tuple[tuple[str, str], list[dict[str, Any]]]]:
+    events: Iterable[ChangeEvent],
+) -> Iterator[tuple[tuple[str, str], list[ChangeEvent]]]:
     """Consecutive events of the same table and operation, in order."""
     current: tuple[str, str] | None = None
-    batch: list[dict[str, Any]] = []
+    batch: list[ChangeEvent] = []
     for event in events:
-        marker = (event["t"], event["o"])
+        marker = (event.table, event.op)
         if marker != current and batch:
             assert current is not None
             yield current, batch

@@ -24,6 +24,7 @@ from sqlalchemy.engine import make_url
 from nkdaemon.core.errors import NkdError
 from nkdaemon.core.keys import ColumnSpec, ForeignKeySpec, IndexSpec, TableSpec
 from nkdaemon.core.portable_sql import portable_default
+from nkdaemon.dialects.postgres_rows import RowDecoder, sql_nulls
 from nkdaemon.targets.values import pg_param, sqlite_param, sqlite_reader, sqlite_type
 
 Address = tuple[Any, ...]
@@ -413,11 +414,6 @@ class PostgresTarget(Target):
 
     def read(self, table: TargetTable) -> Iterator[dict[str, Any]]:
         """Every row as canonical values (the columns of the definition and the address)."""
-        from nkdaemon.sources.postgres import (
-            RowDecoder,  # the source's reading of rows
-            sql_nulls,  # the source's reading
-        )
-
         decoder = RowDecoder(table.spec)
         names = [c.name for c in table.spec.columns if c.name in table.columns]
         place = _pseudo_address(table)  # ctid: the address of a row without a primary key

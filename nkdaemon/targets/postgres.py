@@ -25,8 +25,10 @@ from nkdaemon.targets import postgres_sql as q
 from nkdaemon.targets.ddl import pg_constraints, pg_create_table
 from nkdaemon.targets.table import (
     Address,
+    CanonicalRow,
     Converter,
     NewId,
+    Params,
     RestoreTargetError,
     TargetTable,
     draw_uuids,
@@ -205,7 +207,7 @@ class PostgresTarget:
         return found
 
     def find_one_equal(
-        self, table: TargetTable, columns: Sequence[str], values: Sequence[Any]
+        self, table: TargetTable, columns: Sequence[str], values: Params
     ) -> Address | None:
         """The address of one row whose ``columns`` equal ``values``, NULL equal to NULL
         (a row captured whole, which may hold NULLs and have duplicates)."""
@@ -236,9 +238,7 @@ class PostgresTarget:
             rows = self.conn.execute(q.NEXT_IDS, (table.sequence, count)).fetchall()
         return [int(r[0]) for r in rows]
 
-    def insert(
-        self, table: TargetTable, columns: Sequence[str], rows: Iterable[Sequence[Any]]
-    ) -> None:
+    def insert(self, table: TargetTable, columns: Sequence[str], rows: Iterable[Params]) -> None:
         """Insert rows, a list or a stream (a stream is sent as one COPY as it comes)."""
         if isinstance(rows, Sequence) and not rows:
             return
@@ -260,9 +260,7 @@ class PostgresTarget:
             for row in rows:
                 copy.write_row(row)
 
-    def update(
-        self, table: TargetTable, columns: Sequence[str], rows: Sequence[Sequence[Any]]
-    ) -> None:
+    def update(self, table: TargetTable, columns: Sequence[str], rows: Sequence[Params]) -> None:
         """``rows`` hold the new values of ``columns`` followed by the row's address."""
         if not rows:
             return
@@ -285,7 +283,7 @@ class PostgresTarget:
             statement = self._statements[key] = built.as_string(self.conn)
         return statement
 
-    def _run_many(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
+    def _run_many(self, statement: str, rows: Sequence[Params]) -> None:
         """executemany, except that in a pipeline single rows are queued, not waited for."""
         if self._pipelined and len(rows) < 8:
             for row in rows:
@@ -315,7 +313,7 @@ class PostgresTarget:
 
     # --- reading back --------------------------------------------------------------------
 
-    def read(self, table: TargetTable) -> Iterator[dict[str, Any]]:
+    def read(self, table: TargetTable) -> Iterator[CanonicalRow]:
         """Every row as canonical values (the columns of the definition and the address)."""
         decoder = RowDecoder(table.spec)
         names = [c.name for c in table.spec.columns if c.name in table.columns]

@@ -20,8 +20,10 @@ from nkdaemon.core.keys import TableSpec
 from nkdaemon.targets.ddl import sqlite_create_table, sqlite_indexes
 from nkdaemon.targets.table import (
     Address,
+    CanonicalRow,
     Converter,
     NewId,
+    Params,
     RestoreTargetError,
     TargetTable,
     draw_uuids,
@@ -83,6 +85,7 @@ class SqliteTarget:
         self.conn.execute("RELEASE nkd_attempt")
 
     def check_constraints(self) -> None:
+        """Refuse now what the deferred foreign keys would refuse at commit."""
         with _sqlite_errors("the foreign key check"):
             broken = self.conn.execute("PRAGMA foreign_key_check").fetchall()
         if broken:
@@ -101,6 +104,7 @@ class SqliteTarget:
             self.conn.execute("ROLLBACK")
 
     def inspect(self, spec: TableSpec) -> TargetTable | None:
+        """The table as the target has it, or None if the target has no such table."""
         with _sqlite_errors(f"reading the definition of {spec.name}"):
             info = self.conn.execute(f"PRAGMA table_info({quote(spec.name)})").fetchall()
             if not info:
@@ -132,6 +136,7 @@ class SqliteTarget:
     def find(
         self, table: TargetTable, columns: Sequence[str], keys: Sequence[Address]
     ) -> dict[Address, Address]:
+        """Addresses of the rows whose ``columns`` hold each of ``keys``."""
         found: dict[Address, Address] = {}
         width = len(table.primary_key)
         cols = ", ".join(map(quote, columns))
@@ -150,7 +155,7 @@ class SqliteTarget:
         return found
 
     def find_one_equal(
-        self, table: TargetTable, columns: Sequence[str], values: Sequence[Any]
+        self, table: TargetTable, columns: Sequence[str], values: Params
     ) -> Address | None:
         """The address of one row whose ``columns`` equal ``values``, NULL equal to NULL."""
         equal = " AND ".join(f"{quote(c)} IS ?" for c in columns) or "1"
@@ -173,6 +178,8 @@ class SqliteTarget:
         return sqlite_param(logical_type(table, column), value, source_dialect=self.source_dialect)
 
     def allocate(self, table: TargetTable, count: int) -> list[NewId]:
+        """``count`` new ids: past the largest id ever used (rows or sqlite_sequence), or
+        random UUIDs; drawn here, so they hold for this transaction only."""
         if table.uuid_ids:
             column = table.primary_key[0]
             drawn = (uuid.uuid4() for _ in range(count))
@@ -206,9 +213,8 @@ class SqliteTarget:
             is not None
         )
 
-    def insert(
-        self, table: TargetTable, columns: Sequence[str], rows: Iterable[Sequence[Any]]
-    ) -> None:
+    def insert(self, table: TargetTable, columns: Sequence[str], rows: Iterable[Params]) -> None:
+        """Insert rows, a list or a stream."""
         if isinstance(rows, Sequence) and not rows:
             return
         statement = (
@@ -218,9 +224,8 @@ class SqliteTarget:
         with _sqlite_errors(f"rows for {table.spec.name}"):
             self.conn.executemany(statement, rows)
 
-    def update(
-        self, table: TargetTable, columns: Sequence[str], rows: Sequence[Sequence[Any]]
-    ) -> None:
+    def update(self, table: TargetTable, columns: Sequence[str], rows: Sequence[Params]) -> None:
+        """``rows`` hold the new values of ``columns`` followed by the row's address."""
         if not rows:
             return
         statement = (
@@ -232,6 +237,7 @@ class SqliteTarget:
             self.conn.executemany(statement, rows)
 
     def delete(self, table: TargetTable, addresses: Sequence[Address]) -> None:
+        """Delete the rows at ``addresses``."""
         if not addresses:
             return
         where = " AND ".join(f"{quote(c)} = ?" for c in table.primary_key)
@@ -240,6 +246,7 @@ class SqliteTarget:
             self.conn.executemany(statement, [list(a) for a in addresses])
 
     def addresses(self, table: TargetTable) -> Iterator[Address]:
+        """The address of every row of the table."""
         cols = ", ".join(map(quote, table.primary_key))
         with _sqlite_errors(f"reading {table.spec.name}"):
             rows = self.conn.execute(f"SELECT {cols} FROM {quote(table.spec.name)}").fetchall()
@@ -250,6 +257,7 @@ class SqliteTarget:
             self.conn.execute(f"DELETE FROM {quote(table.spec.name)}")
 
     def advance(self, table: TargetTable) -> None:
+        """Move an AUTOINCREMENT table's sqlite_sequence past every id in the table."""
         if not self._has_sequence():
             return
         with _sqlite_errors(f"advancing the sequence of {table.spec.name}"):
@@ -266,7 +274,8 @@ class SqliteTarget:
                     (row[0], table.spec.name),
                 )
 
-    def read(self, table: TargetTable) -> Iterator[dict[str, Any]]:
+    def read(self, table: TargetTable) -> Iterator[CanonicalRow]:
+        """Every row as canonical values (the columns of the definition and the address)."""
         names = [c.name for c in table.spec.columns if c.name in table.columns]
         readers = [
             sqlite_reader(table.spec.column(n).logical_type, source_dialect=self.source_dialect)

@@ -4,7 +4,7 @@ target's error, and the pure helpers over them (no driver here)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +13,12 @@ from nkdaemon.core.keys import TableSpec
 
 Address = tuple[Any, ...]
 """A row's place in the target: its primary-key values (or its ctid / rowid)."""
+
+Params = Sequence[Any]
+"""One row's parameters for the driver, in the order of the columns named with them."""
+
+CanonicalRow = dict[str, Any]
+"""A row as the log and snapshots hold it: column name -> canonical value."""
 
 Converter = Callable[[Any], Any]
 """Turns a canonical value of one column into the parameter the target's driver sends."""

@@ -44,7 +44,10 @@ from nkdaemon.repository.snapshots import (
     read_table_batches,
 )
 from nkdaemon.services.verify_snapshots import cross_check, digest_witness
-from nkdaemon.targets.database import Address, PostgresTarget, SqliteTarget, TargetTable, _same
+from nkdaemon.targets.postgres import PostgresTarget
+from nkdaemon.targets.sqlite import SqliteTarget
+from nkdaemon.targets.table import Address, TargetTable
+from nkdaemon.targets.table import same_value as _same
 
 log = structlog.get_logger("nkdaemon.restore")
 
@@ -1269,6 +1272,6 @@ def _runs(
 
 
 def open_restore_target(url: str, source_dialect: str) -> PostgresTarget | SqliteTarget:
-    from nkdaemon.targets.database import open_target
+    from nkdaemon.targets.factory import open_target
 
     return open_target(url, source_dialect=source_dialect)

@@ -260,7 +260,6 @@ class Expectation:
         remaining.clear()
         return diff
 
-
     def _compare_multiset(
         self,
         t: _Table,

@@ -272,6 +272,33 @@ class StoreContract:
         store.write_if_absent("s/1/tables/1", b"a name deleted is free again")
         assert store.read("s/1/tables/1") == b"a name deleted is free again"
 
+    def test_listing_while_objects_are_deleted_never_fails(self, store: RepositoryStore) -> None:
+        """A snapshot pruned while another process lists the store (a folder of a local
+        store vanishes mid-walk)."""
+        done = threading.Event()
+        failures: list[BaseException] = []
+
+        def churn() -> None:
+            n = 0
+            while not done.is_set():
+                name = f"s/{n % 4}/tables/{n}"
+                store.write_if_absent(name, b"t")
+                store.delete(name)
+                n += 1
+
+        writer = threading.Thread(target=churn)
+        writer.start()
+        try:
+            for _ in range(2000):
+                try:
+                    store.list("s/")
+                except OSError as exc:
+                    failures.append(exc)
+        finally:
+            done.set()
+            writer.join()
+        assert failures == []
+
     def test_describe_names_the_store_and_an_object(self, store: RepositoryStore) -> None:
         assert store.describe()
         assert store.describe("a/b").endswith("a/b")

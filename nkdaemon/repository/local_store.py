@@ -58,7 +58,7 @@ class LocalStore:
         if not start.is_dir():
             return []
         found: list[str] = []
-        for directory, folders, files in os.walk(start, onerror=_raise):
+        for directory, folders, files in os.walk(start, onerror=_unless_gone):
             relative = Path(directory).relative_to(self.root).as_posix()
             base = "" if relative == "." else f"{relative}/"
             # descend only where names starting with the prefix can be
@@ -191,8 +191,11 @@ def _may_hold(folder: str, prefix: str) -> bool:
     return folder.startswith(prefix) or prefix.startswith(folder)
 
 
-def _raise(error: OSError) -> None:
-    raise error
+def _unless_gone(error: OSError) -> None:
+    """Listing fails where a folder cannot be read; one removed while it was listed (a
+    snapshot being pruned) only held objects that are gone."""
+    if not isinstance(error, FileNotFoundError):
+        raise error
 
 
 @contextlib.contextmanager

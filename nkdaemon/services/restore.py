@@ -590,11 +590,11 @@ class Restorer:
             for i, key in enumerate(keys):
                 if key is None:
                     out[i].extend([None] * len(fk.columns))
-                elif fk.by_natural_key:
-                    out[i].extend(self.target.param(ref_table, c, key[c]) for c in fk.ref_columns)
-                elif fk in deferred:
+                elif fk in deferred:  # a cycle breaker, even when its values are the key
                     out[i].extend([None] * len(fk.columns))
                     self._late.setdefault(id(rows[i]), []).append((fk, key))
+                elif fk.by_natural_key:
+                    out[i].extend(self._natural_fk_values(fk, ref_table, key))
                 else:
                     address = found.get(_text(key))
                     if address is None:
@@ -633,8 +633,18 @@ class Restorer:
                     raise RestoreError(
                         f"{name} refers to {fk.ref_table} {_show(key)}, which does not exist"
                     )
-                rows.append([*_fk_values(fk, self._tables[fk.ref_table], ref), *address])
+                ref_table = self._tables[fk.ref_table]
+                values = (
+                    self._natural_fk_values(fk, ref_table, key)
+                    if fk.by_natural_key
+                    else _fk_values(fk, ref_table, ref)
+                )
+                rows.append([*values, *address])
             self.target.update(table, list(fk.columns), rows)
+
+    def _natural_fk_values(self, fk: ForeignKeySpec, ref: TargetTable, key: Any) -> list[Any]:
+        """A reference by natural key holds the referenced row's key values themselves."""
+        return [self.target.param(ref, c, key[c]) for c in fk.ref_columns]
 
     # --- stage: snapshot ----------------------------------------------------------------
 

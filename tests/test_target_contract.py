@@ -186,6 +186,23 @@ class TargetContract:
         assert len(set(drawn)) == 5 and not set(drawn) & held
         assert all(isinstance(i, int) for i in drawn)
 
+    def test_allocate_draws_past_ids_the_application_set_itself(
+        self, target: Target, url: str
+    ) -> None:
+        """Rows inserted with explicit ids leave a sequence behind (PostgreSQL's serial
+        does not move); the ids drawn must still be free."""
+        self.make(target)
+        target.commit()
+        self.run_sql(url, "INSERT INTO parents (id, name) VALUES (1, 'app 1'), (2, 'app 2')")
+        again = open_target(url, source_dialect=self.dialect)
+        try:
+            table = again.inspect(PARENTS)
+            assert table is not None
+            drawn = again.allocate(table, 3)
+        finally:
+            again.close()
+        assert not set(drawn) & {1, 2} and len(set(drawn)) == 3
+
     def test_allocate_draws_random_uuids_for_a_uuid_key(self, target: Target) -> None:
         tokens = self.make(target)["tokens"]
         self.write(target, tokens, [{"name": "a"}, {"name": "b"}])

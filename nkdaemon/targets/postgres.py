@@ -234,6 +234,9 @@ class PostgresTarget:
                 f"table {table.spec.name} in the target generates no ids for new rows",
                 hint="give its primary key a default (serial or identity)",
             )
+        if not table.sequence_checked:  # ids the application set itself leave it behind
+            self.advance(table)
+            table.sequence_checked = True
         with _pg_errors(f"allocating ids for {table.spec.name}"):
             rows = self.conn.execute(q.NEXT_IDS, (table.sequence, count)).fetchall()
         return [int(r[0]) for r in rows]

@@ -132,7 +132,8 @@ def advance(name: sql.Composable, table: TargetTable, sequence: str) -> sql.Comp
     """Move the key's sequence past the largest id in the table (never back)."""
     return sql.SQL(
         "SELECT setval({seq}, m) FROM (SELECT max({pk}) AS m FROM {t}) s "
-        "WHERE m IS NOT NULL AND m > (SELECT last_value FROM {seqrel})"
+        # >=: a fresh sequence (last_value 1, not yet called) would hand out 1 again
+        "WHERE m IS NOT NULL AND m >= (SELECT last_value FROM {seqrel})"
     ).format(
         seq=sql.Literal(sequence),
         pk=sql.Identifier(table.primary_key[0]),

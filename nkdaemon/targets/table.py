@@ -49,6 +49,7 @@ class TargetTable:
     identity_always: bool = False  # inserting ids needs OVERRIDING SYSTEM VALUE
     rows_before: int = 0
     next_id: int | None = None
+    sequence_checked: bool = False  # moved past the ids the table holds, before drawing
 
 
 def quote(name: str) -> str:

@@ -28,7 +28,7 @@ import orjson
 from nkdaemon.core.errors import NkdError
 from nkdaemon.core.keys import TableSpec, key_references, row_references
 from nkdaemon.core.log import ChangeEvent, Op
-from nkdaemon.core.table_diff import TableDiff
+from nkdaemon.core.table_diff import TableDiff, Unresolved, compare_rows, key_text
 
 # A row or key with its references in entity form: ["@", entity number] (or ["@", key
 # text] for a table outside the fold).
@@ -39,11 +39,6 @@ class ReplayError(NkdError):
     """The log cannot be applied: an event contradicts the state before it."""
 
     kind = "replay"
-
-
-def key_text(value: Any) -> str:
-    """The canonical text of a natural key or row (stable: sorted object keys)."""
-    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
 def _fast(value: Any) -> bytes:
@@ -62,10 +57,6 @@ class _Table:
     entity: dict[str, int] = field(default_factory=dict)
     rows: dict[str, int] = field(default_factory=dict)
     kept: dict[str, tuple[Form, Form | None]] = field(default_factory=dict)
-
-
-class _Unresolved(Exception):
-    pass
 
 
 class LogFold:
@@ -107,7 +98,7 @@ class LogFold:
         }
 
     def entity_key(self, table: str, key: Mapping[str, Any]) -> str:
-        """The entity-form text of a natural key (raises _Unresolved if a part is unknown)."""
+        """The entity-form text of a natural key (raises Unresolved if a part is unknown)."""
         return _fast(self._key_form(table, key)).decode()
 
     def _entity_of(self, table: str, key: Any) -> int | str:
@@ -118,7 +109,7 @@ class LogFold:
         if found is None:
             found = self._deleted.get((table, text))
         if found is None:
-            raise _Unresolved(f"{table} {key_text(key)}")
+            raise Unresolved(f"{table} {key_text(key)}")
         return found
 
     def _row_form(self, table: str, row: Mapping[str, Any]) -> Form:
@@ -168,7 +159,7 @@ class LogFold:
                 self._update(t, event, where)
             else:
                 self._delete(t, _given(event.key), where)
-        except _Unresolved as missing:
+        except Unresolved as missing:
             raise _missing(where, table, missing) from None
 
     def _update(self, t: _Table, event: ChangeEvent, where: str) -> None:
@@ -208,14 +199,14 @@ class LogFold:
         if t.spec.full_row_identity:
             try:
                 self._apply_multiset(t, "I", None, row, where)
-            except _Unresolved as missing:
+            except Unresolved as missing:
                 raise ReplayError(
                     f"{where}{table} refers to {missing}, which does not exist"
                 ) from None
             return
         try:
             form = self._key_form(table, key)
-        except _Unresolved as missing:
+        except Unresolved as missing:
             raise _missing(where, table, missing) from None
         text = _fast(form).decode()
         if text in t.rows:
@@ -233,7 +224,7 @@ class LogFold:
         t = self._tables[table]
         try:
             form = self._row_form(table, row)
-        except _Unresolved:  # a reference to a row later in the transaction
+        except Unresolved:  # a reference to a row later in the transaction
             t.rows[text] = 0
             if self._keep:
                 t.kept[text] = (key, None)
@@ -251,7 +242,7 @@ class LogFold:
                 continue
             try:
                 form = self._row_form(table, row)
-            except _Unresolved as missing:
+            except Unresolved as missing:
                 raise ReplayError(
                     f"{where}{table} refers to {missing}, which does not exist"
                 ) from None
@@ -296,48 +287,27 @@ class LogFold:
         """The entity a (target) row with this natural key stands for, if expected."""
         try:
             return self._tables[table].entity.get(self.entity_key(table, key))
-        except _Unresolved:
+        except Unresolved:
             return None
+
+    def row_digest(self, table: str, row: Mapping[str, Any]) -> int:
+        """The hash of a row's entity form (raises Unresolved if a reference is unknown)."""
+        return self._row_hash(table, row)
+
+    def keyless(self, table: str) -> bool:
+        return self._tables[table].spec.full_row_identity
+
+    def expected(self, table: str) -> dict[str, int]:
+        """A table's expected rows, live: entity-form key text -> row hash (a keyless
+        table: row hash text -> count). A comparison of a keyed table consumes them."""
+        return self._tables[table].rows
 
     def compare(
         self, table: str, actual: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]
     ) -> TableDiff:
-        """Compare (natural key, row) pairs read back from the target (refs as natural keys).
-
-        Consumes the table's expected rows (each matched row is dropped as it is seen, so a
-        million-row table is not held twice); compare each table once."""
-        t = self._tables[table]
-        diff = TableDiff(table=table, expected=self.count(table))
-        if t.spec.full_row_identity:
-            counts: dict[str, int] = {}
-            for _key, row in actual:
-                diff.actual += 1
-                try:
-                    text = str(self._row_hash(table, row))
-                except _Unresolved:
-                    text = "?"
-                counts[text] = counts.get(text, 0) + 1
-            if counts != t.rows:
-                diff.differing.append("the multiset of rows differs")
-            return diff
-        remaining = t.rows
-        for key, row in actual:
-            diff.actual += 1
-            try:
-                text = self.entity_key(table, key)
-                digest = self._row_hash(table, row)
-            except _Unresolved as missing:
-                diff.unexpected.append(f"{key_text(key)} (refers to {missing})")
-                continue
-            expected = remaining.pop(text, None)
-            if expected is None:  # not expected, or a second row with the same key
-                diff.unexpected.append(key_text(key))
-            elif expected != digest:
-                diff.differing.append(key_text(key))
-        diff.missing.extend(remaining)
-        remaining.clear()
-        t.kept.clear()
-        return diff
+        """Compare (natural key, row) pairs read back from the target (refs as natural
+        keys) with the table's expected rows, which it consumes (core/table_diff.py)."""
+        return compare_rows(self, table, actual)
 
     # --- rendering (keep_rows) ---------------------------------------------------------------
 
@@ -439,7 +409,7 @@ def _entities(t: _Table, key: Form, row: Form | None) -> Iterator[int]:
                 yield value[1]
 
 
-def _missing(where: str, table: str, missing: _Unresolved) -> ReplayError:
+def _missing(where: str, table: str, missing: Unresolved) -> ReplayError:
     return ReplayError(f"{where}{table} refers to {missing}, which does not exist")
 
 

@@ -12,10 +12,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from nkdaemon.core.events import RawChange
-from nkdaemon.core.fold import LogFold, key_text
+from nkdaemon.core.fold import LogFold
 from nkdaemon.core.keys import NaturalKey, Sid, TableSpec, key_references
 from nkdaemon.core.log import ChangeEvent, LoggedTransaction
 from nkdaemon.core.restore_plan import insert_order
+from nkdaemon.core.table_diff import key_text
 from nkdaemon.core.translate import ShallowKey, Translator, source_id
 
 

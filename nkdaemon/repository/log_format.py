@@ -116,8 +116,13 @@ class Torn(Exception):
 
 
 def read_segment(path: Path, *, start: int = HEADER.size) -> Iterator[Record | Torn]:
-    """Yield the records of one segment; a Torn marks the first invalid bytes, then stops."""
-    data = path.read_bytes()
+    """Yield the records of one segment file (see decode_segment)."""
+    yield from decode_segment(path.name, path.read_bytes(), start=start)
+
+
+def decode_segment(name: str, data: bytes, *, start: int = HEADER.size) -> Iterator[Record | Torn]:
+    """Yield the records of segment ``name``, whose bytes are ``data``; a Torn marks the
+    first invalid bytes, then stops."""
     if len(data) < HEADER.size:
         yield Torn(0, "segment header is incomplete")
         return
@@ -127,7 +132,7 @@ def read_segment(path: Path, *, start: int = HEADER.size) -> Iterator[Record | T
         return
     if version > FORMAT_VERSION:
         raise RepositoryError(
-            f"log segment {path.name} has format version {version}; this release reads up "
+            f"log segment {name} has format version {version}; this release reads up "
             f"to {FORMAT_VERSION}",
             hint="upgrade nkdaemon to read this repository",
         )
@@ -151,20 +156,20 @@ def read_segment(path: Path, *, start: int = HEADER.size) -> Iterator[Record | T
             raw = _decompressor.decompress(raw)
             kind &= ~COMPRESSED
         yield Record(
-            segment=path.name,
+            segment=name,
             offset=offset,
             end=body_start + length,
             kind=kind,
-            entry=_decoded(path, offset, kind, raw),
+            entry=_decoded(name, offset, kind, raw),
         )
         offset = body_start + length
 
 
-def _decoded(path: Path, offset: int, kind: int, raw: bytes) -> Entry:
+def _decoded(name: str, offset: int, kind: int, raw: bytes) -> Entry:
     try:
         return decode(kind, orjson.loads(raw))
     except UnknownRecord as exc:  # a whole record, checksum valid: written by a later release
         raise RepositoryError(
-            f"log segment {path.name} offset {offset}: {exc}",
+            f"log segment {name} offset {offset}: {exc}",
             hint="upgrade nkdaemon to read this repository",
         ) from None

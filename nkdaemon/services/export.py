@@ -18,12 +18,13 @@ from typing import IO, Any
 
 import orjson
 
-from nkdaemon.core.fold import LogFold, key_text
+from nkdaemon.core.fold import LogFold
 from nkdaemon.core.keys import NaturalKey, TableSpec
 from nkdaemon.core.legacy import FieldPlan, ModelMap, field_name, flatten_key, through_sides
 from nkdaemon.core.legacy_values import RawJson, fixture_converter
 from nkdaemon.core.replay import fold_state
 from nkdaemon.core.restore_plan import insert_order
+from nkdaemon.core.table_diff import key_text
 from nkdaemon.repository.segments import SegmentLog
 from nkdaemon.repository.snapshots import read_table
 from nkdaemon.services.restore import RestorePlan, replay_range

@@ -226,7 +226,7 @@ class PostgresTarget(Target):
         spec_column = table.spec.column_index.get(column)
         logical = spec_column.logical_type if spec_column else "other"
         if self.source_dialect == "postgresql" and logical in _AS_PARAM:
-            return _same
+            return same_value
         return lambda value: pg_param(logical, value)
 
     def find(
@@ -464,7 +464,7 @@ _AS_PARAM = frozenset(
 )
 
 
-def _same(value: Any) -> Any:
+def same_value(value: Any) -> Any:
     return value
 
 

@@ -250,26 +250,43 @@ class RowWriter(Generic[TableT]):
             for i, key in enumerate(keys):
                 if key is None:
                     out[i].extend([None] * len(fk.columns))
-                elif fk.by_natural_key:
-                    out[i].extend(self.target.param(ref_table, c, key[c]) for c in fk.ref_columns)
-                elif fk in deferred:
+                    continue
+                values = self._ref_values(
+                    spec, fk, ref_table, key, found, fk in deferred, late_refs
+                )
+                if values is None:  # waits for its row: NULL until then
                     out[i].extend([None] * len(fk.columns))
                     late.setdefault(id(rows[i]), []).append((fk, key))
                 else:
-                    address = found.get(canonical_text(key))
-                    if address is None:
-                        if late_refs and all(spec.column(c).nullable for c in fk.columns):
-                            out[i].extend([None] * len(fk.columns))
-                            late.setdefault(id(rows[i]), []).append((fk, key))
-                            continue
-                        raise RestoreError(
-                            f"{spec.name} refers to {fk.ref_table} {show_key(key)}, which "
-                            "neither the backup nor the target holds",
-                            hint=f"restore {fk.ref_table} too (drop --table), or create that row "
-                            "in the target first",
-                        )
-                    out[i].extend(fk_values(fk, ref_table.primary_key, address))
+                    out[i].extend(values)
         return ResolvedRefs(values=out, late=late)
+
+    def _ref_values(
+        self,
+        spec: TableSpec,
+        fk: ForeignKeySpec,
+        ref_table: TableT,
+        key: NaturalKey,
+        found: Mapping[str, Address | None],
+        deferred: bool,
+        late_refs: bool,
+    ) -> list[object] | None:
+        """One reference's column values, or None when it is to wait for its row."""
+        if fk.by_natural_key:
+            return [self.target.param(ref_table, c, key[c]) for c in fk.ref_columns]
+        if deferred:
+            return None
+        address = found.get(canonical_text(key))
+        if address is not None:
+            return fk_values(fk, ref_table.primary_key, address)
+        if late_refs and all(spec.column(c).nullable for c in fk.columns):
+            return None
+        raise RestoreError(
+            f"{spec.name} refers to {fk.ref_table} {show_key(key)}, which "
+            "neither the backup nor the target holds",
+            hint=f"restore {fk.ref_table} too (drop --table), or create that row "
+            "in the target first",
+        )
 
     def apply_deferred(self, *, partial: bool = False) -> None:
         """Set references that waited for their row. ``partial``: those whose row exists

@@ -9,6 +9,7 @@ feature from KNOWN_BROKEN in test_generated_restore.py. All are fixed now.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -493,6 +494,64 @@ def test_a_cycle_of_references_by_natural_key_restores(tmp_path: Path, pg_pool: 
         modes=("preseeded", "twice"),
         pool=pg_pool,
     )
+
+
+# PostgreSQL (and SQLite): t2 (c1, c2 NOT NULL REFERENCES t1), identity = "full", t1 keyed
+# by (c2, c3); one row each; install; delete the t2 row. The logged delete names the row by
+# its whole content, whose reference is t1's natural key; restore passed that key (a dict)
+# to the target as the value of c2: `cannot adapt type 'dict'`.
+KEYLESS_ROW_WITH_A_REFERENCE = Case(
+    schema=Schema(
+        dialect="postgresql",
+        tables=(
+            Table(
+                name="t1",
+                id_kind="serial",
+                columns=(
+                    Column(name="c1", kind="int", nullable=False),
+                    Column(name="c2", kind="text", nullable=False),
+                    Column(name="c3", kind="int", nullable=False),
+                ),
+                primary_key=("c1",),
+                key=("c2", "c3"),
+                plain_key=("c2", "c3"),
+                unique=("c2", "c3"),
+            ),
+            Table(
+                name="t2",
+                id_kind="none",
+                columns=(
+                    Column(name="c1", kind="int"),
+                    Column(name="c2", kind="int", nullable=False),
+                ),
+                primary_key=(),
+                key=(),
+                plain_key=(),
+                foreign_keys=(
+                    ForeignKey(
+                        columns=("c2",), ref_table="t1", ref_columns=("c1",), nullable=False
+                    ),
+                ),
+                keyless=True,
+            ),
+        ),
+    ),
+    workload=Workload(
+        seed_rows=1, steps=(Tx(ops=(Op(kind="delete", table=1),)), Marker(kind="instant"))
+    ),
+)
+
+
+@pytest.mark.parametrize("dialect", ["postgresql", "sqlite"])
+def test_a_keyless_row_with_a_reference_can_be_deleted(
+    tmp_path: Path, dialect: str, request: pytest.FixtureRequest
+) -> None:
+    case = dataclasses.replace(
+        KEYLESS_ROW_WITH_A_REFERENCE,
+        schema=dataclasses.replace(KEYLESS_ROW_WITH_A_REFERENCE.schema, dialect=dialect),
+    )
+    pool = request.getfixturevalue("pg_pool") if dialect == "postgresql" else None
+    reproduce(case, tmp_path, expect="cannot adapt type", pool=pool)
 
 
 # --- install -----------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from nkdaemon.core.keys import ForeignKeySpec, NaturalKey, TableSpec
-from nkdaemon.core.ports import Address
 
 LogEvent = Mapping[str, Any]
 """One logged event as the log holds it (see the module docstring)."""
@@ -177,7 +176,9 @@ def key_columns(spec: TableSpec) -> list[str]:
     return columns
 
 
-def fk_values(fk: ForeignKeySpec, primary_key: Sequence[str], address: Address) -> list[object]:
+def fk_values(
+    fk: ForeignKeySpec, primary_key: Sequence[str], address: Sequence[object]
+) -> list[object]:
     """Our foreign-key column values for a referenced row's address (its primary key,
     named by ``primary_key``)."""
     by_column = dict(zip(primary_key, address, strict=True))

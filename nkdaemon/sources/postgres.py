@@ -12,7 +12,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-import orjson
 import psycopg
 import structlog
 from psycopg import sql
@@ -22,8 +21,8 @@ from nkdaemon.core.errors import UNAVAILABLE_HINT, NotInstalledError, SourceErro
 from nkdaemon.core.events import RawChange
 from nkdaemon.core.keys import TableSpec
 from nkdaemon.core.ownership import CaptureClaim, CaptureOwner, changed_during_install, not_ours
-from nkdaemon.core.ports import QueuedChange, SchemaDrift, SnapshotConsumer, SnapshotPoint
-from nkdaemon.core.values import parse_json_exact, pg_decoder
+from nkdaemon.core.ports import QueuedChange, SnapshotConsumer, SnapshotPoint
+from nkdaemon.dialects.postgres_rows import RowDecoder, sql_nulls
 from nkdaemon.sources.migrations import pending_migrations
 
 log = structlog.get_logger("nkdaemon.source")
@@ -86,24 +85,6 @@ def row_trigger_functions(spec: TableSpec) -> list[sql.Composed]:
         )
         for op, (code, old, new, old_nulls, new_nulls) in bodies.items()
     ]
-
-
-def _json_columns(spec: TableSpec) -> list[str]:
-    return [c.name for c in spec.columns if c.logical_type == "json"]
-
-
-def sql_nulls(spec: TableSpec, row: str) -> sql.Composable:
-    """An expression listing the json columns of ``row`` that are SQL NULL."""
-    columns = _json_columns(spec)
-    if not columns:
-        return sql.SQL("NULL")
-    cases = sql.SQL(", ").join(
-        sql.SQL("CASE WHEN {}.{} IS NULL THEN {} END").format(
-            sql.SQL(row), sql.Identifier(c), sql.Literal(c)
-        )
-        for c in columns
-    )
-    return sql.SQL("array_remove(ARRAY[{}]::text[], NULL)").format(cases)
 
 
 def conninfo_from_url(url: str) -> str:
@@ -527,38 +508,3 @@ class PostgresSource:
                 .fetchone()
             )
             return None if not row or row[0] is None else row[0]
-
-
-# Types whose row_to_json form is already canonical, and types whose numbers need the
-# exact (slower) JSON parser: everything else parses with orjson.
-_AS_IS = frozenset({"int", "text", "bool", "date", "time"})
-_NEEDS_EXACT = frozenset({"decimal", "float", "json", "other"})
-
-
-class RowDecoder:
-    """Turns one table's row_to_json text into a canonical row, as fast as the types allow."""
-
-    def __init__(self, spec: TableSpec) -> None:
-        self.spec = spec
-        self.known = frozenset(c.name for c in spec.columns)
-        self.convert = [
-            (c.name, pg_decoder(c.logical_type))
-            for c in spec.columns
-            if c.logical_type not in _AS_IS
-        ]
-        self.exact = any(
-            c.logical_type.removeprefix("array:") in _NEEDS_EXACT for c in spec.columns
-        )
-        self.json_columns = _json_columns(spec)
-
-    def decode(self, text: str, nulls: list[str] | None = None) -> dict[str, Any]:
-        row: dict[str, Any] = parse_json_exact(text) if self.exact else orjson.loads(text)
-        if not row.keys() <= self.known:
-            raise SchemaDrift(table=self.spec.name, columns=tuple(sorted(row.keys() - self.known)))
-        for name, convert in self.convert:
-            if name in row:
-                row[name] = convert(row[name])
-        for name in self.json_columns:
-            if name in row and row[name] is None and name not in (nulls or ()):
-                row[name] = "null"  # a JSON null, not SQL NULL
-        return row

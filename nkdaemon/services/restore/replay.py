@@ -10,16 +10,19 @@ from typing import Generic
 import structlog
 
 from nkdaemon.core.errors import NkdError
-from nkdaemon.core.keys import NaturalKey
+from nkdaemon.core.keys import ForeignKeySpec, NaturalKey
 from nkdaemon.core.ports import RestoreTarget, TableT
 from nkdaemon.core.restore_plan import InsertOrder
 from nkdaemon.core.restore_runs import (
     LogEvent,
+    Row,
+    fk_values,
     foldable_runs,
     is_foldable,
     net_change,
     prefetch_keys,
     runs,
+    value_columns,
 )
 from nkdaemon.repository.reader import LoggedTransaction
 from nkdaemon.repository.segments import SegmentLog
@@ -187,13 +190,40 @@ class Replayer(Generic[TableT]):
             if op in ("I", "U"):
                 self.writer.write(table, [(event["r"], event["r"])], match=False)
 
-    def _delete_one_equal(self, table: TableT, row: NaturalKey) -> None:
+    def _delete_one_equal(self, table: TableT, row: Row) -> None:
         spec = table.spec
-        columns = [
-            c.name for c in spec.columns if c.name not in spec.surrogate_columns and c.name in row
-        ]
-        values = [self.target.param(table, c, row.get(c)) for c in columns]
-        address = self.target.find_one_equal(table, columns, values)
+        found = self._as_target_values(table, row)
+        address = self.target.find_one_equal(table, *found) if found is not None else None
         if address is None:
             raise RestoreError(f"the log deletes a {spec.name} row the target does not hold")
         self.target.delete(table, [address])
+
+    def _as_target_values(self, table: TableT, row: Row) -> tuple[list[str], list[object]] | None:
+        """A logged whole row as the target's columns and values: references (logged as
+        the natural keys of the rows they name) become those rows' addresses, or key
+        values. None when a row it refers to is not in the target (nor was it earlier in
+        the transaction in hand), so no equal row can be there either."""
+        plain, _references = value_columns(table.spec)
+        columns = [c for c in plain if c in row]
+        values = [self.target.param(table, c, row.get(c)) for c in columns]
+        for fk in table.spec.foreign_keys:
+            key = row.get(fk.part_name)
+            columns.extend(fk.columns)
+            if key is None:
+                values.extend([None] * len(fk.columns))
+                continue
+            held = self._reference_held(fk, key)
+            if held is None:
+                return None
+            values.extend(held)
+        return columns, values
+
+    def _reference_held(self, fk: ForeignKeySpec, key: NaturalKey) -> list[object] | None:
+        """The column values a reference to ``key`` has in the target, if its row is there
+        (or was, earlier in the transaction in hand)."""
+        if fk.by_natural_key:
+            return self.resolver.natural_reference_values(fk, [key])[0]
+        found = self.resolver.resolve(fk.ref_table, [key], deleted_too=True)
+        address = found.get(canonical_text(key))
+        ref = self.tables[fk.ref_table]
+        return None if address is None else fk_values(fk, ref.primary_key, address)

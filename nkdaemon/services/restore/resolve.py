@@ -8,7 +8,7 @@ from typing import Generic
 import orjson
 from cachetools import LRUCache
 
-from nkdaemon.core.keys import NaturalKey
+from nkdaemon.core.keys import ForeignKeySpec, NaturalKey
 from nkdaemon.core.ports import Address, RestoreTarget, TableT
 from nkdaemon.core.restore_runs import fk_values, key_columns
 
@@ -87,8 +87,13 @@ class Resolver(Generic[TableT]):
                 nested[part.name] = self.resolve(
                     part.foreign_key.ref_table, [k[part.name] for k in keys], deleted_too=True
                 )
+        natural = {
+            part.name: self.natural_reference_values(part.foreign_key, [k[part.name] for k in keys])
+            for part in spec.key_parts
+            if part.foreign_key is not None and part.foreign_key.by_natural_key
+        }
         out: list[Address | None] = []
-        for key in keys:
+        for i, key in enumerate(keys):
             values: list[object] = []
             for part in spec.key_parts:
                 fk = part.foreign_key
@@ -97,15 +102,35 @@ class Resolver(Generic[TableT]):
                     values.append(
                         self._target.param(self._tables[table], part.column, key[part.name])
                     )
-                elif fk.by_natural_key:
-                    values.extend(key[part.name][c] for c in fk.ref_columns)
+                    continue
+                if fk.by_natural_key:
+                    held = natural[part.name][i]
                 else:
                     address = nested[part.name].get(canonical_text(key[part.name]))
-                    if address is None:
-                        values = []
-                        break
-                    values.extend(fk_values(fk, self._tables[fk.ref_table].primary_key, address))
+                    ref = self._tables[fk.ref_table]
+                    held = None if address is None else fk_values(fk, ref.primary_key, address)
+                if held is None:
+                    values = []
+                    break
+                values.extend(held)
             out.append(tuple(values) if values else None)
+        return out
+
+    def natural_reference_values(
+        self, fk: ForeignKeySpec, keys: Sequence[NaturalKey]
+    ) -> list[list[object] | None]:
+        """The column values of references by natural key: the referenced rows' key
+        values, as the target holds them (a key part that is itself a reference becomes
+        that row's address), or None where a part that is a reference is not found."""
+        ref = self._tables[fk.ref_table]
+        columns = key_columns(ref.spec)
+        out: list[list[object] | None] = []
+        for values in self.key_values(fk.ref_table, keys):
+            if values is None:
+                out.append(None)
+                continue
+            by_column = dict(zip(columns, values, strict=True))
+            out.append([by_column[c] for c in fk.ref_columns])
         return out
 
     def resolve(

@@ -28,7 +28,7 @@ from nkdaemon.services.restore.validate import expectation_of, validate
 from nkdaemon.services.restore.write import RowWriter
 
 if TYPE_CHECKING:
-    from nkdaemon.targets.database import TargetTable
+    from nkdaemon.targets.table import TargetTable
 
 log = structlog.get_logger("nkdaemon.restore")
 
@@ -243,6 +243,6 @@ class Restorer(Generic[TableT]):
 
 def open_restore_target(url: str, source_dialect: str) -> RestoreTarget[TargetTable]:
     """The target at ``url`` (PostgreSQL or SQLite), one transaction open in it."""
-    from nkdaemon.targets.database import open_target
+    from nkdaemon.targets.factory import open_target
 
     return open_target(url, source_dialect=source_dialect)

@@ -18,7 +18,7 @@ from nkdaemon.core.ports import Address, Converter, RestoreTarget, TableT
 from nkdaemon.core.restore_runs import Row, fk_values, in_column_order, show_key, value_columns
 from nkdaemon.services.restore.plan import RestoreError
 from nkdaemon.services.restore.resolve import Resolver, canonical_text
-from nkdaemon.targets.database import same_value
+from nkdaemon.targets.table import same_value
 
 Late = dict[int, list[tuple[ForeignKeySpec, NaturalKey]]]
 """References still unset, by row (``id`` of the row's payload in the call in hand)."""
@@ -242,11 +242,7 @@ class RowWriter(Generic[TableT]):
             ref_table = self.tables[fk.ref_table]
             keys = [row.get(fk.part_name) for row in rows]
             wanted = [k for k in keys if k is not None]
-            found = (
-                {}
-                if fk in deferred or not wanted or fk.by_natural_key
-                else self.resolver.resolve(fk.ref_table, wanted)
-            )
+            found = {} if fk in deferred or not wanted else self._held(fk, wanted)
             for i, key in enumerate(keys):
                 if key is None:
                     out[i].extend([None] * len(fk.columns))
@@ -261,24 +257,32 @@ class RowWriter(Generic[TableT]):
                     out[i].extend(values)
         return ResolvedRefs(values=out, late=late)
 
+    def _held(
+        self, fk: ForeignKeySpec, keys: Sequence[NaturalKey]
+    ) -> Mapping[str, Sequence[object] | None]:
+        """Key text -> what the target holds for the row each key names: the referenced
+        key's values for a reference by natural key, the row's address otherwise."""
+        if fk.by_natural_key:
+            values = self.resolver.natural_reference_values(fk, keys)
+            return {canonical_text(k): v for k, v in zip(keys, values, strict=True)}
+        return self.resolver.resolve(fk.ref_table, keys)
+
     def _ref_values(
         self,
         spec: TableSpec,
         fk: ForeignKeySpec,
         ref_table: TableT,
         key: NaturalKey,
-        found: Mapping[str, Address | None],
+        found: Mapping[str, Sequence[object] | None],
         deferred: bool,
         late_refs: bool,
     ) -> list[object] | None:
         """One reference's column values, or None when it is to wait for its row."""
-        if fk.by_natural_key:
-            return [self.target.param(ref_table, c, key[c]) for c in fk.ref_columns]
-        if deferred:
+        if deferred:  # a cycle breaker, even when its values are the key
             return None
-        address = found.get(canonical_text(key))
-        if address is not None:
-            return fk_values(fk, ref_table.primary_key, address)
+        held = found.get(canonical_text(key))
+        if held is not None:
+            return list(held) if fk.by_natural_key else fk_values(fk, ref_table.primary_key, held)
         if late_refs and all(spec.column(c).nullable for c in fk.columns):
             return None
         raise RestoreError(
@@ -309,9 +313,16 @@ class RowWriter(Generic[TableT]):
                     raise RestoreError(
                         f"{name} refers to {fk.ref_table} {show_key(ref.key)}, which does not exist"
                     )
-                primary_key = self.tables[fk.ref_table].primary_key
-                rows.append([*fk_values(fk, primary_key, address), *ref.address])
+                rows.append([*self._set_values(fk, ref.key, address), *ref.address])
             self.target.update(self.tables[name], list(fk.columns), rows)
+
+    def _set_values(self, fk: ForeignKeySpec, key: NaturalKey, address: Address) -> list[object]:
+        """The column values of a waiting reference whose row (at ``address``) exists now."""
+        if fk.by_natural_key:
+            values = self.resolver.natural_reference_values(fk, [key])[0]
+            assert values is not None  # the row it names was just found
+            return values
+        return fk_values(fk, self.tables[fk.ref_table].primary_key, address)
 
     def discard_pending(self) -> None:
         """Forget the references waiting to be set (their writes were rolled back)."""

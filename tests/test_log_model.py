@@ -370,3 +370,27 @@ def test_fold_state_and_natural_state_reach_the_same_state() -> None:
     )
     assert folded.comparable() == whole.comparable()
     assert json.loads(next(iter(whole.comparable()["users"]))) == ALICE2
+
+
+def test_a_row_captured_whole_may_refer_to_a_row_later_in_its_transaction() -> None:
+    """As a keyed row may (deferred references); the demo's and the tests' view of a
+    database inserts every row in one transaction, in no particular order."""
+    fk = ForeignKeySpec(columns=("user_id",), ref_table="users", ref_columns=("id",))
+    likes = make_table_spec(
+        number=4,
+        name="likes",
+        schema=None,
+        columns=(ColumnSpec(name="user_id", logical_type="int", nullable=True),),
+        primary_key=(),
+        key_parts=(),
+        foreign_keys=(fk,),
+        full_row_identity=True,
+    )
+    fold = LogFold([_specs()[0], likes], keep_rows=True)
+    like = {"user_id": {"username": "cy"}}
+    fold.apply_transaction(
+        [_ev("likes", "I", like, like), _ev("users", "I", {"username": "cy"}, {"username": "cy"})]
+    )
+    assert list(fold.rendered("likes")) == [(like, like, 1)]
+    with pytest.raises(ReplayError, match="likes refers to users"):
+        fold.apply_transaction([_ev("likes", "I", {"user_id": ALICE}, {"user_id": ALICE})])

@@ -80,7 +80,9 @@ class LogFold:
         self._keep = keep_rows
         self._next_entity = 1
         self._names: dict[int, tuple[str, Form]] = {}  # keep_rows: entity -> table, key form
+        # rows whose references wait for the end of the transaction (or of the load)
         self._pending: list[tuple[str, str, Mapping[str, Any], str]] = []
+        self._pending_whole: list[tuple[str, Mapping[str, Any], str]] = []
         self._deleted: dict[tuple[str, str], int] = {}
 
     def tables(self) -> list[str]:
@@ -243,12 +245,16 @@ class LogFold:
             try:
                 form = self._row_form(table, row)
             except Unresolved as missing:
-                raise ReplayError(
-                    f"{where}{table} refers to {missing}, which does not exist"
-                ) from None
+                raise _missing(where, table, missing) from None
             t.rows[text] = hash(_fast(form))
             if self._keep:
                 t.kept[text] = (t.kept[text][0], form)
+        whole, self._pending_whole = self._pending_whole, []
+        for table, row, where in whole:
+            try:
+                self._count_in(self._tables[table], self._row_form(table, row))
+            except Unresolved as missing:
+                raise _missing(where, table, missing) from None
 
     def _apply_multiset(
         self,
@@ -271,11 +277,18 @@ class LogFold:
             else:
                 t.rows[text] = count - 1
         if op in ("I", "U"):
-            form = self._row_form(name, _given(row))
-            text = str(hash(_fast(form)))
-            t.rows[text] = t.rows.get(text, 0) + 1
-            if self._keep:
-                t.kept[text] = (form, form)
+            try:
+                form = self._row_form(name, _given(row))
+            except Unresolved:  # a reference to a row later in the transaction
+                self._pending_whole.append((name, _given(row), where))
+                return
+            self._count_in(t, form)
+
+    def _count_in(self, t: _Table, form: Form) -> None:
+        text = str(hash(_fast(form)))
+        t.rows[text] = t.rows.get(text, 0) + 1
+        if self._keep:
+            t.kept[text] = (form, form)
 
     # --- comparing -----------------------------------------------------------------------
 

@@ -36,39 +36,10 @@ from tests.workloads.features import check_names, for_dialect
 from tests.workloads.restoring import Pool
 from tests.workloads.strategies import cases
 
-# Features the generated tests leave out until the defect each one hits is fixed (issue 9;
-# tests/workloads/FINDINGS.md says what fails, test_generated_findings.py reproduces it).
-# Remove a name when its fix lands.
-KNOWN_BROKEN = check_names(
-    {
-        # the planner hangs on any table with two ways into a cycle (FINDINGS 1, defect 2)
-        "cycle2",
-        "cycle3",
-        "self_ref_in_cycle",
-        # references to text or composite primary keys do not restore (FINDINGS 2)
-        "natural_fk",
-        "natural_fk_key",
-        "composite_fk",
-        # ids that are not integers (FINDINGS 3, defect 9)
-        "uuid",
-        # GENERATED ALWAYS ids, into a pre-seeded target (FINDINGS 9, defect 9)
-        "identity_always",
-        # identity = "full" tables (FINDINGS 4 and 5, defect 3)
-        "keyless",
-        # cascaded deletes logged with $missing keys on PostgreSQL (defect 1)
-        "on_delete_cascade@postgresql",
-        # a second restore into a target holding the instant (FINDINGS 6, defect 6)
-        "twice",
-        "twice_same_ids",
-        # --table over drifted rows (defect 6) or rows renamed after the snapshot (defect 5)
-        "single_table",
-        "single_table_references",
-        # matched rows' self- and cycle references are left unset (FINDINGS 7, defect 4)
-        "matched_deferred",
-        # a target seeded with a row under the key the log renames it to (FINDINGS 8)
-        "preseeded_renamed",
-    }
-)
+# Features the generated tests leave out until the defect each one hits is fixed (a name
+# from tests/workloads/features.py, with the FINDINGS.md section that says what fails and a
+# reproduction in test_generated_findings.py). Empty: every finding so far is fixed.
+KNOWN_BROKEN = check_names(set())
 
 DISABLED = frozenset() if os.environ.get("NKD_GENERATED_ALL") else KNOWN_BROKEN
 

@@ -26,13 +26,15 @@ from typing import Any
 import orjson
 
 from nkdaemon.core.errors import NkdError
-from nkdaemon.core.keys import TableSpec, key_references, row_references
-from nkdaemon.core.log import ChangeEvent, Op
+from nkdaemon.core.keys import NaturalKey, TableSpec, key_references, row_references
+from nkdaemon.core.log import ChangeEvent, Op, Row
 from nkdaemon.core.table_diff import TableDiff, Unresolved, compare_rows, key_text
 
 # A row or key with its references in entity form: ["@", entity number] (or ["@", key
 # text] for a table outside the fold).
 Form = dict[str, Any]
+# A natural key or a row as given to the fold (fields to JSON values).
+Values = Mapping[str, Any]
 
 
 class ReplayError(NkdError):
@@ -81,8 +83,8 @@ class LogFold:
         self._next_entity = 1
         self._names: dict[int, tuple[str, Form]] = {}  # keep_rows: entity -> table, key form
         # rows whose references wait for the end of the transaction (or of the load)
-        self._pending: list[tuple[str, str, Mapping[str, Any], str]] = []
-        self._pending_whole: list[tuple[str, Mapping[str, Any], str]] = []
+        self._pending: list[tuple[str, str, Values, str]] = []
+        self._pending_whole: list[tuple[str, Values, str]] = []
         self._deleted: dict[tuple[str, str], int] = {}
 
     def tables(self) -> list[str]:
@@ -90,7 +92,7 @@ class LogFold:
 
     # --- entity form ---------------------------------------------------------------------
 
-    def _key_form(self, table: str, key: Mapping[str, Any]) -> Form:
+    def _key_form(self, table: str, key: Values) -> Form:
         refs = self._tables[table].key_refs if table in self._tables else {}
         return {
             part: ["@", self._entity_of(refs[part], value)]
@@ -99,7 +101,7 @@ class LogFold:
             for part, value in key.items()
         }
 
-    def entity_key(self, table: str, key: Mapping[str, Any]) -> str:
+    def entity_key(self, table: str, key: Values) -> str:
         """The entity-form text of a natural key (raises Unresolved if a part is unknown)."""
         return _fast(self._key_form(table, key)).decode()
 
@@ -114,7 +116,7 @@ class LogFold:
             raise Unresolved(f"{table} {key_text(key)}")
         return found
 
-    def _row_form(self, table: str, row: Mapping[str, Any]) -> Form:
+    def _row_form(self, table: str, row: Values) -> Form:
         refs = self._tables[table].row_refs
         return {
             name: ["@", self._entity_of(refs[name], value)]
@@ -123,12 +125,12 @@ class LogFold:
             for name, value in row.items()
         }
 
-    def _row_hash(self, table: str, row: Mapping[str, Any]) -> int:
+    def _row_hash(self, table: str, row: Values) -> int:
         return hash(_fast(self._row_form(table, row)))
 
     # --- building ------------------------------------------------------------------------
 
-    def load(self, table: str, key: Mapping[str, Any], row: Mapping[str, Any]) -> None:
+    def load(self, table: str, key: Values, row: Values) -> None:
         """A snapshot row (tables in insert order; forward references wait for finish)."""
         self._insert(table, key, row, where=f"snapshot {table}: ")
 
@@ -184,7 +186,7 @@ class LogFold:
                 self._names[entity] = (table, form)
         self._set_row(table, new, form, _given(event.row), where)
 
-    def _delete(self, t: _Table, key: Mapping[str, Any], where: str) -> None:
+    def _delete(self, t: _Table, key: Values, where: str) -> None:
         table = t.spec.name
         text = self.entity_key(table, key)
         if t.rows.pop(text, None) is None:
@@ -194,9 +196,7 @@ class LogFold:
         if entity is not None:
             self._deleted[(table, text)] = entity
 
-    def _insert(
-        self, table: str, key: Mapping[str, Any], row: Mapping[str, Any], *, where: str
-    ) -> None:
+    def _insert(self, table: str, key: Values, row: Values, *, where: str) -> None:
         t = self._tables[table]
         if t.spec.full_row_identity:
             try:
@@ -220,9 +220,7 @@ class LogFold:
             self._next_entity += 1
         self._set_row(table, text, form, row, where)
 
-    def _set_row(
-        self, table: str, text: str, key: Form, row: Mapping[str, Any], where: str
-    ) -> None:
+    def _set_row(self, table: str, text: str, key: Form, row: Values, where: str) -> None:
         t = self._tables[table]
         try:
             form = self._row_form(table, row)
@@ -260,8 +258,8 @@ class LogFold:
         self,
         t: _Table,
         op: Op,
-        old: Mapping[str, Any] | None,
-        row: Mapping[str, Any] | None,
+        old: Values | None,
+        row: Values | None,
         where: str,
     ) -> None:
         """A keyless table: rows are a multiset; a delete removes one equal row."""
@@ -296,14 +294,14 @@ class LogFold:
         t = self._tables[table]
         return sum(t.rows.values()) if t.spec.full_row_identity else len(t.rows)
 
-    def entity_for(self, table: str, key: Mapping[str, Any]) -> int | None:
+    def entity_for(self, table: str, key: Values) -> int | None:
         """The entity a (target) row with this natural key stands for, if expected."""
         try:
             return self._tables[table].entity.get(self.entity_key(table, key))
         except Unresolved:
             return None
 
-    def row_digest(self, table: str, row: Mapping[str, Any]) -> int:
+    def row_digest(self, table: str, row: Values) -> int:
         """The hash of a row's entity form (raises Unresolved if a reference is unknown)."""
         return self._row_hash(table, row)
 
@@ -315,16 +313,14 @@ class LogFold:
         table: row hash text -> count). A comparison of a keyed table consumes them."""
         return self._tables[table].rows
 
-    def compare(
-        self, table: str, actual: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]
-    ) -> TableDiff:
+    def compare(self, table: str, actual: Iterable[tuple[Values, Values]]) -> TableDiff:
         """Compare (natural key, row) pairs read back from the target (refs as natural
         keys) with the table's expected rows, which it consumes (core/table_diff.py)."""
         return compare_rows(self, table, actual)
 
     # --- rendering (keep_rows) ---------------------------------------------------------------
 
-    def rendered(self, table: str) -> Iterator[tuple[Any, dict[str, Any], int]]:
+    def rendered(self, table: str) -> Iterator[tuple[NaturalKey, Row, int]]:
         """(natural key, row, how many equal rows) of a table, references as current keys."""
         t = self._tables.get(table)
         if t is None:
@@ -348,11 +344,13 @@ class LogFold:
                 out[table] = rendered
         return out
 
-    def referenced_closure(self, tables: Collection[str]) -> dict[str, list[tuple[Any, Any]]]:
+    def referenced_closure(
+        self, tables: Collection[str]
+    ) -> dict[str, list[tuple[NaturalKey, Row]]]:
         """The rows of other tables that the rows of ``tables`` refer to, directly or
         through each other, as (natural key, row) by table."""
         self._require_rows()
-        out: dict[str, list[tuple[Any, Any]]] = {}
+        out: dict[str, list[tuple[NaturalKey, Row]]] = {}
         seen: set[int] = set()
         todo = [
             (self._tables[name], key, row)
@@ -400,7 +398,7 @@ class LogFold:
         if not self._keep:
             raise TypeError("this fold keeps row hashes only: build it with keep_rows=True")
 
-    def _render(self, refs: Mapping[str, str], form: Form) -> dict[str, Any]:
+    def _render(self, refs: Mapping[str, str], form: Form) -> Row:
         return {
             name: self._render_ref(value) if name in refs and value is not None else value
             for name, value in form.items()
@@ -426,7 +424,7 @@ def _missing(where: str, table: str, missing: Unresolved) -> ReplayError:
     return ReplayError(f"{where}{table} refers to {missing}, which does not exist")
 
 
-def _given(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
+def _given(value: Values | None) -> Values:
     """A key or row the event's operation requires (the format guarantees it)."""
     if value is None:
         raise ReplayError("an event lacks the key or row its operation requires")

@@ -31,6 +31,8 @@ KIND_EPOCH = 4
 
 # A JSON payload as orjson reads and writes it.
 Payload: TypeAlias = dict[str, Any]
+# A row as the log holds it: every column but surrogate ids, references as natural keys.
+Row: TypeAlias = dict[str, Any]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -48,7 +50,7 @@ class ChangeEvent:
     op: Op
     key: NaturalKey | None
     old_key: NaturalKey | None = None
-    row: dict[str, Any] | None = None
+    row: Row | None = None
     sid: Sid = None
 
     @property

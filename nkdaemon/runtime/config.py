@@ -6,114 +6,59 @@ Every error names the key, the bad value and the fix, and is a ConfigError (exit
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from nkdaemon.core.errors import ConfigError
+from nkdaemon.core.settings import (
+    CaptureSettings,
+    HealthSettings,
+    LegacySettings,
+    LogSettings,
+    RepositorySettings,
+    Settings,
+    SnapshotSettings,
+    SourceSettings,
+    TableSettings,
+    toml_key,
+    toml_string,
+)
+
+# The settings types live in core (below every layer that takes them); they are named here
+# too for the callers that load a file and use what it holds.
+__all__ = [
+    "DEFAULT_FILE",
+    "ENV_VAR",
+    "CaptureSettings",
+    "HealthSettings",
+    "LegacySettings",
+    "LogSettings",
+    "RepositorySettings",
+    "Settings",
+    "SnapshotSettings",
+    "SourceSettings",
+    "TableSettings",
+    "canonical_url",
+    "find_config",
+    "load_settings",
+    "parse_duration",
+    "parse_settings",
+    "parse_size",
+    "redact_url",
+    "toml_key",
+    "toml_string",
+    "validate_schedule",
+]
 
 ENV_VAR = "NKDAEMON_CONFIG"
 DEFAULT_FILE = "nkdaemon.toml"
-
-
-@dataclass(frozen=True, kw_only=True)
-class SourceSettings:
-    url: str = field(repr=False)
-    schema: str | None = None
-
-    @property
-    def sa_url(self) -> URL:
-        return make_url(self.url)
-
-    @property
-    def dialect(self) -> Literal["postgresql", "sqlite"]:
-        name = self.sa_url.get_backend_name()
-        return "postgresql" if name == "postgresql" else "sqlite"
-
-    @property
-    def redacted_url(self) -> str:
-        return redact_url(self.url)
-
-    @property
-    def password(self) -> str | None:
-        return self.sa_url.password
-
-    def __repr__(self) -> str:
-        return f"SourceSettings(url={self.redacted_url!r}, schema={self.schema!r})"
-
-
-@dataclass(frozen=True, kw_only=True)
-class RepositorySettings:
-    path: Path
-    segment_bytes: int = 64 << 20
-
-
-@dataclass(frozen=True, kw_only=True)
-class CaptureSettings:
-    tables: tuple[str, ...] = ("*",)
-    exclude: tuple[str, ...] = ()
-    key_cache_size: int = 100_000
-    batch_transactions: int = 1000
-    poll_interval: float = 1.0
-    min_pass_interval: float = 0.2
-
-
-@dataclass(frozen=True, kw_only=True)
-class TableSettings:
-    natural_key: tuple[str, ...] | None = None
-    identity: Literal["key", "full"] = "key"
-
-
-@dataclass(frozen=True, kw_only=True)
-class SnapshotSettings:
-    schedule: str | None = None
-    keep: int = 7
-
-
-@dataclass(frozen=True, kw_only=True)
-class HealthSettings:
-    listen: str = "127.0.0.1:8787"
-    max_lag_seconds: float = 60.0
-    max_snapshot_age_seconds: float | None = None
-
-
-@dataclass(frozen=True, kw_only=True)
-class LogSettings:
-    level: Literal["debug", "info", "warning", "error"] = "info"
-    format: Literal["auto", "json", "console"] = "auto"
-
-
-@dataclass(frozen=True, kw_only=True)
-class LegacySettings:
-    """`import-legacy` / `export`: Django model label (lower case) -> table."""
-
-    models: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, kw_only=True)
-class Settings:
-    source: SourceSettings
-    repository: RepositorySettings
-    capture: CaptureSettings = CaptureSettings()
-    tables: Mapping[str, TableSettings] = field(default_factory=dict)
-    snapshots: SnapshotSettings = SnapshotSettings()
-    health: HealthSettings = HealthSettings()
-    logging: LogSettings = LogSettings()
-    legacy: LegacySettings = LegacySettings()
-    file: Path | None = None
-
-    def secrets(self) -> tuple[str, ...]:
-        """Strings that must never reach output (passwords)."""
-        password = self.source.password
-        return (password,) if password else ()
 
 
 def redact_url(url: str) -> str:
@@ -339,7 +284,14 @@ def _parse_source(section: _Section) -> SourceSettings:
             "[source] url: an in-memory SQLite database cannot be backed up",
             hint='name a file: "sqlite:///path/to/app.db"',
         )
-    return SourceSettings(url=url, schema=section.string("schema"))
+    return SourceSettings(
+        url=url,
+        dialect="postgresql" if backend == "postgresql" else "sqlite",
+        redacted_url=redact_url(url),
+        password=parsed.password,
+        database=database,
+        schema=section.string("schema"),
+    )
 
 
 def _parse_repository(section: _Section, base_dir: Path) -> RepositorySettings:
@@ -468,13 +420,3 @@ def _parse_legacy(section: _Section) -> LegacySettings:
             "many-to-many field (app.model.field)"
         )
     return LegacySettings(models={k.lower(): v for k, v in models.items()})
-
-
-def toml_key(name: str) -> str:
-    """A TOML key for a table name: bare when it can be, else a quoted string."""
-    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else toml_string(name)
-
-
-def toml_string(value: str) -> str:
-    """A TOML basic string (JSON's escapes are TOML's)."""
-    return json.dumps(value, ensure_ascii=False)

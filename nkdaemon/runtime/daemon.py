@@ -299,7 +299,7 @@ class Daemon:
         if source.dialect == "postgresql":
             self._waker = PostgresListener(self._wake, source.url)
         else:
-            self._waker = SqliteWatcher(self._wake, Path(source.sa_url.database or ""))
+            self._waker = SqliteWatcher(self._wake, Path(source.database))
         self._waker.start()
 
     # --- snapshots ------------------------------------------------------------------------

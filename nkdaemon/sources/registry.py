@@ -31,7 +31,7 @@ from nkdaemon.core.keys import (
     make_table_spec,
     replace_spec,
 )
-from nkdaemon.runtime.config import Settings, TableSettings, toml_key
+from nkdaemon.core.settings import Settings, TableSettings, toml_key
 
 INTERNAL_PREFIXES = ("_nkd_", "sqlite_")
 INTERNAL_SCHEMA = "nkdaemon"

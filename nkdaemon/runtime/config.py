@@ -11,7 +11,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Literal, TypeVar
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -57,6 +57,8 @@ __all__ = [
     "validate_schedule",
 ]
 
+Choice = TypeVar("Choice", bound=str)
+
 ENV_VAR = "NKDAEMON_CONFIG"
 DEFAULT_FILE = "nkdaemon.toml"
 
@@ -86,7 +88,7 @@ _SIZE_UNITS = {
 }
 
 
-def parse_duration(value: Any, key: str) -> float:
+def parse_duration(value: object, key: str) -> float:
     if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
         return float(value)
     match = _DURATION.match(str(value)) if isinstance(value, str) else None
@@ -99,7 +101,7 @@ def parse_duration(value: Any, key: str) -> float:
     return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
 
 
-def parse_size(value: Any, key: str) -> int:
+def parse_size(value: object, key: str) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
     match = _SIZE.match(value) if isinstance(value, str) else None
@@ -111,11 +113,11 @@ def parse_size(value: Any, key: str) -> int:
 class _Section:
     """Typed access to one TOML table that reports unknown keys with a suggestion."""
 
-    def __init__(self, name: str, data: Any, known: tuple[str, ...]) -> None:
+    def __init__(self, name: str, data: object, known: tuple[str, ...]) -> None:
         if not isinstance(data, dict):
             raise ConfigError(f"[{name}]: expected a table, got {data!r}")
         self.name = name
-        self.data = data
+        self.data: dict[str, object] = data
         for key in data:
             if key not in known:
                 close = difflib.get_close_matches(key, known, n=1)
@@ -125,7 +127,7 @@ class _Section:
     def key(self, key: str) -> str:
         return f"[{self.name}] {key}"
 
-    def get(self, key: str, default: Any = None) -> Any:
+    def get(self, key: str, default: object = None) -> object:
         return self.data.get(key, default)
 
     def string(self, key: str, default: str | None = None, *, required: bool = False) -> str | None:
@@ -157,13 +159,14 @@ class _Section:
             raise ConfigError(f"{self.key(key)}: {value!r} must be a positive whole number")
         return value
 
-    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+    def choice(self, key: str, default: Choice, choices: tuple[Choice, ...]) -> Choice:
         value = self.data.get(key, default)
-        if value not in choices:
-            raise ConfigError(
-                f"{self.key(key)}: {value!r} is not one of {', '.join(map(repr, choices))}"
-            )
-        return str(value)
+        for choice in choices:  # the choice itself, typed as the choices are
+            if value == choice:
+                return choice
+        raise ConfigError(
+            f"{self.key(key)}: {value!r} is not one of {', '.join(map(repr, choices))}"
+        )
 
 
 # --- loading ---------------------------------------------------------------------------
@@ -197,7 +200,7 @@ def load_settings(path: Path) -> Settings:
 
 
 def parse_settings(
-    data: Mapping[str, Any], *, base_dir: Path, file: Path | None = None
+    data: Mapping[str, object], *, base_dir: Path, file: Path | None = None
 ) -> Settings:
     top = _Section("top level", dict(data), SECTIONS)
     source = _parse_source(_Section("source", top.get("source", {}), ("url", "schema")))
@@ -328,15 +331,15 @@ def _parse_capture(section: _Section) -> CaptureSettings:
     )
 
 
-def _parse_tables(data: Any) -> dict[str, TableSettings]:
+def _parse_tables(data: object) -> dict[str, TableSettings]:
     if not isinstance(data, dict):
         raise ConfigError(f"[tables]: expected tables like [tables.documents], got {data!r}")
     out: dict[str, TableSettings] = {}
     for name, body in data.items():
         section = _Section(f"tables.{toml_key(name)}", body, ("natural_key", "identity"))
-        identity = section.choice("identity", "key", ("key", "full"))
-        key = section.get("natural_key")
-        if key is not None:
+        identity: Literal["key", "full"] = section.choice("identity", "key", ("key", "full"))
+        key: tuple[str, ...] | None = None
+        if section.get("natural_key") is not None:
             key = section.strings("natural_key", ())
             if not key:
                 raise ConfigError(
@@ -350,7 +353,7 @@ def _parse_tables(data: Any) -> dict[str, TableSettings]:
                     hint="keep natural_key for a table that has one; "
                     'identity = "full" is for keyless tables',
                 )
-        out[name] = TableSettings(natural_key=key, identity=identity)  # type: ignore[arg-type]
+        out[name] = TableSettings(natural_key=key, identity=identity)
     return out
 
 
@@ -399,8 +402,8 @@ def _parse_health(section: _Section) -> HealthSettings:
 
 def _parse_logging(section: _Section) -> LogSettings:
     return LogSettings(
-        level=section.choice("level", "info", ("debug", "info", "warning", "error")),  # type: ignore[arg-type]
-        format=section.choice("format", "auto", ("auto", "json", "console")),  # type: ignore[arg-type]
+        level=section.choice("level", "info", ("debug", "info", "warning", "error")),
+        format=section.choice("format", "auto", ("auto", "json", "console")),
     )
 
 

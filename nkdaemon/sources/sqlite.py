@@ -271,7 +271,7 @@ class SqliteSource:
             "SELECT seq, tbl, op FROM _nkd_changes WHERE seq > ? AND seq <= ? ORDER BY seq",
             (low, high),
         ).fetchall()
-        values: dict[int, dict[int, tuple[Any, ...]]] = {}
+        values: dict[int, dict[int, tuple[object, ...]]] = {}
         for number in {tbl for _, tbl, _ in changes}:
             shadow = quote(f"_nkd_rows_{number}")
             values[number] = {
@@ -320,7 +320,7 @@ class SqliteSource:
             return None if row[0] is None else datetime.fromisoformat(row[0])
 
 
-def _decode(spec: TableSpec, columns: list[str], values: tuple[Any, ...]) -> dict[str, Any]:
+def _decode(spec: TableSpec, columns: list[str], values: tuple[object, ...]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, value in zip(columns, values, strict=True):
         column = spec.column_index.get(name)

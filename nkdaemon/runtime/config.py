@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from nkdaemon.core.errors import ConfigError
@@ -276,13 +276,7 @@ def _parse_source(section: _Section) -> SourceSettings:
             hint="use postgresql+psycopg://",
         )
     database = parsed.database or ""
-    in_memory = (
-        database in ("", ":memory:")
-        or database.startswith("file::memory:")
-        or "mode=memory" in database
-        or parsed.query.get("mode") == "memory"
-    )
-    if backend == "sqlite" and in_memory:
+    if backend == "sqlite" and _in_memory(parsed):
         raise ConfigError(
             "[source] url: an in-memory SQLite database cannot be backed up",
             hint='name a file: "sqlite:///path/to/app.db"',
@@ -294,6 +288,16 @@ def _parse_source(section: _Section) -> SourceSettings:
         password=parsed.password,
         database=database,
         schema=section.string("schema"),
+    )
+
+
+def _in_memory(parsed: URL) -> bool:
+    database = parsed.database or ""
+    return (
+        database in ("", ":memory:")
+        or database.startswith("file::memory:")
+        or "mode=memory" in database
+        or parsed.query.get("mode") == "memory"
     )
 
 

@@ -53,29 +53,7 @@ def collect_status(
         "errors": [],
     }
     if session.layout.exists():
-        checkpoint = session.state.checkpoint()
-        status["last_lsn"] = checkpoint.lsn
-        status["last_commit_time"] = checkpoint.commit_time
-        status["complete_through"] = _complete_through(session, status["errors"])
-        status["log_bytes"] = session.log_store.size_bytes()
-        status["log_segments"] = len(session.log_store.segments())
-        snapshots = list_snapshots(session.layout.snapshots_dir)
-        status["snapshots"] = [
-            {
-                "id": s.id,
-                "time": s.time,
-                "position": s.position,
-                "rows": sum(t.rows for t in s.tables),
-            }
-            for s in snapshots
-            if s.imported is None
-        ]
-        # older backups taken in by import-legacy: restore points at their own instant only
-        status["imported_snapshots"] = [
-            {"id": s.id, "time": s.time, "rows": sum(t.rows for t in s.tables), **s.imported}
-            for s in snapshots
-            if s.imported is not None
-        ]
+        _repository_part(session, status)
     else:
         status["errors"].append("the repository does not exist yet (run `nkdaemon install`)")
     try:
@@ -86,6 +64,33 @@ def collect_status(
     except NkdError as exc:
         status["errors"].append(exc.message)
     return status
+
+
+def _repository_part(session: StatusView, status: dict[str, Any]) -> None:
+    """The log's position and size, and the snapshots, into ``status``."""
+    checkpoint = session.state.checkpoint()
+    status["last_lsn"] = checkpoint.lsn
+    status["last_commit_time"] = checkpoint.commit_time
+    status["complete_through"] = _complete_through(session, status["errors"])
+    status["log_bytes"] = session.log_store.size_bytes()
+    status["log_segments"] = len(session.log_store.segments())
+    snapshots = list_snapshots(session.layout.snapshots_dir)
+    status["snapshots"] = [
+        {
+            "id": s.id,
+            "time": s.time,
+            "position": s.position,
+            "rows": sum(t.rows for t in s.tables),
+        }
+        for s in snapshots
+        if s.imported is None
+    ]
+    # older backups taken in by import-legacy: restore points at their own instant only
+    status["imported_snapshots"] = [
+        {"id": s.id, "time": s.time, "rows": sum(t.rows for t in s.tables), **s.imported}
+        for s in snapshots
+        if s.imported is not None
+    ]
 
 
 def _capture_owner(session: StatusView, status: dict[str, Any]) -> None:

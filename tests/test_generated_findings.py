@@ -9,6 +9,7 @@ feature from KNOWN_BROKEN in test_generated_restore.py. All are fixed now.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -389,6 +390,168 @@ GENERATED_ALWAYS = Case(
 
 def test_generated_always_ids_restore(tmp_path: Path, pg_pool: Pool) -> None:
     reproduce(GENERATED_ALWAYS, tmp_path, expect="GeneratedAlways", modes=(), pool=pg_pool)
+
+
+# PostgreSQL: t1 -> items -> t2 -> t1, every reference a nullable composite foreign key to
+# a table whose primary key is its natural key (so the reference is written "by natural
+# key"), one row each; restore into the application's schema, whose constraints are not
+# deferrable. The planner defers one of the three references to break the cycle, but restore
+# wrote the deferred reference's values at once (they need no lookup), before the row it
+# names existed: `violates foreign key constraint`.
+NATURAL_REFERENCE_CYCLE = Case(
+    schema=Schema(
+        dialect="postgresql",
+        tables=(
+            Table(
+                name="t1",
+                id_kind="composite_pk",
+                columns=(
+                    Column(name="c1", kind="text", nullable=False),
+                    Column(name="c2", kind="int", nullable=False),
+                    Column(name="c3", kind="uuid"),
+                    Column(name="c4", kind="int"),
+                ),
+                primary_key=("c1", "c2"),
+                key=("c1", "c2"),
+                plain_key=("c1", "c2"),
+                foreign_keys=(
+                    ForeignKey(
+                        columns=("c3", "c4"),
+                        ref_table="items",
+                        ref_columns=("c1", "c2"),
+                        nullable=True,
+                    ),
+                ),
+            ),
+            Table(
+                name="t2",
+                id_kind="composite_pk",
+                columns=(
+                    Column(name="c1", kind="text", nullable=False),
+                    Column(name="c2", kind="int", nullable=False),
+                    Column(name="c3", kind="text"),
+                    Column(name="c4", kind="int"),
+                ),
+                primary_key=("c1", "c2"),
+                key=("c1", "c2"),
+                plain_key=("c1", "c2"),
+                foreign_keys=(
+                    ForeignKey(
+                        columns=("c3", "c4"),
+                        ref_table="t1",
+                        ref_columns=("c1", "c2"),
+                        nullable=True,
+                    ),
+                ),
+            ),
+            Table(
+                name="t3",
+                id_kind="uuid",
+                columns=(
+                    Column(name="c1", kind="uuid", nullable=False),
+                    Column(name="c2", kind="text", nullable=False),
+                ),
+                primary_key=("c1",),
+                key=("c2",),
+                plain_key=("c2",),
+                unique=("c2",),
+            ),
+            Table(
+                name="items",
+                id_kind="composite_pk",
+                columns=(
+                    Column(name="c1", kind="uuid", nullable=False),
+                    Column(name="c2", kind="int", nullable=False),
+                    Column(name="c3", kind="text"),
+                    Column(name="c4", kind="int"),
+                ),
+                primary_key=("c1", "c2"),
+                key=("c1", "c2"),
+                plain_key=("c2",),
+                foreign_keys=(
+                    ForeignKey(
+                        columns=("c1",), ref_table="t3", ref_columns=("c1",), nullable=False
+                    ),
+                    ForeignKey(
+                        columns=("c3", "c4"),
+                        ref_table="t2",
+                        ref_columns=("c1", "c2"),
+                        nullable=True,
+                    ),
+                ),
+            ),
+        ),
+    ),
+    workload=Workload(seed_rows=1, steps=(Marker(kind="instant"),)),
+)
+
+
+def test_a_cycle_of_references_by_natural_key_restores(tmp_path: Path, pg_pool: Pool) -> None:
+    reproduce(
+        NATURAL_REFERENCE_CYCLE,
+        tmp_path,
+        expect="violates foreign key constraint",
+        modes=("preseeded", "twice"),
+        pool=pg_pool,
+    )
+
+
+# PostgreSQL (and SQLite): t2 (c1, c2 NOT NULL REFERENCES t1), identity = "full", t1 keyed
+# by (c2, c3); one row each; install; delete the t2 row. The logged delete names the row by
+# its whole content, whose reference is t1's natural key; restore passed that key (a dict)
+# to the target as the value of c2: `cannot adapt type 'dict'`.
+KEYLESS_ROW_WITH_A_REFERENCE = Case(
+    schema=Schema(
+        dialect="postgresql",
+        tables=(
+            Table(
+                name="t1",
+                id_kind="serial",
+                columns=(
+                    Column(name="c1", kind="int", nullable=False),
+                    Column(name="c2", kind="text", nullable=False),
+                    Column(name="c3", kind="int", nullable=False),
+                ),
+                primary_key=("c1",),
+                key=("c2", "c3"),
+                plain_key=("c2", "c3"),
+                unique=("c2", "c3"),
+            ),
+            Table(
+                name="t2",
+                id_kind="none",
+                columns=(
+                    Column(name="c1", kind="int"),
+                    Column(name="c2", kind="int", nullable=False),
+                ),
+                primary_key=(),
+                key=(),
+                plain_key=(),
+                foreign_keys=(
+                    ForeignKey(
+                        columns=("c2",), ref_table="t1", ref_columns=("c1",), nullable=False
+                    ),
+                ),
+                keyless=True,
+            ),
+        ),
+    ),
+    workload=Workload(
+        seed_rows=1, steps=(Tx(ops=(Op(kind="delete", table=1),)), Marker(kind="instant"))
+    ),
+)
+
+
+@pytest.mark.parametrize("dialect", ["postgresql", "sqlite"])
+def test_a_keyless_row_with_a_reference_can_be_deleted(
+    tmp_path: Path, dialect: str, request: pytest.FixtureRequest
+) -> None:
+    case = dataclasses.replace(
+        KEYLESS_ROW_WITH_A_REFERENCE,
+        schema=dataclasses.replace(KEYLESS_ROW_WITH_A_REFERENCE.schema, dialect=dialect),
+    )
+    pool = request.getfixturevalue("pg_pool") if dialect == "postgresql" else None
+    reproduce(case, tmp_path, expect="cannot adapt type", pool=pool)
 
 
 # --- install -----------------------------------------------------------------------------------

@@ -379,3 +379,44 @@ def test_create_schema_keeps_defaults_checks_actions_and_indexes(
         assert _refused_by_target(
             target_db, "INSERT INTO customers (email, score) VALUES ('neg@x', -1)"
         )
+
+
+# --- whole-row tables whose rows refer to others, into a target holding rows of its own ----
+
+LEDGER = [
+    "CREATE TABLE accounts (id serial PRIMARY KEY, code text NOT NULL UNIQUE)",
+    "CREATE TABLE ledger (what text, amount int, account_id int REFERENCES accounts(id))",
+    "INSERT INTO accounts (code) VALUES ('cash'), ('bank')",
+    "INSERT INTO ledger SELECT 'opening', 10, id FROM accounts",
+    "INSERT INTO ledger SELECT 'opening', 10, id FROM accounts WHERE code = 'cash'",
+]
+LEDGER_QUERY = (
+    "SELECT l.what, l.amount, a.code FROM ledger l LEFT JOIN accounts a ON a.id = l.account_id"
+)
+
+
+@BOTH
+def test_whole_rows_that_refer_to_others_restore_beside_the_targets_own_rows(
+    tmp_path: Path, pg_url: str, target_db: str
+) -> None:
+    config = _captured(tmp_path, pg_url, LEDGER, '[tables.ledger]\nidentity = "full"\n')
+    # a logged delete and update of whole rows that hold a reference (named by its key)
+    _execute(
+        pg_url,
+        "DELETE FROM ledger WHERE ctid = (SELECT l.ctid FROM ledger l JOIN accounts a "
+        "ON a.id = l.account_id WHERE a.code = 'cash' LIMIT 1)",
+        "UPDATE ledger SET amount = 12 FROM accounts a WHERE a.id = ledger.account_id "
+        "AND a.code = 'bank'",
+    )
+    _drain(config)
+    _restore(config, target_db, "--latest", "--create-schema")
+    assert _rows(target_db, LEDGER_QUERY) == _rows(pg_url, LEDGER_QUERY)
+    # the target's application adds a row of its own: a restore leaves it, and says so
+    _execute(target_db, "INSERT INTO ledger SELECT 'mine', 1, id FROM accounts WHERE code = 'cash'")
+    output = _restore(config, target_db, "--latest")
+    assert "1 rows of ledger exist only in the target; left alone" in output
+    assert _rows(target_db, LEDGER_QUERY) == sorted(
+        [*_rows(pg_url, LEDGER_QUERY), ("mine", 1, "cash")]
+    )
+    _restore(config, target_db, "--latest", "--prune-target")
+    assert _rows(target_db, LEDGER_QUERY) == _rows(pg_url, LEDGER_QUERY)

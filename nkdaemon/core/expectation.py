@@ -241,17 +241,7 @@ class Expectation:
         t = self._tables[table]
         diff = TableDiff(table=table, expected=self.count(table))
         if t.spec.full_row_identity:
-            counts: dict[str, int] = {}
-            for _key, row in actual:
-                diff.actual += 1
-                try:
-                    text = str(self._row_hash(table, row))
-                except _Unresolved:
-                    text = "?"
-                counts[text] = counts.get(text, 0) + 1
-            if counts != t.rows:
-                diff.differing.append("the multiset of rows differs")
-            return diff
+            return self._compare_multiset(t, diff, actual)
         remaining = t.rows
         for key, row in actual:
             diff.actual += 1
@@ -268,6 +258,31 @@ class Expectation:
                 diff.differing.append(_text(key))
         diff.missing.extend(remaining)
         remaining.clear()
+        return diff
+
+    def _compare_multiset(
+        self,
+        t: _Table,
+        diff: TableDiff,
+        actual: Iterator[tuple[Mapping[str, Any], Mapping[str, Any]]],
+    ) -> TableDiff:
+        """Rows without a key are compared as a multiset: each target row takes one equal
+        expected row; what is left over on either side is unexpected or missing."""
+        counts: dict[str, int] = {}
+        shown: dict[str, str] = {}
+        for _key, row in actual:
+            diff.actual += 1
+            try:
+                text = str(self._row_hash(t.spec.name, row))
+            except _Unresolved as missing:
+                text = f"? {_text(row)} (refers to {missing})"
+            counts[text] = counts.get(text, 0) + 1
+            shown.setdefault(text, _text(row))
+        for text, count in counts.items():
+            diff.unexpected.extend([shown[text]] * max(0, count - t.rows.get(text, 0)))
+        for text, count in t.rows.items():
+            short = count - counts.get(text, 0)
+            diff.missing.extend([f"a whole row with digest {int(text):x}"] * max(0, short))
         return diff
 
 

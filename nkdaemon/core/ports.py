@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 from nkdaemon.core.events import RawChange
 from nkdaemon.core.keys import TableSpec
@@ -126,3 +126,78 @@ class CaptureSource(Protocol):
 
     def close(self) -> None:
         """Release connections."""
+
+
+class ObjectMissingError(FileNotFoundError):
+    """A repository store has no object by that name.
+
+    A FileNotFoundError, so code that reads a file that may be absent reads an object the
+    same way, whatever the store."""
+
+
+class ObjectExistsError(FileExistsError):
+    """A repository store already holds an object by that name; it was left as it was."""
+
+
+class ReadableBytes(Protocol):
+    """Anything bytes are read from in blocks: a file, a decompressor, a generator's adapter."""
+
+    def read(self, size: int = -1, /) -> bytes:
+        """Up to ``size`` bytes (all that is left when negative); b"" at the end."""
+
+
+class RepositoryStore(Protocol):
+    """Where a repository keeps its files: whole objects named by relative keys.
+
+    Names are ``/``-separated paths relative to the store, such as
+    ``0000000000000001.nkdlog`` or ``20250101T000000000000Z-7/tables/1.jsonl.zst``;
+    no part is empty, ``.`` or ``..``, and no part starts with a dot: those names are
+    the store's own (temporary files of a write in progress, which no method shows).
+    Implementations: a local directory (``repository.local_store``); an object-storage
+    bucket is the planned second one, so nothing here may depend on directories, renames
+    or appends.
+
+    Atomicity: a reader sees an object whole or not at all, never part of a write, and
+    an object, once written, is durable when the method that wrote it returns; a crash
+    in between leaves no visible object. ``write_if_absent`` never overwrites, so objects
+    written with it (log segments, snapshot files and manifests) are immutable; only the
+    small mutable records (``log/end.json``, a snapshot's ``checked.json``) are written
+    with ``replace``.
+
+    Concurrency: methods may be called from several threads and processes at once. Of
+    two ``write_if_absent`` calls for one name, exactly one succeeds; of two ``replace``
+    calls, the last one wins. Readers never block writers.
+
+    Errors: a missing object raises ObjectMissingError (a FileNotFoundError); an
+    existing one, where it must not exist, ObjectExistsError (a FileExistsError); any
+    other failure of the medium (permission, full disk, network) raises OSError.
+    Nothing here creates anything on a read: a store on a read-only mount is read.
+    """
+
+    def list(self, prefix: str = "") -> list[str]:
+        """Names of every object whose name starts with ``prefix``, sorted."""
+
+    def size(self, name: str) -> int:
+        """The object's length in bytes."""
+
+    def read(self, name: str) -> bytes:
+        """The object's bytes (for small objects; large ones are read with ``open``)."""
+
+    def open(self, name: str) -> IO[bytes]:
+        """The object for streamed reading; the caller closes it."""
+
+    def write_if_absent(self, name: str, data: bytes | ReadableBytes) -> None:
+        """Store a new object: ``data`` itself, or everything read from it (streamed, so
+        a large file is never held in memory). Raises ObjectExistsError, writing nothing,
+        when the name is taken (object storage: a put with ``If-None-Match: *``); an error
+        raised while reading ``data`` is raised again, and nothing is stored."""
+
+    def replace(self, name: str, data: bytes) -> None:
+        """Store ``data`` under ``name``, replacing any object there in one step (object
+        storage: a plain put, which versions the object where the bucket keeps versions)."""
+
+    def delete(self, name: str) -> None:
+        """Remove the object; a missing one is not an error (it is gone either way)."""
+
+    def describe(self, name: str = "") -> str:
+        """Where the object (or, for "", the store) lives, for messages: a path or URL."""

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from nkdaemon.core.errors import RepositoryError
+from nkdaemon.core.ports import ObjectExistsError, RepositoryStore
+from nkdaemon.repository.local_store import LocalStore
 
 REPOSITORY_FORMAT = 1
 MARKER = "nkdaemon-repository.json"
@@ -17,6 +18,11 @@ MARKER = "nkdaemon-repository.json"
 @dataclass(frozen=True)
 class RepositoryLayout:
     root: Path
+
+    @property
+    def store(self) -> RepositoryStore:
+        """The repository's files as a store (the format marker is read and written here)."""
+        return LocalStore(self.root)
 
     @property
     def log_dir(self) -> Path:
@@ -39,7 +45,7 @@ class RepositoryLayout:
         return self.root / MARKER
 
     def exists(self) -> bool:
-        return self.marker_path.exists()
+        return MARKER in self.store.list(MARKER)
 
     def ensure(self) -> None:
         """Create the repository if it does not exist; refuse a folder that is something else."""
@@ -54,15 +60,11 @@ class RepositoryLayout:
         self.root.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(exist_ok=True)
         self.snapshots_dir.mkdir(exist_ok=True)
-        tmp = self.marker_path.with_suffix(".tmp")
-        tmp.write_text(
-            json.dumps(
-                {"format": REPOSITORY_FORMAT, "created": datetime.now(UTC).isoformat()}, indent=2
-            )
-        )
-        with tmp.open("rb") as handle:
-            os.fsync(handle.fileno())
-        tmp.rename(self.marker_path)
+        marker = {"format": REPOSITORY_FORMAT, "created": datetime.now(UTC).isoformat()}
+        try:  # written last: a folder without it is no repository yet
+            self.store.write_if_absent(MARKER, json.dumps(marker, indent=2).encode())
+        except ObjectExistsError:  # another install made it meanwhile: it stands
+            self.check_format()
 
     def require(self) -> None:
         if not self.exists():
@@ -73,7 +75,7 @@ class RepositoryLayout:
         self.check_format()
 
     def check_format(self) -> None:
-        data = json.loads(self.marker_path.read_text())
+        data = json.loads(self.store.read(MARKER))
         if int(data.get("format", 0)) > REPOSITORY_FORMAT:
             raise RepositoryError(
                 f"{self.root} has repository format {data['format']}; this release reads up "

@@ -10,7 +10,6 @@ off-site case) still carries it.
 
 from __future__ import annotations
 
-import os
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -21,6 +20,8 @@ from typing import Any
 import orjson
 
 from nkdaemon.core.errors import RepositoryError
+from nkdaemon.core.ports import RepositoryStore
+from nkdaemon.repository.local_store import as_store
 from nkdaemon.repository.state import Checkpoint
 
 END_FILE = "end.json"
@@ -69,13 +70,14 @@ class DurableEnd:
         return max(times) if times else None
 
 
-def write_end(directory: Path, checkpoint: Checkpoint) -> None:
-    """Record the durable end in the log folder: a temporary file, fsynced, renamed.
+def write_end(log: Path | RepositoryStore, checkpoint: Checkpoint) -> None:
+    """Record the durable end in the log folder (``log``: its path or store), replacing
+    the one before in one step (a local store: a temporary file fsynced, renamed, and the
+    folder fsynced, so the new end is itself durable once this returns).
 
-    The folder is not fsynced after the rename: should a crash lose the rename, the
-    previous end.json (or none) is still there, and any earlier end is a true lower bound.
-    What must never happen, a file claiming bytes that are not durable, cannot: this is
-    called only after the log's fsync, and the file's own bytes are fsynced first."""
+    A file claiming bytes that are not durable cannot be: this is called only after the
+    log's fsync. Should a crash lose the new end, the previous end.json (or none) is still
+    there, and an earlier end is a true lower bound."""
     fields: dict[str, Any] = {
         "format": END_FORMAT,
         "lsn": checkpoint.lsn,
@@ -87,21 +89,16 @@ def write_end(directory: Path, checkpoint: Checkpoint) -> None:
     }
     body = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
     data = orjson.dumps({**fields, "crc32": zlib.crc32(body)}, option=orjson.OPT_INDENT_2)
-    tmp = directory / f".{END_FILE}.tmp"
-    with tmp.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(directory / END_FILE)
+    as_store(log).replace(END_FILE, data)
 
 
-def read_end(directory: Path) -> DurableEnd | None:
-    """The durable end ``log/end.json`` records; None when there is none (a repository
-    written by an older release). Raises RepositoryError when the file is damaged."""
-    path = directory / END_FILE
+def read_end(log: Path | RepositoryStore) -> DurableEnd | None:
+    """The durable end ``log/end.json`` records (``log``: the log folder's path or store);
+    None when there is none (a repository written by an older release). Raises
+    RepositoryError when the file is damaged."""
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
+        raw = as_store(log).read(END_FILE)
+    except FileNotFoundError:  # ObjectMissingError, whatever the store
         return None
     try:
         data = orjson.loads(raw)

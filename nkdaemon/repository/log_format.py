@@ -78,8 +78,13 @@ class Torn(Exception):
 
 
 def read_segment(path: Path, *, start: int = HEADER.size) -> Iterator[Record | Torn]:
-    """Yield the records of one segment; a Torn marks the first invalid bytes, then stops."""
-    data = path.read_bytes()
+    """Yield the records of one segment file (see decode_segment)."""
+    yield from decode_segment(path.name, path.read_bytes(), start=start)
+
+
+def decode_segment(name: str, data: bytes, *, start: int = HEADER.size) -> Iterator[Record | Torn]:
+    """Yield the records of segment ``name``, whose bytes are ``data``; a Torn marks the
+    first invalid bytes, then stops."""
     if len(data) < HEADER.size:
         yield Torn(0, "segment header is incomplete")
         return
@@ -89,7 +94,7 @@ def read_segment(path: Path, *, start: int = HEADER.size) -> Iterator[Record | T
         return
     if version > FORMAT_VERSION:
         raise RepositoryError(
-            f"log segment {path.name} has format version {version}; this release reads up "
+            f"log segment {name} has format version {version}; this release reads up "
             f"to {FORMAT_VERSION}",
             hint="upgrade nkdaemon to read this repository",
         )
@@ -113,7 +118,7 @@ def read_segment(path: Path, *, start: int = HEADER.size) -> Iterator[Record | T
             raw = _decompressor.decompress(raw)
             kind &= ~COMPRESSED
         yield Record(
-            segment=path.name,
+            segment=name,
             offset=offset,
             end=body_start + length,
             kind=kind,

@@ -19,6 +19,7 @@ from typing import Any
 
 from nkdaemon.core.errors import LogCorruptionError, LogTruncatedError, RepositoryError
 from nkdaemon.repository.files import fsync_dir
+from nkdaemon.repository.local_store import LocalStore
 from nkdaemon.repository.log_end import DurableEnd, furthest, read_end, write_end
 from nkdaemon.repository.log_format import (
     COMPRESS_OVER,
@@ -34,6 +35,7 @@ from nkdaemon.repository.log_format import (
     SUFFIX,
     Record,
     Torn,
+    decode_segment,
     encode_record,
     read_segment,
     segment_header,
@@ -102,6 +104,10 @@ class SegmentLog:
     One writer at a time (the repository lock sees to it); readers may run alongside and
     see only whole records. ``checkpoint`` gives the checkpoint of state.db, when there
     is one; with ``log/end.json`` it tells readers where the durable log ends.
+
+    Readers list and read segments, and end.json, through ``store`` (the folder as a
+    RepositoryStore); the segment being appended to, and the cutting of a torn tail, are
+    the local folder's business (an append cannot go through a store of whole objects).
     """
 
     def __init__(
@@ -112,6 +118,7 @@ class SegmentLog:
         checkpoint: Callable[[], Checkpoint | None] | None = None,
     ) -> None:
         self.directory = directory
+        self.store = LocalStore(directory)
         self.segment_bytes = segment_bytes
         self._checkpoint = checkpoint
         # With allow_truncated (see tolerating_damage) reading stops at damage instead of
@@ -128,12 +135,10 @@ class SegmentLog:
     # --- reading ---------------------------------------------------------------------
 
     def segments(self) -> list[str]:
-        if not self.directory.exists():
-            return []
-        return sorted(p.name for p in self.directory.iterdir() if p.name.endswith(SUFFIX))
+        return [name for name in self.store.list() if name.endswith(SUFFIX)]
 
     def size_bytes(self) -> int:
-        return sum((self.directory / name).stat().st_size for name in self.segments())
+        return sum(self.store.size(name) for name in self.segments())
 
     def tolerating_damage(self) -> SegmentLog:
         """A reader of the same log that stops at the first damage instead of raising
@@ -157,7 +162,7 @@ class SegmentLog:
         recorded = self._checkpoint() if self._checkpoint is not None else None
         ends = [None if recorded is None else DurableEnd.of(recorded, "state.db")]
         try:
-            ends.append(read_end(self.directory))
+            ends.append(read_end(self.store))
         except RepositoryError as exc:
             self.note_damage(exc)
         return furthest(ends)
@@ -194,7 +199,7 @@ class SegmentLog:
         """The whole records of one segment, checked against the durable end ``end``
         (see ``records``); ``last``: no segment follows it."""
         reached = HEADER.size
-        for item in read_segment(self.directory / name):
+        for item in decode_segment(name, self.store.read(name)):
             if isinstance(item, Torn):
                 durable = end is not None and end.covers(name, item.offset)
                 if strict or not last or durable:
@@ -270,7 +275,7 @@ class SegmentLog:
 
     def _furthest_written(self, segment: str | None, offset: int) -> tuple[str | None, int]:
         try:
-            recorded = read_end(self.directory)
+            recorded = read_end(self.store)
         except RepositoryError:  # damaged: the checkpoint stands; the next publish_end rewrites it
             recorded = None
         if recorded is None or recorded.segment is None:
@@ -280,7 +285,7 @@ class SegmentLog:
     def publish_end(self, checkpoint: Checkpoint) -> None:
         """Record a durable end in log/end.json. Call after ``sync``, with what it returned,
         before committing the same checkpoint to state.db."""
-        write_end(self.directory, checkpoint)
+        write_end(self.store, checkpoint)
 
     @staticmethod
     def _is_damage(

@@ -1,7 +1,9 @@
 """Snapshot files: one zstd-compressed JSON-lines file per table, and a manifest.
 
-A snapshot is written into a temporary folder, each file fsynced, the manifest last, and
-the folder then renamed into place: a snapshot either exists whole or not at all. The
+A snapshot is a folder of objects in the snapshots' store (core/ports.RepositoryStore):
+each table file is written whole, and the manifest last, so a snapshot either exists
+whole or not at all (a folder without a manifest is a write that never finished, and is
+skipped). Nothing is changed once written but ``checked.json`` (see confirm_unchanged). The
 manifest records the source position it contains (every source transaction at or below
 it, none above), its time, per-table row counts and SHA-256 checksums of the files, and
 the table definitions. See docs/FORMAT.md.
@@ -11,10 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
@@ -24,7 +24,8 @@ import zstandard
 
 from nkdaemon.core.digest import ALGORITHM, Digest, DigestFold
 from nkdaemon.core.errors import RepositoryError
-from nkdaemon.repository.files import fsync_dir
+from nkdaemon.core.ports import RepositoryStore
+from nkdaemon.repository.local_store import as_store
 
 SNAPSHOT_FORMAT = 1
 MANIFEST = "manifest.json"
@@ -48,10 +49,13 @@ class TableFile:
 
 @dataclass(frozen=True, kw_only=True)
 class SnapshotInfo:
-    """A snapshot's manifest, and where it lives."""
+    """A snapshot's manifest, and where it lives: ``folder`` in ``store`` (``path`` names
+    that folder for messages, and is the folder itself in a local store)."""
 
     id: str
     path: Path
+    store: RepositoryStore = field(compare=False, repr=False)
+    folder: str
     time: str
     position: int
     installation: str
@@ -78,54 +82,49 @@ class SnapshotInfo:
     def table(self, name: str) -> TableFile | None:
         return next((t for t in self.tables if t.name == name), None)
 
+    def object(self, file: str) -> str:
+        """The store's name for one of this snapshot's files (``tables/1.jsonl.zst``)."""
+        return f"{self.folder}/{file}"
+
 
 class SnapshotWriter:
-    """Writes one snapshot; ``commit`` makes it visible, ``abort`` removes every trace."""
+    """Writes one snapshot into ``directory`` (the snapshots' folder or store); ``commit``
+    makes it visible, ``abort`` removes every trace."""
 
-    def __init__(self, directory: Path, *, time: datetime, position: int) -> None:
-        self.directory = directory
+    def __init__(self, directory: Path | RepositoryStore, *, time: datetime, position: int) -> None:
+        self.store = as_store(directory)
         self.id = f"{time.strftime('%Y%m%dT%H%M%S%fZ')}-{position}"
         self.time = time
         self.position = position
-        self._tmp = directory / f".tmp-{self.id}"
-        if self._tmp.exists():
-            shutil.rmtree(self._tmp)
-        (self._tmp / "tables").mkdir(parents=True)
+        self._written: list[str] = []
         self._tables: list[TableFile] = []
         self._digests: dict[str, Digest] = {}
+        if f"{self.id}/{MANIFEST}" not in self.store.list(f"{self.id}/{MANIFEST}"):
+            for stale in self.store.list(f"{self.id}/"):  # an attempt that never finished
+                self.store.delete(stale)
 
     def write_table(self, number: int, name: str, rows: Iterator[dict[str, Any]]) -> int:
-        """Write one table's rows ({"k", "r", "s"}), folding its content digest on the way."""
+        """Write one table's rows ({"k", "r", "s"}), folding its content digest on the way.
+
+        The rows are pulled through the compressor by the store as it writes, so a table
+        is never held in memory."""
         relative = f"tables/{number}.jsonl.zst"
-        path = self._tmp / relative
-        digest = hashlib.sha256()
-        content = DigestFold()
-        count = 0
-        with path.open("wb") as raw:
-            hashing = _HashingWriter(raw, digest)
-            with zstandard.ZstdCompressor(level=3).stream_writer(
-                hashing,  # type: ignore[arg-type]  # a raw writer is what it takes
-                closefd=False,
-            ) as out:
-                buffer = io.BytesIO()
-                for row in rows:
-                    content.add(row["k"], row["r"])
-                    buffer.write(orjson.dumps(row))
-                    buffer.write(b"\n")
-                    count += 1
-                    if buffer.tell() > 1 << 20:
-                        out.write(buffer.getvalue())
-                        buffer = io.BytesIO()
-                out.write(buffer.getvalue())
-            raw.flush()
-            os.fsync(raw.fileno())
+        lines = _RowLines(rows)
+        compressor = zstandard.ZstdCompressor(level=3)
+        with compressor.stream_reader(
+            lines,  # type: ignore[arg-type]  # any object with read() is a source
+            read_size=_BLOCK,
+            closefd=False,
+        ) as compressed:
+            hashing = _HashingReader(compressed)
+            self.store.write_if_absent(f"{self.id}/{relative}", hashing)
+        self._written.append(f"{self.id}/{relative}")
+        sha256 = hashing.hexdigest()
         self._tables.append(
-            TableFile(
-                number=number, name=name, file=relative, rows=count, sha256=digest.hexdigest()
-            )
+            TableFile(number=number, name=name, file=relative, rows=lines.count, sha256=sha256)
         )
-        self._digests[name] = content.result()
-        return count
+        self._digests[name] = lines.content.result()
+        return lines.count
 
     def commit(
         self,
@@ -152,45 +151,61 @@ class SnapshotWriter:
             },
             **({"imported": imported} if imported is not None else {}),
         }
-        manifest_path = self._tmp / MANIFEST
-        with manifest_path.open("wb") as handle:
-            handle.write(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
-            handle.flush()
-            os.fsync(handle.fileno())
-        fsync_dir(self._tmp / "tables")
-        fsync_dir(self._tmp)
-        final = self.directory / self.id
-        self._tmp.rename(final)
-        fsync_dir(self.directory)
-        return _info(final, manifest)
+        # last: every table file is durable before the manifest makes the snapshot visible
+        body = orjson.dumps(manifest, option=orjson.OPT_INDENT_2)
+        self.store.write_if_absent(f"{self.id}/{MANIFEST}", body)
+        self._written = []
+        return _info(self.store, self.id, manifest)
 
     def abort(self) -> None:
-        shutil.rmtree(self._tmp, ignore_errors=True)
+        """Remove what this writer wrote (never another's files: the name may be taken)."""
+        for name in self._written:
+            self.store.delete(name)
+        self._written = []
 
 
-class _HashingWriter(io.RawIOBase):
-    def __init__(self, target: IO[bytes], digest: Any) -> None:
-        self._target = target
-        self._digest = digest
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        self._digest.update(data)
-        return self._target.write(data)
+_BLOCK = 1 << 20
 
 
-def _info(path: Path, manifest: dict[str, Any]) -> SnapshotInfo:
+class _RowLines:
+    """A table's rows as the bytes of JSON lines, read in blocks; counts the rows and
+    folds their content digest as they pass."""
+
+    def __init__(self, rows: Iterator[dict[str, Any]]) -> None:
+        self._rows = iter(rows)
+        self._rest = b""
+        self.count = 0
+        self.content = DigestFold()
+
+    def read(self, size: int = -1) -> bytes:
+        # one buffer, not a list of lines: keeping many small orjson results alive costs
+        # several times what encoding them does
+        buffer = io.BytesIO(self._rest)
+        buffer.seek(0, io.SEEK_END)
+        for row in self._rows:
+            self.content.add(row["k"], row["r"])
+            buffer.write(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE))
+            self.count += 1
+            if 0 <= size <= buffer.tell():
+                break
+        data = buffer.getvalue()
+        taken = len(data) if size < 0 else size
+        self._rest = data[taken:]
+        return data[:taken]
+
+
+def _info(store: RepositoryStore, folder: str, manifest: dict[str, Any]) -> SnapshotInfo:
     if int(manifest.get("format", 0)) > SNAPSHOT_FORMAT:
         raise RepositoryError(
-            f"snapshot {path.name} has format {manifest['format']}; this release reads up to "
+            f"snapshot {folder} has format {manifest['format']}; this release reads up to "
             f"{SNAPSHOT_FORMAT}",
             hint="upgrade nkdaemon",
         )
     return SnapshotInfo(
         id=manifest["id"],
-        path=path,
+        path=Path(store.describe(folder)),
+        store=store,
+        folder=folder,
         time=manifest["time"],
         position=int(manifest["position"]),
         installation=manifest["installation"],
@@ -198,8 +213,8 @@ def _info(path: Path, manifest: dict[str, Any]) -> SnapshotInfo:
         dialect=manifest.get("dialect", ""),
         tables=tuple(_table_file(t) for t in manifest["tables"]),
         definitions=tuple(manifest["definitions"]),
-        digests=_digests(path, manifest.get("digests")),
-        checked=_checked(path, int(manifest["position"])),
+        digests=_digests(folder, manifest.get("digests")),
+        checked=_checked(store, folder, int(manifest["position"])),
         imported=manifest.get("imported"),
     )
 
@@ -215,24 +230,24 @@ def _table_file(entry: dict[str, Any]) -> TableFile:
     )
 
 
-def _digests(path: Path, recorded: dict[str, Any] | None) -> dict[str, Digest] | None:
+def _digests(folder: str, recorded: dict[str, Any] | None) -> dict[str, Digest] | None:
     if recorded is None:
         return None
     if recorded.get("algorithm") != ALGORITHM:
         raise RepositoryError(
-            f"snapshot {path.name} records digests made with {recorded.get('algorithm')!r}; "
+            f"snapshot {folder} records digests made with {recorded.get('algorithm')!r}; "
             f"this release knows {ALGORITHM!r}",
             hint="upgrade nkdaemon",
         )
     return {name: Digest.from_json(d) for name, d in recorded["tables"].items()}
 
 
-def _checked(path: Path, position: int) -> str:
+def _checked(store: RepositoryStore, folder: str, position: int) -> str:
     """The time recorded by confirm_unchanged, if any (a damaged note is ignored: it only
     ever moves a snapshot's freshness forward)."""
     try:
-        note = orjson.loads((path / CHECKED).read_bytes())
-    except (OSError, orjson.JSONDecodeError):
+        note = orjson.loads(store.read(f"{folder}/{CHECKED}"))
+    except (OSError, orjson.JSONDecodeError):  # OSError: none (ObjectMissingError), or unreadable
         return ""
     if not isinstance(note, dict) or note.get("position") != position:
         return ""
@@ -243,32 +258,34 @@ def confirm_unchanged(snapshot: SnapshotInfo, time: datetime) -> None:
     """Record that the source, read at ``time``, still held exactly this snapshot's
     contents (same position): freshness for health checks, no new copy of the data."""
     note = {"time": time.isoformat(timespec="microseconds"), "position": snapshot.position}
-    tmp = snapshot.path / f".{CHECKED}.tmp"
-    with tmp.open("wb") as handle:
-        handle.write(orjson.dumps(note))
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(snapshot.path / CHECKED)
-    fsync_dir(snapshot.path)
+    # the one file of a snapshot that changes: replaced whole (object storage: a new version)
+    snapshot.store.replace(snapshot.object(CHECKED), orjson.dumps(note))
 
 
-def list_snapshots(directory: Path) -> list[SnapshotInfo]:
-    """Every whole snapshot, oldest first (half-written ones have no manifest and are skipped)."""
-    if not directory.exists():
-        return []
+def list_snapshots(directory: Path | RepositoryStore) -> list[SnapshotInfo]:
+    """Every whole snapshot in ``directory`` (the snapshots' folder or store), oldest first
+    (half-written ones have no manifest and are skipped)."""
+    store = as_store(directory)
     found = []
-    for path in sorted(directory.iterdir()):
-        manifest = path / MANIFEST
-        if path.name.startswith(".") or not manifest.exists():
-            continue
+    for folder in _folders(store):
         try:
-            found.append(_info(path, orjson.loads(manifest.read_bytes())))
+            found.append(_info(store, folder, orjson.loads(store.read(f"{folder}/{MANIFEST}"))))
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             raise RepositoryError(
-                f"snapshot {path.name} has an unreadable manifest ({exc})",
+                f"snapshot {folder} has an unreadable manifest ({exc})",
                 hint="run `nkdaemon verify`; remove the snapshot folder if it is damaged",
             ) from None
     return sorted(found, key=lambda s: (s.time, s.position))
+
+
+def _folders(store: RepositoryStore) -> list[str]:
+    """The folders that hold a manifest (a whole snapshot), sorted."""
+    ending = f"/{MANIFEST}"
+    return [
+        name.removesuffix(ending)
+        for name in store.list()
+        if name.endswith(ending) and name.count("/") == 1
+    ]
 
 
 def read_table(snapshot: SnapshotInfo, table: TableFile) -> Iterator[dict[str, Any]]:
@@ -342,8 +359,8 @@ class _HashingReader:
 
 def _open(snapshot: SnapshotInfo, table: TableFile) -> IO[bytes]:
     try:
-        return (snapshot.path / table.file).open("rb")
-    except FileNotFoundError:
+        return snapshot.store.open(snapshot.object(table.file))
+    except FileNotFoundError:  # ObjectMissingError, whatever the store
         raise _damaged(snapshot, table, "is missing") from None
 
 
@@ -369,13 +386,19 @@ def file_checksum(snapshot: SnapshotInfo, table: TableFile) -> str:
     return digest.hexdigest()
 
 
-def prune_snapshots(directory: Path, keep: int) -> list[str]:
+def prune_snapshots(directory: Path | RepositoryStore, keep: int) -> list[str]:
     """Remove all but the newest ``keep`` snapshots; the only place snapshots are deleted.
     Imported snapshots are not counted nor removed: the repository is their only copy."""
     snapshots = [s for s in list_snapshots(directory) if s.imported is None]
     doomed = snapshots[: max(0, len(snapshots) - keep)]
     for snapshot in doomed:
-        shutil.rmtree(snapshot.path)
-    if doomed:
-        fsync_dir(directory)
+        _delete(snapshot)
     return [s.id for s in doomed]
+
+
+def _delete(snapshot: SnapshotInfo) -> None:
+    """The manifest first: from then on the snapshot is gone for every reader, and an
+    interrupted removal leaves only files no reader looks at."""
+    snapshot.store.delete(snapshot.object(MANIFEST))
+    for name in snapshot.store.list(f"{snapshot.folder}/"):
+        snapshot.store.delete(name)

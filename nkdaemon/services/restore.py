@@ -44,7 +44,10 @@ from nkdaemon.repository.snapshots import (
     read_table_batches,
 )
 from nkdaemon.services.verify_snapshots import cross_check, digest_witness
-from nkdaemon.targets.database import Address, PostgresTarget, SqliteTarget, TargetTable, _same
+from nkdaemon.targets.postgres import PostgresTarget
+from nkdaemon.targets.sqlite import SqliteTarget
+from nkdaemon.targets.table import Address, TargetTable
+from nkdaemon.targets.table import same_value as _same
 
 log = structlog.get_logger("nkdaemon.restore")
 
@@ -272,8 +275,13 @@ class _Resolver:
                 nested[part.name] = self.resolve(
                     part.foreign_key.ref_table, [k[part.name] for k in keys], deleted_too=True
                 )
+        natural = {
+            part.name: self.natural_reference_values(part.foreign_key, [k[part.name] for k in keys])
+            for part in spec.key_parts
+            if part.foreign_key is not None and part.foreign_key.by_natural_key
+        }
         out: list[tuple[Any, ...] | None] = []
-        for key in keys:
+        for i, key in enumerate(keys):
             values: list[Any] = []
             for part in spec.key_parts:
                 fk = part.foreign_key
@@ -283,7 +291,11 @@ class _Resolver:
                         self._target.param(self._tables[table], part.column, key[part.name])
                     )
                 elif fk.by_natural_key:
-                    values.extend(key[part.name][c] for c in fk.ref_columns)
+                    held = natural[part.name][i]
+                    if held is None:
+                        values = []
+                        break
+                    values.extend(held)
                 else:
                     address = nested[part.name].get(_text(key[part.name]))
                     if address is None:
@@ -291,6 +303,23 @@ class _Resolver:
                         break
                     values.extend(_fk_values(fk, self._tables[fk.ref_table], address))
             out.append(tuple(values) if values else None)
+        return out
+
+    def natural_reference_values(
+        self, fk: ForeignKeySpec, keys: Sequence[Any]
+    ) -> list[list[Any] | None]:
+        """The column values of references by natural key: the referenced rows' key
+        values, as the target holds them (a key part that is itself a reference becomes
+        that row's address), or None where a part that is a reference is not found."""
+        ref = self._tables[fk.ref_table]
+        columns = _key_columns(ref.spec)
+        out: list[list[Any] | None] = []
+        for values in self.key_values(fk.ref_table, keys):
+            if values is None:
+                out.append(None)
+                continue
+            by_column = dict(zip(columns, values, strict=True))
+            out.append([by_column[c] for c in fk.ref_columns])
         return out
 
     def resolve(
@@ -582,17 +611,18 @@ class Restorer:
             ref_table = self._tables[fk.ref_table]
             keys = [row.get(fk.part_name) for row in rows]
             wanted = [k for k in keys if k is not None]
-            found = (
-                {}
-                if fk in deferred or not wanted or fk.by_natural_key
-                else self.resolver.resolve(fk.ref_table, wanted)
-            )
+            found: Mapping[str, Any] = {}
+            if fk in deferred or not wanted:
+                pass
+            elif fk.by_natural_key:
+                values = self.resolver.natural_reference_values(fk, wanted)
+                found = {_text(k): v for k, v in zip(wanted, values, strict=True)}
+            else:
+                found = self.resolver.resolve(fk.ref_table, wanted)
             for i, key in enumerate(keys):
                 if key is None:
                     out[i].extend([None] * len(fk.columns))
-                elif fk.by_natural_key:
-                    out[i].extend(self.target.param(ref_table, c, key[c]) for c in fk.ref_columns)
-                elif fk in deferred:
+                elif fk in deferred:  # a cycle breaker, even when its values are the key
                     out[i].extend([None] * len(fk.columns))
                     self._late.setdefault(id(rows[i]), []).append((fk, key))
                 else:
@@ -608,7 +638,9 @@ class Restorer:
                             hint=f"restore {fk.ref_table} too (drop --table), or create that row "
                             "in the target first",
                         )
-                    out[i].extend(_fk_values(fk, ref_table, address))
+                    out[i].extend(
+                        address if fk.by_natural_key else _fk_values(fk, ref_table, address)
+                    )
         return out
 
     def _apply_deferred(self, *, partial: bool = False) -> None:
@@ -633,7 +665,12 @@ class Restorer:
                     raise RestoreError(
                         f"{name} refers to {fk.ref_table} {_show(key)}, which does not exist"
                     )
-                rows.append([*_fk_values(fk, self._tables[fk.ref_table], ref), *address])
+                if fk.by_natural_key:
+                    values = self.resolver.natural_reference_values(fk, [key])[0]
+                    assert values is not None  # the row it names was just found
+                else:
+                    values = _fk_values(fk, self._tables[fk.ref_table], ref)
+                rows.append([*values, *address])
             self.target.update(table, list(fk.columns), rows)
 
     # --- stage: snapshot ----------------------------------------------------------------
@@ -980,14 +1017,39 @@ class Restorer:
 
     def _delete_one_equal(self, table: TargetTable, row: dict[str, Any]) -> None:
         spec = table.spec
-        columns = [
-            c.name for c in spec.columns if c.name not in spec.surrogate_columns and c.name in row
-        ]
-        values = [self.target.param(table, c, row.get(c)) for c in columns]
-        address = self.target.find_one_equal(table, columns, values)
+        found = self._as_target_values(table, row)
+        address = self.target.find_one_equal(table, *found) if found is not None else None
         if address is None:
             raise RestoreError(f"the log deletes a {spec.name} row the target does not hold")
         self.target.delete(table, [address])
+
+    def _as_target_values(
+        self, table: TargetTable, row: Mapping[str, Any]
+    ) -> tuple[list[str], list[Any]] | None:
+        """A logged whole row as the target's columns and values: references (logged as
+        the natural keys of the rows they name) become those rows' addresses, or key
+        values. None when a row it refers to is not in the target (nor was it earlier in
+        the transaction in hand), so no equal row can be there either."""
+        plain, _references = _value_columns(table.spec)
+        columns = [c for c in plain if c in row]
+        values = [self.target.param(table, c, row.get(c)) for c in columns]
+        for fk in table.spec.foreign_keys:
+            key = row.get(fk.part_name)
+            columns.extend(fk.columns)
+            if key is None:
+                values.extend([None] * len(fk.columns))
+                continue
+            if fk.by_natural_key:
+                held = self.resolver.natural_reference_values(fk, [key])[0]
+            else:
+                found = self.resolver.resolve(fk.ref_table, [key], deleted_too=True)
+                address = found.get(_text(key))
+                ref = self._tables[fk.ref_table]
+                held = None if address is None else _fk_values(fk, ref, address)
+            if held is None:
+                return None
+            values.extend(held)
+        return columns, values
 
     # --- stage: target-only rows and validation -----------------------------------------
 
@@ -1210,6 +1272,6 @@ def _runs(
 
 
 def open_restore_target(url: str, source_dialect: str) -> PostgresTarget | SqliteTarget:
-    from nkdaemon.targets.database import open_target
+    from nkdaemon.targets.factory import open_target
 
     return open_target(url, source_dialect=source_dialect)

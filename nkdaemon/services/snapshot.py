@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -23,7 +24,7 @@ from nkdaemon.core.definitions import spec_to_json
 from nkdaemon.core.errors import NkdError, RepositoryError
 from nkdaemon.core.events import RawChange
 from nkdaemon.core.keys import TableSpec
-from nkdaemon.core.ports import SnapshotPoint, TableReader
+from nkdaemon.core.ports import RepositoryStore, SnapshotPoint, TableReader
 from nkdaemon.core.replay import MemoryKeyIndex
 from nkdaemon.core.translate import ShallowKey, Translator, source_id
 from nkdaemon.repository.reader import LogMarker, read_log
@@ -124,7 +125,7 @@ def take_snapshot(
     *,
     source: Any,
     tables: Mapping[int, TableSpec],
-    directory: Any,
+    directory: Path | RepositoryStore,
     installation: str,
     log_lsn: Callable[[], int],
     cuts: Any,

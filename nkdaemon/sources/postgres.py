@@ -11,7 +11,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-import orjson
 import psycopg
 import structlog
 from psycopg import sql
@@ -21,8 +20,8 @@ from nkdaemon.core.errors import UNAVAILABLE_HINT, NotInstalledError, SourceErro
 from nkdaemon.core.events import RawChange
 from nkdaemon.core.keys import TableSpec
 from nkdaemon.core.ownership import CaptureClaim, CaptureOwner, not_ours
-from nkdaemon.core.ports import QueuedChange, SchemaDrift, SnapshotConsumer, SnapshotPoint
-from nkdaemon.core.values import parse_json_exact, pg_decoder
+from nkdaemon.core.ports import QueuedChange, SnapshotConsumer, SnapshotPoint
+from nkdaemon.dialects.postgres_rows import RowDecoder, sql_nulls
 from nkdaemon.sources.postgres_capture import (
     Connection,
     claim_capture,
@@ -41,24 +40,6 @@ SCHEMA = "nkdaemon"
 FENCE_LOCK = (1852533605, 1)
 # Drained queue rows after which the drain vacuums the queue (a few ms at this size).
 VACUUM_AFTER_ROWS = 5000
-
-
-def _json_columns(spec: TableSpec) -> list[str]:
-    return [c.name for c in spec.columns if c.logical_type == "json"]
-
-
-def sql_nulls(spec: TableSpec, row: str) -> sql.Composable:
-    """An expression listing the json columns of ``row`` that are SQL NULL."""
-    columns = _json_columns(spec)
-    if not columns:
-        return sql.SQL("NULL")
-    cases = sql.SQL(", ").join(
-        sql.SQL("CASE WHEN {}.{} IS NULL THEN {} END").format(
-            sql.SQL(row), sql.Identifier(c), sql.Literal(c)
-        )
-        for c in columns
-    )
-    return sql.SQL("array_remove(ARRAY[{}]::text[], NULL)").format(cases)
 
 
 def conninfo_from_url(url: str) -> str:
@@ -171,7 +152,7 @@ class PostgresSource:
                         conn,
                         self._qualified(spec.name),
                         spec,
-                        row_trigger_functions(spec, sql_nulls),
+                        row_trigger_functions(spec),
                     )
                     conn.execute(
                         "INSERT INTO nkdaemon.tables (number, schema_name, table_name) "
@@ -370,38 +351,3 @@ class PostgresSource:
                 .fetchone()
             )
             return None if not row or row[0] is None else row[0]
-
-
-# Types whose row_to_json form is already canonical, and types whose numbers need the
-# exact (slower) JSON parser: everything else parses with orjson.
-_AS_IS = frozenset({"int", "text", "bool", "date", "time"})
-_NEEDS_EXACT = frozenset({"decimal", "float", "json", "other"})
-
-
-class RowDecoder:
-    """Turns one table's row_to_json text into a canonical row, as fast as the types allow."""
-
-    def __init__(self, spec: TableSpec) -> None:
-        self.spec = spec
-        self.known = frozenset(c.name for c in spec.columns)
-        self.convert = [
-            (c.name, pg_decoder(c.logical_type))
-            for c in spec.columns
-            if c.logical_type not in _AS_IS
-        ]
-        self.exact = any(
-            c.logical_type.removeprefix("array:") in _NEEDS_EXACT for c in spec.columns
-        )
-        self.json_columns = _json_columns(spec)
-
-    def decode(self, text: str, nulls: list[str] | None = None) -> dict[str, Any]:
-        row: dict[str, Any] = parse_json_exact(text) if self.exact else orjson.loads(text)
-        if not row.keys() <= self.known:
-            raise SchemaDrift(table=self.spec.name, columns=tuple(sorted(row.keys() - self.known)))
-        for name, convert in self.convert:
-            if name in row:
-                row[name] = convert(row[name])
-        for name in self.json_columns:
-            if name in row and row[name] is None and name not in (nulls or ()):
-                row[name] = "null"  # a JSON null, not SQL NULL
-        return row

@@ -8,7 +8,7 @@ the caller (PostgresSource) translates psycopg's errors.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import psycopg
 from psycopg import sql
@@ -16,11 +16,10 @@ from psycopg.rows import TupleRow
 
 from nkdaemon.core.keys import TableSpec
 from nkdaemon.core.ownership import CaptureClaim, CaptureOwner, changed_during_install
+from nkdaemon.dialects.postgres_rows import sql_nulls
 from nkdaemon.sources.migrations import pending_migrations
 
 Connection = psycopg.Connection[TupleRow]
-NullsSql = Callable[[TableSpec, str], sql.Composable]
-"""An expression listing a row's json columns that are SQL NULL (see ``sql_nulls``)."""
 
 ROW_TRIGGER = "nkdaemon_capture"
 TRUNCATE_TRIGGER = "nkdaemon_capture_truncate"
@@ -133,7 +132,7 @@ def _function_name(number: int, op: str) -> sql.Composed:
     return sql.SQL("nkdaemon.{}").format(sql.Identifier(f"capture_{number}_{op}"))
 
 
-def row_trigger_functions(spec: TableSpec, nulls: NullsSql) -> list[sql.Composed]:
+def row_trigger_functions(spec: TableSpec) -> list[sql.Composed]:
     """The INSERT, UPDATE and DELETE trigger functions of one table."""
     identity = list(dict.fromkeys([*spec.primary_key, *spec.key_column_names]))
     if spec.full_row_identity or not identity:
@@ -146,15 +145,15 @@ def row_trigger_functions(spec: TableSpec, nulls: NullsSql) -> list[sql.Composed
         old_on_update = sql.SQL("CASE WHEN {} THEN row_to_json(OLD) END").format(changed)
     no = sql.SQL("NULL")
     bodies = {
-        "i": ("I", no, sql.SQL("row_to_json(NEW)"), no, nulls(spec, "NEW")),
+        "i": ("I", no, sql.SQL("row_to_json(NEW)"), no, sql_nulls(spec, "NEW")),
         "u": (
             "U",
             old_on_update,
             sql.SQL("row_to_json(NEW)"),
-            nulls(spec, "OLD"),
-            nulls(spec, "NEW"),
+            sql_nulls(spec, "OLD"),
+            sql_nulls(spec, "NEW"),
         ),
-        "d": ("D", sql.SQL("row_to_json(OLD)"), no, nulls(spec, "OLD"), no),
+        "d": ("D", sql.SQL("row_to_json(OLD)"), no, sql_nulls(spec, "OLD"), no),
     }
     return [
         sql.SQL(_ROW_FUNCTION).format(

@@ -284,10 +284,13 @@ class _Seeder:
         for fk in table.foreign_keys:
             old = tuple(row[c] for c in fk.columns)
             new = self.ids.get(fk.ref_table, {}).get(old)
-            if new is not None and (not fk.nullable or self.rng.random() < 0.8):
+            # a row captured whole (keyless) is only the same row with every value the
+            # same: one with a reference not set yet would be another row of the target's
+            exact = table.keyless
+            if new is not None and (not fk.nullable or exact or self.rng.random() < 0.8):
                 values.update(zip(fk.columns, new, strict=True))
                 continue
-            if not fk.nullable:
+            if not fk.nullable or (exact and None not in old):
                 return  # the row it needs is not seeded
             values.update(dict.fromkeys(fk.columns))
             if new is None and None not in old:

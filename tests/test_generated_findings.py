@@ -554,6 +554,140 @@ def test_a_keyless_row_with_a_reference_can_be_deleted(
     reproduce(case, tmp_path, expect="cannot adapt type", pool=pool)
 
 
+# SQLite: t1 <-> t2 (nullable references both ways) and "Größe" (identity = "full", a
+# nullable reference to t1, a name that sorts before the cycle); three rows each. The planner
+# broke the cycle by deferring Größe's reference (it sorted first) instead of one inside the
+# cycle, and restore could not set a deferred reference of a row captured whole: "Größe
+# refers to t1 ..., which does not exist", or with t2 referred to, `KeyError: 'rowid'`.
+BEHIND_A_CYCLE_WHOLE_ROWS = Case(
+    schema=Schema(
+        dialect="sqlite",
+        tables=(
+            Table(
+                name="t1",
+                id_kind="serial",
+                columns=(
+                    Column(name="c1", kind="int", nullable=False),
+                    Column(name="c2", kind="text", nullable=False),
+                    Column(name="c3", kind="int", nullable=False),
+                    Column(name="c4", kind="int"),
+                ),
+                primary_key=("c1",),
+                key=("c2", "c3"),
+                plain_key=("c2", "c3"),
+                unique=("c2", "c3"),
+                foreign_keys=(
+                    ForeignKey(columns=("c4",), ref_table="t2", ref_columns=("c1",), nullable=True),
+                ),
+            ),
+            Table(
+                name="t2",
+                id_kind="serial",
+                columns=(
+                    Column(name="c1", kind="int", nullable=False),
+                    Column(name="c2", kind="text", nullable=False),
+                    Column(name="c3", kind="int", nullable=False),
+                    Column(name="c4", kind="int"),
+                ),
+                primary_key=("c1",),
+                key=("c2", "c3"),
+                plain_key=("c2", "c3"),
+                unique=("c2", "c3"),
+                foreign_keys=(
+                    ForeignKey(columns=("c4",), ref_table="t1", ref_columns=("c1",), nullable=True),
+                ),
+            ),
+            Table(
+                name="Größe",
+                id_kind="serial",
+                columns=(
+                    Column(name="c1", kind="int", nullable=False),
+                    Column(name="c2", kind="int"),
+                    Column(name="c3", kind="int"),
+                ),
+                primary_key=("c1",),
+                key=(),
+                plain_key=(),
+                foreign_keys=(
+                    ForeignKey(columns=("c3",), ref_table="t1", ref_columns=("c1",), nullable=True),
+                ),
+                keyless=True,
+            ),
+        ),
+    ),
+    workload=Workload(seed_rows=3, steps=(Marker(kind="instant"),)),
+)
+BEHIND_A_CYCLE_WHOLE_ROWS_2 = Case(
+    schema=Schema(
+        dialect="sqlite",
+        tables=(
+            Table(
+                name="t1",
+                id_kind="serial",
+                columns=(
+                    Column(name="c1", kind="int", nullable=False),
+                    Column(name="c2", kind="text", nullable=False),
+                    Column(name="c3", kind="int"),
+                ),
+                primary_key=("c1",),
+                key=("c2",),
+                plain_key=("c2",),
+                unique=("c2",),
+                foreign_keys=(
+                    ForeignKey(columns=("c3",), ref_table="t2", ref_columns=("c1",), nullable=True),
+                ),
+            ),
+            Table(
+                name="t2",
+                id_kind="serial",
+                columns=(
+                    Column(name="c1", kind="int", nullable=False),
+                    Column(name="c2", kind="text", nullable=False),
+                    Column(name="c3", kind="int", nullable=False),
+                    Column(name="c4", kind="int", nullable=False),
+                ),
+                primary_key=("c1",),
+                key=("c2", "c3"),
+                plain_key=("c2", "c3"),
+                unique=("c2", "c3"),
+                foreign_keys=(
+                    ForeignKey(
+                        columns=("c4",), ref_table="t1", ref_columns=("c1",), nullable=False
+                    ),
+                ),
+            ),
+            Table(
+                name="Größe",
+                id_kind="none",
+                columns=(Column(name="c1", kind="text"), Column(name="c2", kind="int")),
+                primary_key=(),
+                key=(),
+                plain_key=(),
+                foreign_keys=(
+                    ForeignKey(columns=("c2",), ref_table="t2", ref_columns=("c1",), nullable=True),
+                ),
+                keyless=True,
+            ),
+        ),
+    ),
+    workload=Workload(seed_rows=3, steps=(Marker(kind="instant"),)),
+)
+
+
+@pytest.mark.parametrize(
+    ("case", "expect"),
+    [
+        (BEHIND_A_CYCLE_WHOLE_ROWS, "which does not exist"),
+        (BEHIND_A_CYCLE_WHOLE_ROWS_2, "KeyError"),
+    ],
+    ids=["unset", "rowid"],
+)
+def test_whole_rows_that_refer_into_a_cycle_restore(
+    tmp_path: Path, case: Case, expect: str
+) -> None:
+    reproduce(case, tmp_path, expect=expect)
+
+
 # --- install -----------------------------------------------------------------------------------
 
 # t3 (identity = "full", no primary key) refers through a composite foreign key to t2, whose

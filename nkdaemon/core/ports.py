@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, TypeVar
 
 from nkdaemon.core.events import RawChange
 from nkdaemon.core.keys import TableSpec
@@ -201,3 +202,116 @@ class RepositoryStore(Protocol):
 
     def describe(self, name: str = "") -> str:
         """Where the object (or, for "", the store) lives, for messages: a path or URL."""
+
+
+Address = tuple[object, ...]
+"""A row's place in a restore target: its primary-key values there (ids the target drew)."""
+
+Converter = Callable[[object], object]
+"""Turns a canonical value of one column into the parameter the target's driver takes."""
+
+
+class TargetTableView(Protocol):
+    """What a restore reads of a table that a restore target holds."""
+
+    @property
+    def spec(self) -> TableSpec:
+        """The captured definition the table is restored from."""
+
+    @property
+    def columns(self) -> Collection[str]:
+        """The columns the table has in the target."""
+
+    @property
+    def primary_key(self) -> tuple[str, ...]:
+        """The columns that make a row's Address (a system column for a table without one)."""
+
+    @property
+    def generated(self) -> bool:
+        """Ids of new rows are drawn by ``RestoreTarget.allocate``, not taken from the row."""
+
+    @property
+    def rows_before(self) -> int:
+        """How many rows the table held when the restore began."""
+
+
+TableT = TypeVar("TableT", bound=TargetTableView)
+
+
+class RestoreTarget(Protocol[TableT]):
+    """A database a restore writes into, inside one transaction it owns.
+
+    Nothing is visible to others before ``commit``; any error leaves the transaction to be
+    rolled back by the caller, and every method translates its driver's errors into
+    RestoreTargetError. Rows are named by Address. One instance serves one restore in one
+    thread; ``close`` releases the connection whatever happened.
+    """
+
+    def batch(self) -> AbstractContextManager[object]:
+        """Writes inside may be sent without waiting for each one's result (pipelined); an
+        error they meet surfaces at the latest when the block is left."""
+
+    def attempt(self) -> AbstractContextManager[object]:
+        """Work inside is undone if the block raises, the rest of the transaction kept."""
+
+    def check_constraints(self) -> None:
+        """Check now what the commit would check (deferred foreign keys); raises if broken."""
+
+    def commit(self) -> None:
+        """Make the restore visible."""
+
+    def rollback(self) -> None:
+        """Undo the whole restore; never raises."""
+
+    def close(self) -> None:
+        """Release the connection; never raises."""
+
+    def inspect(self, spec: TableSpec) -> TableT | None:
+        """The target's table for ``spec``, or None when the target has no such table."""
+
+    def create(self, specs: Sequence[TableSpec]) -> list[str]:
+        """Create these tables; returns notes on what the definitions could not carry over."""
+
+    def param(self, table: TableT, column: str, value: object) -> object:
+        """A canonical value of ``column`` as the parameter the driver takes."""
+
+    def converter(self, table: TableT, column: str) -> Converter:
+        """``param`` for one column, as a function (the identity where nothing changes)."""
+
+    def find(
+        self, table: TableT, columns: Sequence[str], keys: Sequence[Address]
+    ) -> Mapping[Address, Address]:
+        """The rows whose ``columns`` hold each of ``keys`` (parameters): key -> address."""
+
+    def find_one_equal(
+        self, table: TableT, columns: Sequence[str], values: Sequence[object]
+    ) -> Address | None:
+        """One row whose ``columns`` equal ``values``, NULL equal to NULL, if there is one."""
+
+    def allocate(self, table: TableT, count: int) -> Sequence[object]:
+        """``count`` new ids for a table whose ids the target generates."""
+
+    def insert(
+        self, table: TableT, columns: Sequence[str], rows: Iterable[Sequence[object]]
+    ) -> None:
+        """Insert rows of parameters for ``columns``, a list or a stream."""
+
+    def update(
+        self, table: TableT, columns: Sequence[str], rows: Sequence[Sequence[object]]
+    ) -> None:
+        """Each row: the new values of ``columns``, then the address of the row to update."""
+
+    def delete(self, table: TableT, addresses: Sequence[Address]) -> None:
+        """Delete the rows at these addresses (cascades as the target's schema says)."""
+
+    def addresses(self, table: TableT) -> Iterable[Address]:
+        """The address of every row of the table now."""
+
+    def delete_all(self, table: TableT) -> None:
+        """Delete every row of the table (a logged TRUNCATE)."""
+
+    def advance(self, table: TableT) -> None:
+        """Move the table's id generator past the ids the restore wrote."""
+
+    def read(self, table: TableT) -> Iterable[Mapping[str, object]]:
+        """Every row as canonical values of the definition's columns and the primary key."""

@@ -134,6 +134,9 @@ def _break_cycle(
     specs: Mapping[str, TableSpec],
     deferred: dict[str, list[ForeignKeySpec]],
 ) -> str:
+    # only a reference inside a cycle can break it: a table that merely refers into a cycle
+    # waits for it, with its references set as it is written
+    cycle_of = _cycles(remaining, edges)
     for name in sorted(remaining):
         spec = specs[name]
         key_fks = {p.foreign_key.columns for p in spec.key_parts if p.foreign_key is not None}
@@ -141,7 +144,13 @@ def _break_cycle(
             if fk in deferred[name] or fk.ref_table == name:
                 continue  # deferred already, or a self-reference, which is no edge
             nullable = all(spec.column(c).nullable for c in fk.columns)
-            if fk.ref_table in remaining and fk.columns not in key_fks and nullable:
+            cycle = cycle_of.get(name)
+            if (
+                cycle is not None
+                and cycle_of.get(fk.ref_table) == cycle
+                and fk.columns not in key_fks
+                and nullable
+            ):
                 deferred[name].append(fk)
                 if not any(
                     f.ref_table == fk.ref_table
@@ -150,9 +159,56 @@ def _break_cycle(
                 ):
                     edges[name].discard(fk.ref_table)
                 return name
-    cycle = ", ".join(sorted(remaining))
+    tables = ", ".join(sorted(remaining))
     raise UsageError(
-        f"the tables {cycle} refer to each other through NOT NULL foreign keys, so no insert "
+        f"the tables {tables} refer to each other through NOT NULL foreign keys, so no insert "
         "order works",
         hint="make one of those foreign keys nullable or DEFERRABLE in the target",
     )
+
+
+def _cycles(remaining: set[str], edges: Mapping[str, set[str]]) -> dict[str, int]:
+    """Table -> the number of the cycle (strongly connected component of more than one
+    table) it is in, for the tables of ``remaining`` that are in one (Tarjan's algorithm,
+    iterative, so a long chain of references cannot exhaust the stack)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: dict[str, int] = {}
+    counter = cycles = 0
+    for root in sorted(remaining):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(edges[root] & remaining)))]
+        index[root] = low[root] = counter
+        counter += 1
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is None:
+                work.pop()
+                if work:
+                    low[work[-1][0]] = min(low[work[-1][0]], low[node])
+                if low[node] == index[node]:
+                    members = []
+                    while True:
+                        member = stack.pop()
+                        on_stack.discard(member)
+                        members.append(member)
+                        if member == node:
+                            break
+                    if len(members) > 1:
+                        cycles += 1
+                        found.update(dict.fromkeys(members, cycles))
+            elif child not in index:
+                index[child] = low[child] = counter
+                counter += 1
+                stack.append(child)
+                on_stack.add(child)
+                work.append((child, iter(sorted(edges[child] & remaining))))
+            elif child in on_stack:
+                low[node] = min(low[node], index[child])
+    return found

@@ -9,7 +9,7 @@ import click
 from click.core import ParameterSource
 
 from nkdaemon.core.errors import UsageError
-from nkdaemon.runtime.config import toml_string
+from nkdaemon.core.settings import toml_string
 
 STARTER = """\
 # nkdaemon configuration. Every setting is shown; the commented ones have their default.

@@ -19,7 +19,7 @@ def register(cli: click.Group) -> None:
 def status_command(app: AppContext, as_json: bool) -> None:
     """Lag, queue depth, last logged transaction, snapshots, log size."""
     with Session(app.settings, writer=False) as session:
-        status = collect_status(session)
+        status = collect_status(session, source_name=app.settings.source.redacted_url)
     if as_json:
         echo_json(status)
     else:

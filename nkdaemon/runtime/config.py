@@ -6,114 +6,61 @@ Every error names the key, the bad value and the fix, and is a ConfigError (exit
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal, TypeVar
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from nkdaemon.core.errors import ConfigError
+from nkdaemon.core.settings import (
+    CaptureSettings,
+    HealthSettings,
+    LegacySettings,
+    LogSettings,
+    RepositorySettings,
+    Settings,
+    SnapshotSettings,
+    SourceSettings,
+    TableSettings,
+    toml_key,
+    toml_string,
+)
+
+# The settings types live in core (below every layer that takes them); they are named here
+# too for the callers that load a file and use what it holds.
+__all__ = [
+    "DEFAULT_FILE",
+    "ENV_VAR",
+    "CaptureSettings",
+    "HealthSettings",
+    "LegacySettings",
+    "LogSettings",
+    "RepositorySettings",
+    "Settings",
+    "SnapshotSettings",
+    "SourceSettings",
+    "TableSettings",
+    "canonical_url",
+    "find_config",
+    "load_settings",
+    "parse_duration",
+    "parse_settings",
+    "parse_size",
+    "redact_url",
+    "toml_key",
+    "toml_string",
+    "validate_schedule",
+]
+
+Choice = TypeVar("Choice", bound=str)
 
 ENV_VAR = "NKDAEMON_CONFIG"
 DEFAULT_FILE = "nkdaemon.toml"
-
-
-@dataclass(frozen=True, kw_only=True)
-class SourceSettings:
-    url: str = field(repr=False)
-    schema: str | None = None
-
-    @property
-    def sa_url(self) -> URL:
-        return make_url(self.url)
-
-    @property
-    def dialect(self) -> Literal["postgresql", "sqlite"]:
-        name = self.sa_url.get_backend_name()
-        return "postgresql" if name == "postgresql" else "sqlite"
-
-    @property
-    def redacted_url(self) -> str:
-        return redact_url(self.url)
-
-    @property
-    def password(self) -> str | None:
-        return self.sa_url.password
-
-    def __repr__(self) -> str:
-        return f"SourceSettings(url={self.redacted_url!r}, schema={self.schema!r})"
-
-
-@dataclass(frozen=True, kw_only=True)
-class RepositorySettings:
-    path: Path
-    segment_bytes: int = 64 << 20
-
-
-@dataclass(frozen=True, kw_only=True)
-class CaptureSettings:
-    tables: tuple[str, ...] = ("*",)
-    exclude: tuple[str, ...] = ()
-    key_cache_size: int = 100_000
-    batch_transactions: int = 1000
-    poll_interval: float = 1.0
-    min_pass_interval: float = 0.2
-
-
-@dataclass(frozen=True, kw_only=True)
-class TableSettings:
-    natural_key: tuple[str, ...] | None = None
-    identity: Literal["key", "full"] = "key"
-
-
-@dataclass(frozen=True, kw_only=True)
-class SnapshotSettings:
-    schedule: str | None = None
-    keep: int = 7
-
-
-@dataclass(frozen=True, kw_only=True)
-class HealthSettings:
-    listen: str = "127.0.0.1:8787"
-    max_lag_seconds: float = 60.0
-    max_snapshot_age_seconds: float | None = None
-
-
-@dataclass(frozen=True, kw_only=True)
-class LogSettings:
-    level: Literal["debug", "info", "warning", "error"] = "info"
-    format: Literal["auto", "json", "console"] = "auto"
-
-
-@dataclass(frozen=True, kw_only=True)
-class LegacySettings:
-    """`import-legacy` / `export`: Django model label (lower case) -> table."""
-
-    models: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, kw_only=True)
-class Settings:
-    source: SourceSettings
-    repository: RepositorySettings
-    capture: CaptureSettings = CaptureSettings()
-    tables: Mapping[str, TableSettings] = field(default_factory=dict)
-    snapshots: SnapshotSettings = SnapshotSettings()
-    health: HealthSettings = HealthSettings()
-    logging: LogSettings = LogSettings()
-    legacy: LegacySettings = LegacySettings()
-    file: Path | None = None
-
-    def secrets(self) -> tuple[str, ...]:
-        """Strings that must never reach output (passwords)."""
-        password = self.source.password
-        return (password,) if password else ()
 
 
 def redact_url(url: str) -> str:
@@ -141,7 +88,7 @@ _SIZE_UNITS = {
 }
 
 
-def parse_duration(value: Any, key: str) -> float:
+def parse_duration(value: object, key: str) -> float:
     if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
         return float(value)
     match = _DURATION.match(str(value)) if isinstance(value, str) else None
@@ -154,7 +101,7 @@ def parse_duration(value: Any, key: str) -> float:
     return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
 
 
-def parse_size(value: Any, key: str) -> int:
+def parse_size(value: object, key: str) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
     match = _SIZE.match(value) if isinstance(value, str) else None
@@ -166,11 +113,11 @@ def parse_size(value: Any, key: str) -> int:
 class _Section:
     """Typed access to one TOML table that reports unknown keys with a suggestion."""
 
-    def __init__(self, name: str, data: Any, known: tuple[str, ...]) -> None:
+    def __init__(self, name: str, data: object, known: tuple[str, ...]) -> None:
         if not isinstance(data, dict):
             raise ConfigError(f"[{name}]: expected a table, got {data!r}")
         self.name = name
-        self.data = data
+        self.data: dict[str, object] = data
         for key in data:
             if key not in known:
                 close = difflib.get_close_matches(key, known, n=1)
@@ -180,7 +127,7 @@ class _Section:
     def key(self, key: str) -> str:
         return f"[{self.name}] {key}"
 
-    def get(self, key: str, default: Any = None) -> Any:
+    def get(self, key: str, default: object = None) -> object:
         return self.data.get(key, default)
 
     def string(self, key: str, default: str | None = None, *, required: bool = False) -> str | None:
@@ -212,13 +159,14 @@ class _Section:
             raise ConfigError(f"{self.key(key)}: {value!r} must be a positive whole number")
         return value
 
-    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+    def choice(self, key: str, default: Choice, choices: tuple[Choice, ...]) -> Choice:
         value = self.data.get(key, default)
-        if value not in choices:
-            raise ConfigError(
-                f"{self.key(key)}: {value!r} is not one of {', '.join(map(repr, choices))}"
-            )
-        return str(value)
+        for choice in choices:  # the choice itself, typed as the choices are
+            if value == choice:
+                return choice
+        raise ConfigError(
+            f"{self.key(key)}: {value!r} is not one of {', '.join(map(repr, choices))}"
+        )
 
 
 # --- loading ---------------------------------------------------------------------------
@@ -252,7 +200,7 @@ def load_settings(path: Path) -> Settings:
 
 
 def parse_settings(
-    data: Mapping[str, Any], *, base_dir: Path, file: Path | None = None
+    data: Mapping[str, object], *, base_dir: Path, file: Path | None = None
 ) -> Settings:
     top = _Section("top level", dict(data), SECTIONS)
     source = _parse_source(_Section("source", top.get("source", {}), ("url", "schema")))
@@ -328,18 +276,29 @@ def _parse_source(section: _Section) -> SourceSettings:
             hint="use postgresql+psycopg://",
         )
     database = parsed.database or ""
-    in_memory = (
+    if backend == "sqlite" and _in_memory(parsed):
+        raise ConfigError(
+            "[source] url: an in-memory SQLite database cannot be backed up",
+            hint='name a file: "sqlite:///path/to/app.db"',
+        )
+    return SourceSettings(
+        url=url,
+        dialect="postgresql" if backend == "postgresql" else "sqlite",
+        redacted_url=redact_url(url),
+        password=parsed.password,
+        database=database,
+        schema=section.string("schema"),
+    )
+
+
+def _in_memory(parsed: URL) -> bool:
+    database = parsed.database or ""
+    return (
         database in ("", ":memory:")
         or database.startswith("file::memory:")
         or "mode=memory" in database
         or parsed.query.get("mode") == "memory"
     )
-    if backend == "sqlite" and in_memory:
-        raise ConfigError(
-            "[source] url: an in-memory SQLite database cannot be backed up",
-            hint='name a file: "sqlite:///path/to/app.db"',
-        )
-    return SourceSettings(url=url, schema=section.string("schema"))
 
 
 def _parse_repository(section: _Section, base_dir: Path) -> RepositorySettings:
@@ -376,15 +335,15 @@ def _parse_capture(section: _Section) -> CaptureSettings:
     )
 
 
-def _parse_tables(data: Any) -> dict[str, TableSettings]:
+def _parse_tables(data: object) -> dict[str, TableSettings]:
     if not isinstance(data, dict):
         raise ConfigError(f"[tables]: expected tables like [tables.documents], got {data!r}")
     out: dict[str, TableSettings] = {}
     for name, body in data.items():
         section = _Section(f"tables.{toml_key(name)}", body, ("natural_key", "identity"))
-        identity = section.choice("identity", "key", ("key", "full"))
-        key = section.get("natural_key")
-        if key is not None:
+        identity: Literal["key", "full"] = section.choice("identity", "key", ("key", "full"))
+        key: tuple[str, ...] | None = None
+        if section.get("natural_key") is not None:
             key = section.strings("natural_key", ())
             if not key:
                 raise ConfigError(
@@ -398,7 +357,7 @@ def _parse_tables(data: Any) -> dict[str, TableSettings]:
                     hint="keep natural_key for a table that has one; "
                     'identity = "full" is for keyless tables',
                 )
-        out[name] = TableSettings(natural_key=key, identity=identity)  # type: ignore[arg-type]
+        out[name] = TableSettings(natural_key=key, identity=identity)
     return out
 
 
@@ -447,8 +406,8 @@ def _parse_health(section: _Section) -> HealthSettings:
 
 def _parse_logging(section: _Section) -> LogSettings:
     return LogSettings(
-        level=section.choice("level", "info", ("debug", "info", "warning", "error")),  # type: ignore[arg-type]
-        format=section.choice("format", "auto", ("auto", "json", "console")),  # type: ignore[arg-type]
+        level=section.choice("level", "info", ("debug", "info", "warning", "error")),
+        format=section.choice("format", "auto", ("auto", "json", "console")),
     )
 
 
@@ -468,13 +427,3 @@ def _parse_legacy(section: _Section) -> LegacySettings:
             "many-to-many field (app.model.field)"
         )
     return LegacySettings(models={k.lower(): v for k, v in models.items()})
-
-
-def toml_key(name: str) -> str:
-    """A TOML key for a table name: bare when it can be, else a quoted string."""
-    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else toml_string(name)
-
-
-def toml_string(value: str) -> str:
-    """A TOML basic string (JSON's escapes are TOML's)."""
-    return json.dumps(value, ensure_ascii=False)

@@ -161,12 +161,12 @@ def run_demo(directory: Path | None, say: Say) -> Path:
 
 
 def _last_lsn(daemon: Daemon) -> int:
-    health = daemon._health
+    health = daemon.health
     return int(health.document().get("last_lsn") or 0) if health is not None else 0
 
 
 def _caught_up(daemon: Daemon) -> bool:
-    health = daemon._health
+    health = daemon.health
     if health is None:
         return False
     status = health.document()

@@ -13,18 +13,19 @@ from sqlalchemy.engine import Engine
 
 from nkdaemon.core.definitions import spec_to_json
 from nkdaemon.core.errors import NkdError, NotInstalledError
+from nkdaemon.core.key_rules import Registry
 from nkdaemon.core.keys import TableSpec
 from nkdaemon.core.log import Epoch
 from nkdaemon.core.ownership import CaptureClaim, CaptureOwner, not_ours, owned_elsewhere
 from nkdaemon.core.ports import CaptureSource, SnapshotPoint, TableReader
+from nkdaemon.core.settings import Settings
 from nkdaemon.core.translate import ShallowKey
 from nkdaemon.repository.layout import RepositoryLayout
 from nkdaemon.repository.segments import SegmentLog
 from nkdaemon.repository.snapshots import SnapshotWriter
 from nkdaemon.repository.state import Checkpoint, StateStore
-from nkdaemon.runtime.config import Settings
 from nkdaemon.services.snapshot import collect_keys, natural_rows
-from nkdaemon.sources.registry import Registry, reflect_registry
+from nkdaemon.sources.registry import reflect_registry
 
 log = structlog.get_logger("nkdaemon.install")
 

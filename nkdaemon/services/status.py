@@ -3,19 +3,44 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from nkdaemon.core.errors import NkdError
 from nkdaemon.core.ownership import not_ours
+from nkdaemon.core.ports import CaptureSource
+from nkdaemon.repository.layout import RepositoryLayout
+from nkdaemon.repository.segments import SegmentLog
 from nkdaemon.repository.snapshots import list_snapshots
-from nkdaemon.runtime.session import Session
+from nkdaemon.repository.state import StateStore
 
 
-def collect_status(session: Session, *, now: datetime | None = None) -> dict[str, Any]:
-    """The status document (`status --json`, `/status`). Never raises for a down source."""
+class StatusView(Protocol):
+    """What status reads: the repository and the source, each opened only when read (the
+    state only if the repository exists, the source last, so a down source costs nothing
+    else). The runtime's Session is one."""
+
+    @property
+    def layout(self) -> RepositoryLayout: ...
+
+    @property
+    def state(self) -> StateStore: ...
+
+    @property
+    def log_store(self) -> SegmentLog: ...
+
+    @property
+    def source(self) -> CaptureSource: ...
+
+
+def collect_status(
+    session: StatusView, *, source_name: str, now: datetime | None = None
+) -> dict[str, Any]:
+    """The status document (`status --json`, `/status`). Never raises for a down source.
+
+    ``source_name`` is the source's URL with the password hidden."""
     now = now or datetime.now(UTC)
     status: dict[str, Any] = {
-        "source": session.settings.source.redacted_url,
+        "source": source_name,
         "repository": str(session.layout.root),
         "queue_depth": None,
         "lag_seconds": None,
@@ -28,29 +53,7 @@ def collect_status(session: Session, *, now: datetime | None = None) -> dict[str
         "errors": [],
     }
     if session.layout.exists():
-        checkpoint = session.state.checkpoint()
-        status["last_lsn"] = checkpoint.lsn
-        status["last_commit_time"] = checkpoint.commit_time
-        status["complete_through"] = _complete_through(session, status["errors"])
-        status["log_bytes"] = session.log_store.size_bytes()
-        status["log_segments"] = len(session.log_store.segments())
-        snapshots = list_snapshots(session.layout.snapshots_dir)
-        status["snapshots"] = [
-            {
-                "id": s.id,
-                "time": s.time,
-                "position": s.position,
-                "rows": sum(t.rows for t in s.tables),
-            }
-            for s in snapshots
-            if s.imported is None
-        ]
-        # older backups taken in by import-legacy: restore points at their own instant only
-        status["imported_snapshots"] = [
-            {"id": s.id, "time": s.time, "rows": sum(t.rows for t in s.tables), **s.imported}
-            for s in snapshots
-            if s.imported is not None
-        ]
+        _repository_part(session, status)
     else:
         status["errors"].append("the repository does not exist yet (run `nkdaemon install`)")
     try:
@@ -63,7 +66,34 @@ def collect_status(session: Session, *, now: datetime | None = None) -> dict[str
     return status
 
 
-def _capture_owner(session: Session, status: dict[str, Any]) -> None:
+def _repository_part(session: StatusView, status: dict[str, Any]) -> None:
+    """The log's position and size, and the snapshots, into ``status``."""
+    checkpoint = session.state.checkpoint()
+    status["last_lsn"] = checkpoint.lsn
+    status["last_commit_time"] = checkpoint.commit_time
+    status["complete_through"] = _complete_through(session, status["errors"])
+    status["log_bytes"] = session.log_store.size_bytes()
+    status["log_segments"] = len(session.log_store.segments())
+    snapshots = list_snapshots(session.layout.snapshots_dir)
+    status["snapshots"] = [
+        {
+            "id": s.id,
+            "time": s.time,
+            "position": s.position,
+            "rows": sum(t.rows for t in s.tables),
+        }
+        for s in snapshots
+        if s.imported is None
+    ]
+    # older backups taken in by import-legacy: restore points at their own instant only
+    status["imported_snapshots"] = [
+        {"id": s.id, "time": s.time, "rows": sum(t.rows for t in s.tables), **s.imported}
+        for s in snapshots
+        if s.imported is not None
+    ]
+
+
+def _capture_owner(session: StatusView, status: dict[str, Any]) -> None:
     """Which repository the source's capture feeds; an error when it is not this one."""
     status["capture_owner"] = None
     owner = session.source.owner()
@@ -80,7 +110,7 @@ def _capture_owner(session: Session, status: dict[str, Any]) -> None:
         status["errors"].append(not_ours(owner, ours).message)
 
 
-def _complete_through(session: Session, errors: list[str]) -> str | None:
+def _complete_through(session: StatusView, errors: list[str]) -> str | None:
     """The time up to which the log holds every committed transaction (the last drain pass
     that read the whole queue), so `restore --at` any time up to it."""
     try:

@@ -10,7 +10,7 @@ from sqlalchemy.pool import NullPool
 
 from nkdaemon.core.errors import SourceError
 from nkdaemon.core.ports import CaptureSource
-from nkdaemon.runtime.config import SourceSettings
+from nkdaemon.core.settings import SourceSettings
 
 
 def engine_url(url: str) -> sa.URL:

@@ -7,7 +7,6 @@ SourceUnavailable (worth retrying) or SourceError.
 from __future__ import annotations
 
 import contextlib
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -20,71 +19,27 @@ from sqlalchemy.engine import make_url
 from nkdaemon.core.errors import UNAVAILABLE_HINT, NotInstalledError, SourceError, SourceUnavailable
 from nkdaemon.core.events import RawChange
 from nkdaemon.core.keys import TableSpec
-from nkdaemon.core.ownership import CaptureClaim, CaptureOwner, changed_during_install, not_ours
+from nkdaemon.core.ownership import CaptureClaim, CaptureOwner, not_ours
 from nkdaemon.core.ports import QueuedChange, SnapshotConsumer, SnapshotPoint
 from nkdaemon.dialects.postgres_rows import RowDecoder, sql_nulls
-from nkdaemon.sources.migrations import pending_migrations
+from nkdaemon.sources.postgres_capture import (
+    Connection,
+    claim_capture,
+    create_triggers,
+    drop_capture_schema,
+    drop_triggers,
+    migrate,
+    read_installation_id,
+    read_owner,
+    row_trigger_functions,
+)
 
 log = structlog.get_logger("nkdaemon.source")
 
 SCHEMA = "nkdaemon"
 FENCE_LOCK = (1852533605, 1)
-ROW_TRIGGER = "nkdaemon_capture"
-TRUNCATE_TRIGGER = "nkdaemon_capture_truncate"
 # Drained queue rows after which the drain vacuums the queue (a few ms at this size).
 VACUUM_AFTER_ROWS = 5000
-TRIGGERS = (f"{ROW_TRIGGER}_i", f"{ROW_TRIGGER}_u", f"{ROW_TRIGGER}_d", TRUNCATE_TRIGGER)
-
-_ROW_FUNCTION = """
-CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $nkd$
-BEGIN
-    INSERT INTO nkdaemon.queue (tbl, op, old, new, old_nulls, new_nulls)
-    VALUES ({number}, '{op}', {old}, {new}, {old_nulls}, {new_nulls});
-    RETURN NULL;
-END
-$nkd$
-"""
-
-
-def _function_name(number: int, op: str) -> sql.Composed:
-    return sql.SQL("nkdaemon.{}").format(sql.Identifier(f"capture_{number}_{op}"))
-
-
-def row_trigger_functions(spec: TableSpec) -> list[sql.Composed]:
-    """The INSERT, UPDATE and DELETE trigger functions of one table."""
-    identity = list(dict.fromkeys([*spec.primary_key, *spec.key_column_names]))
-    if spec.full_row_identity or not identity:
-        old_on_update: sql.Composable = sql.SQL("row_to_json(OLD)")
-    else:
-        changed = sql.SQL("({}) IS DISTINCT FROM ({})").format(
-            sql.SQL(", ").join(sql.SQL("OLD.{}").format(sql.Identifier(c)) for c in identity),
-            sql.SQL(", ").join(sql.SQL("NEW.{}").format(sql.Identifier(c)) for c in identity),
-        )
-        old_on_update = sql.SQL("CASE WHEN {} THEN row_to_json(OLD) END").format(changed)
-    no = sql.SQL("NULL")
-    bodies = {
-        "i": ("I", no, sql.SQL("row_to_json(NEW)"), no, sql_nulls(spec, "NEW")),
-        "u": (
-            "U",
-            old_on_update,
-            sql.SQL("row_to_json(NEW)"),
-            sql_nulls(spec, "OLD"),
-            sql_nulls(spec, "NEW"),
-        ),
-        "d": ("D", sql.SQL("row_to_json(OLD)"), no, sql_nulls(spec, "OLD"), no),
-    }
-    return [
-        sql.SQL(_ROW_FUNCTION).format(
-            name=_function_name(spec.number, op),
-            number=sql.Literal(spec.number),
-            op=sql.SQL(code),
-            old=old,
-            new=new,
-            old_nulls=old_nulls,
-            new_nulls=new_nulls,
-        )
-        for op, (code, old, new, old_nulls, new_nulls) in bodies.items()
-    ]
 
 
 def conninfo_from_url(url: str) -> str:
@@ -124,14 +79,14 @@ class PostgresSource:
         self._conninfo = conninfo_from_url(url)
         self._schema = schema or "public"
         self._secrets = secrets
-        self._conn: psycopg.Connection[Any] | None = None
+        self._conn: Connection | None = None
         self._deleted_since_vacuum = 0
         self._bound = False
         self._installation: str | None = None
 
     # --- connection ------------------------------------------------------------------
 
-    def _connection(self) -> psycopg.Connection[Any]:
+    def _connection(self) -> Connection:
         if self._conn is None or self._conn.closed or self._conn.broken:
             with translate_errors("connecting", self._secrets):
                 self._conn = psycopg.connect(
@@ -152,38 +107,11 @@ class PostgresSource:
 
     def installation_id(self) -> str | None:
         with self._errors("reading the capture installation"):
-            return self._installation_id(self._connection())
-
-    def _installation_id(self, conn: psycopg.Connection[Any]) -> str | None:
-        if not self._exists(conn, "nkdaemon.meta"):
-            return None
-        row = conn.execute(
-            "SELECT value FROM nkdaemon.meta WHERE name = 'installation_id'"
-        ).fetchone()
-        return None if row is None else str(row[0])
-
-    def _exists(self, conn: psycopg.Connection[Any], relation: str) -> bool:
-        row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (relation,)).fetchone()
-        return bool(row and row[0])
+            return read_installation_id(self._connection())
 
     def owner(self) -> CaptureOwner | None:
         with self._errors("reading the capture owner"):
-            return self._owner(self._connection())
-
-    def _owner(self, conn: psycopg.Connection[Any]) -> CaptureOwner | None:
-        installation = self._installation_id(conn)
-        if installation is None:
-            return None
-        row = None
-        if self._exists(conn, "nkdaemon.owner"):  # schema version 5 on
-            row = conn.execute(
-                "SELECT repository, host, since FROM nkdaemon.owner WHERE installation_id = %s",
-                (installation,),
-            ).fetchone()
-        repository, host, since = row if row else (None, None, None)
-        return CaptureOwner(
-            installation=installation, repository=repository, host=host, since=since
-        )
+            return read_owner(self._connection())
 
     def installed_tables(self) -> dict[str, int]:
         with self._errors("reading captured tables"):
@@ -203,8 +131,8 @@ class PostgresSource:
         with self._errors("installing capture"):
             conn = self._connection()
             with conn.transaction():
-                self._migrate(conn)
-                installation = self._claim(conn, claim)
+                migrate(conn)
+                installation = claim_capture(conn, claim)
                 known = {
                     str(name): int(number)
                     for name, number in conn.execute(
@@ -214,13 +142,18 @@ class PostgresSource:
                 }
                 wanted = {spec.name for spec in tables.values()}
                 for name in sorted(set(known) - wanted):
-                    self._drop_triggers(conn, name)
+                    drop_triggers(conn, self._qualified(name))
                     conn.execute(
                         "DELETE FROM nkdaemon.tables WHERE schema_name = %s AND table_name = %s",
                         (self._schema, name),
                     )
                 for spec in tables.values():
-                    self._create_triggers(conn, spec)
+                    create_triggers(
+                        conn,
+                        self._qualified(spec.name),
+                        spec,
+                        row_trigger_functions(spec),
+                    )
                     conn.execute(
                         "INSERT INTO nkdaemon.tables (number, schema_name, table_name) "
                         "VALUES (%s, %s, %s) ON CONFLICT (number) DO UPDATE "
@@ -239,84 +172,10 @@ class PostgresSource:
                 seed(point, lambda spec: self._table_rows(conn, spec))
             return installation, baseline
 
-    def _migrate(self, conn: psycopg.Connection[Any]) -> None:
-        # One installer at a time; the lock ends with the transaction.
-        conn.execute("SELECT pg_advisory_xact_lock(1852533605, 2)")
-        row = conn.execute("SELECT to_regclass('nkdaemon.schema_version') IS NOT NULL").fetchone()
-        installed = 0
-        if row and row[0]:
-            found = conn.execute("SELECT max(version) FROM nkdaemon.schema_version").fetchone()
-            installed = int(found[0] or 0) if found else 0
-        for _version, text in pending_migrations("postgresql", installed):
-            conn.execute(text)
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS nkdaemon.meta (name text PRIMARY KEY, value text NOT NULL)"
-        )
-
-    def _claim(self, conn: psycopg.Connection[Any], claim: CaptureClaim) -> str:
-        """Record the claiming repository as the owner; under the installer lock."""
-        current = self._installation_id(conn)
-        if current != claim.seen:
-            raise changed_during_install(self._owner(conn))
-        installation = uuid.uuid4().hex if claim.new or current is None else current
-        conn.execute(
-            "INSERT INTO nkdaemon.meta (name, value) VALUES ('installation_id', %s) "
-            "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-            (installation,),
-        )
-        conn.execute(
-            "INSERT INTO nkdaemon.owner AS o (installation_id, repository, host, since) "
-            "VALUES (%s, %s, %s, clock_timestamp()) ON CONFLICT (one) DO UPDATE SET "
-            "since = CASE WHEN o.installation_id = excluded.installation_id THEN o.since "
-            "ELSE excluded.since END, installation_id = excluded.installation_id, "
-            "repository = excluded.repository, host = excluded.host",
-            (installation, claim.repository, claim.host),
-        )
-        return installation
-
     def _qualified(self, name: str) -> sql.Composed:
         return sql.SQL("{}.{}").format(sql.Identifier(self._schema), sql.Identifier(name))
 
-    def _create_triggers(self, conn: psycopg.Connection[Any], spec: TableSpec) -> None:
-        table = self._qualified(spec.name)
-        conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(table))
-        self._drop_triggers(conn, spec.name)
-        for function in row_trigger_functions(spec):
-            conn.execute(function)
-        for op, event in (("i", "INSERT"), ("u", "UPDATE"), ("d", "DELETE")):
-            conn.execute(
-                sql.SQL(
-                    "CREATE TRIGGER {} AFTER {} ON {} FOR EACH ROW EXECUTE FUNCTION {}()"
-                ).format(
-                    sql.Identifier(f"{ROW_TRIGGER}_{op}"),
-                    sql.SQL(event),
-                    table,
-                    _function_name(spec.number, op),
-                )
-            )
-        conn.execute(
-            sql.SQL(
-                "CREATE TRIGGER {} AFTER TRUNCATE ON {} "
-                "FOR EACH STATEMENT EXECUTE FUNCTION nkdaemon.capture_truncate({})"
-            ).format(sql.Identifier(TRUNCATE_TRIGGER), table, sql.Literal(str(spec.number)))
-        )
-
-    def _drop_triggers(self, conn: psycopg.Connection[Any], name: str) -> None:
-        exists = conn.execute(
-            "SELECT to_regclass(%s)", (self._qualified(name).as_string(conn),)
-        ).fetchone()
-        if not exists or exists[0] is None:
-            return
-        for trigger in TRIGGERS:
-            conn.execute(
-                sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
-                    sql.Identifier(trigger), self._qualified(name)
-                )
-            )
-
-    def _table_rows(
-        self, conn: psycopg.Connection[Any], spec: TableSpec
-    ) -> Iterator[dict[str, Any]]:
+    def _table_rows(self, conn: Connection, spec: TableSpec) -> Iterator[dict[str, Any]]:
         decoder = RowDecoder(spec)
         query = sql.SQL("SELECT row_to_json(t)::text, {} FROM {} AS t").format(
             sql_nulls(spec, "t"), self._qualified(spec.name)
@@ -361,27 +220,11 @@ class PostgresSource:
         with self._errors("uninstalling capture"):
             conn = self._connection()
             with conn.transaction():
-                triggers = conn.execute(
-                    "SELECT n.nspname, c.relname FROM pg_trigger t "
-                    "JOIN pg_class c ON c.oid = t.tgrelid "
-                    "JOIN pg_namespace n ON n.oid = c.relnamespace "
-                    "WHERE t.tgname = ANY(%s)",
-                    (list(TRIGGERS),),
-                ).fetchall()
-                for schema, table in sorted(set(triggers)):
-                    for trigger in TRIGGERS:
-                        conn.execute(
-                            sql.SQL("DROP TRIGGER IF EXISTS {} ON {}.{}").format(
-                                sql.Identifier(trigger),
-                                sql.Identifier(schema),
-                                sql.Identifier(table),
-                            )
-                        )
-                conn.execute("DROP SCHEMA IF EXISTS nkdaemon CASCADE")
+                drop_capture_schema(conn)
 
     # --- draining --------------------------------------------------------------------
 
-    def _require_installed(self, conn: psycopg.Connection[Any]) -> None:
+    def _require_installed(self, conn: Connection) -> None:
         row = conn.execute("SELECT to_regclass('nkdaemon.queue') IS NOT NULL").fetchone()
         if not row or not row[0]:
             raise NotInstalledError(
@@ -393,10 +236,10 @@ class PostgresSource:
         self._bound = True
         self._installation = installation
 
-    def _check_bound(self, conn: psycopg.Connection[Any]) -> None:
+    def _check_bound(self, conn: Connection) -> None:
         if not self._bound:
             return
-        owner = self._owner(conn)
+        owner = read_owner(conn)
         if owner is not None and owner.installation != self._installation:
             raise not_ours(owner, self._installation)
 

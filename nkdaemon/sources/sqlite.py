@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,17 +22,23 @@ from sqlalchemy.engine import make_url
 from nkdaemon.core.errors import NotInstalledError, SourceError, SourceUnavailable
 from nkdaemon.core.events import RawChange
 from nkdaemon.core.keys import TableSpec
-from nkdaemon.core.ownership import CaptureClaim, CaptureOwner, changed_during_install, not_ours
+from nkdaemon.core.ownership import CaptureClaim, CaptureOwner, not_ours
 from nkdaemon.core.ports import QueuedChange, SchemaDrift, SnapshotConsumer, SnapshotPoint
 from nkdaemon.core.values import sqlite_decoder
-from nkdaemon.sources.migrations import pending_migrations
+from nkdaemon.sources.sqlite_capture import (
+    claim_capture,
+    create_capture,
+    drop_capture,
+    drop_everything,
+    has_table,
+    migrate,
+    quote,
+    read_installation_id,
+    read_owner,
+    refuse_if_pending,
+)
 
 WINDOW = 5000
-
-
-def quote(identifier: str) -> str:
-    """An SQLite identifier in double quotes, embedded quotes doubled."""
-    return '"' + identifier.replace('"', '""') + '"'
 
 
 @contextlib.contextmanager
@@ -90,53 +95,22 @@ class SqliteSource:
                 raise
             conn.execute("COMMIT")
 
-    def _has_table(self, conn: sqlite3.Connection, name: str) -> bool:
-        row = conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
-        ).fetchone()
-        return row is not None
-
     # --- installation ----------------------------------------------------------------
 
     def installation_id(self) -> str | None:
         conn = self._connection()
         with translate_errors("reading the capture installation"):
-            return self._installation_id(conn)
-
-    def _installation_id(self, conn: sqlite3.Connection) -> str | None:
-        if not self._has_table(conn, "_nkd_meta"):
-            return None
-        row = conn.execute("SELECT value FROM _nkd_meta WHERE name = 'installation_id'").fetchone()
-        return None if row is None else str(row[0])
+            return read_installation_id(conn)
 
     def owner(self) -> CaptureOwner | None:
         conn = self._connection()
         with translate_errors("reading the capture owner"):
-            return self._owner(conn)
-
-    def _owner(self, conn: sqlite3.Connection) -> CaptureOwner | None:
-        installation = self._installation_id(conn)
-        if installation is None:
-            return None
-        row = None
-        if self._has_table(conn, "_nkd_owner"):  # schema version 2 on
-            row = conn.execute(
-                "SELECT repository, host, since FROM _nkd_owner WHERE installation_id = ?",
-                (installation,),
-            ).fetchone()
-        if row is None:
-            return CaptureOwner(installation=installation, repository=None, host=None, since=None)
-        return CaptureOwner(
-            installation=installation,
-            repository=row[0],
-            host=row[1],
-            since=datetime.fromisoformat(row[2]),
-        )
+            return read_owner(conn)
 
     def installed_tables(self) -> dict[str, int]:
         conn = self._connection()
         with translate_errors("reading captured tables"):
-            if not self._has_table(conn, "_nkd_tables"):
+            if not has_table(conn, "_nkd_tables"):
                 return {}
             return {
                 str(name): int(number)
@@ -147,8 +121,8 @@ class SqliteSource:
         self, tables: Mapping[int, TableSpec], seed: SnapshotConsumer, claim: CaptureClaim
     ) -> tuple[str, int]:
         with self._transaction("installing capture", write=True) as conn:
-            self._migrate(conn)
-            installation = self._claim(conn, claim)
+            migrate(conn)
+            installation = claim_capture(conn, claim)
             known = {
                 str(name): (int(number), orjson.loads(columns))
                 for name, number, columns in conn.execute(
@@ -157,16 +131,16 @@ class SqliteSource:
             }
             wanted = {spec.name for spec in tables.values()}
             for name in set(known) - wanted:
-                self._drop_capture(conn, known[name][0])
+                drop_capture(conn, known[name][0])
                 conn.execute("DELETE FROM _nkd_tables WHERE table_name = ?", (name,))
             for spec in tables.values():
                 columns = [c.name for c in spec.columns]
                 previous = known.get(spec.name)
                 if previous is None or previous[1] != columns or previous[0] != spec.number:
                     if previous is not None:
-                        self._refuse_if_pending(conn, previous[0], spec.name)
-                        self._drop_capture(conn, previous[0])
-                    self._create_capture(conn, spec, columns)
+                        refuse_if_pending(conn, previous[0], spec.name)
+                        drop_capture(conn, previous[0])
+                    create_capture(conn, spec, columns)
                     conn.execute(
                         "INSERT INTO _nkd_tables (number, table_name, columns) VALUES (?, ?, ?) "
                         "ON CONFLICT (table_name) DO UPDATE SET number = excluded.number, "
@@ -176,81 +150,6 @@ class SqliteSource:
             point = self._point(conn)
             seed(point, lambda spec: self._table_rows(conn, spec))
         return installation, point.position
-
-    def _migrate(self, conn: sqlite3.Connection) -> None:
-        installed = 0
-        if self._has_table(conn, "_nkd_schema_version"):
-            installed = int(
-                conn.execute("SELECT max(version) FROM _nkd_schema_version").fetchone()[0] or 0
-            )
-        for _version, text in pending_migrations("sqlite", installed):
-            for statement in _statements(text):
-                conn.execute(statement)
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS _nkd_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
-        )
-
-    def _claim(self, conn: sqlite3.Connection, claim: CaptureClaim) -> str:
-        """Record the claiming repository as the owner; inside the install's write lock."""
-        current = self._installation_id(conn)
-        if current != claim.seen:
-            raise changed_during_install(self._owner(conn))
-        installation = uuid.uuid4().hex if claim.new or current is None else current
-        conn.execute(
-            "INSERT INTO _nkd_meta (name, value) VALUES ('installation_id', ?) "
-            "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-            (installation,),
-        )
-        conn.execute(
-            "INSERT INTO _nkd_owner (one, installation_id, repository, host, since) "
-            "VALUES (1, ?, ?, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')) "
-            "ON CONFLICT (one) DO UPDATE SET "
-            "since = CASE WHEN installation_id = excluded.installation_id THEN since "
-            "ELSE excluded.since END, installation_id = excluded.installation_id, "
-            "repository = excluded.repository, host = excluded.host",
-            (installation, claim.repository, claim.host),
-        )
-        return installation
-
-    def _refuse_if_pending(self, conn: sqlite3.Connection, number: int, name: str) -> None:
-        row = conn.execute("SELECT count(*) FROM _nkd_changes WHERE tbl = ?", (number,)).fetchone()
-        if row[0]:
-            raise SourceError(
-                f"table {name!r} changed shape while {row[0]} of its captured changes wait in "
-                "the queue",
-                hint="run `nkdaemon drain` first, then `nkdaemon install` again",
-            )
-
-    def _create_capture(
-        self, conn: sqlite3.Connection, spec: TableSpec, columns: list[str]
-    ) -> None:
-        n = spec.number
-        shadow = quote(f"_nkd_rows_{n}")
-        slots = [f"o{i}" for i in range(len(columns))] + [f"n{i}" for i in range(len(columns))]
-        conn.execute(f"CREATE TABLE {shadow} (seq INTEGER PRIMARY KEY, {', '.join(slots)})")
-        table = quote(spec.name)
-        old_slots = ", ".join(f"o{i}" for i in range(len(columns)))
-        new_slots = ", ".join(f"n{i}" for i in range(len(columns)))
-        old_values = ", ".join(f"OLD.{quote(c)}" for c in columns)
-        new_values = ", ".join(f"NEW.{quote(c)}" for c in columns)
-        bodies = {
-            "I": (new_slots, new_values),
-            "U": (f"{old_slots}, {new_slots}", f"{old_values}, {new_values}"),
-            "D": (old_slots, old_values),
-        }
-        events = {"I": "INSERT", "U": "UPDATE", "D": "DELETE"}
-        for op, (slot_list, values) in bodies.items():
-            conn.execute(
-                f"CREATE TRIGGER {quote(f'_nkd_{n}_{op}')} AFTER {events[op]} ON {table} BEGIN "
-                f"INSERT INTO _nkd_changes (tbl, op) VALUES ({n}, '{op}'); "
-                f"INSERT INTO {shadow} (seq, {slot_list}) VALUES (last_insert_rowid(), {values}); "
-                "END"
-            )
-
-    def _drop_capture(self, conn: sqlite3.Connection, number: int) -> None:
-        for op in ("I", "U", "D"):
-            conn.execute(f"DROP TRIGGER IF EXISTS {quote(f'_nkd_{number}_{op}')}")
-        conn.execute(f"DROP TABLE IF EXISTS {quote(f'_nkd_rows_{number}')}")
 
     def _table_rows(self, conn: sqlite3.Connection, spec: TableSpec) -> Iterator[dict[str, Any]]:
         decoders = [(c.name, sqlite_decoder(c.logical_type)) for c in spec.columns]
@@ -283,29 +182,12 @@ class SqliteSource:
 
     def uninstall(self) -> None:
         with self._transaction("uninstalling capture", write=True) as conn:
-            triggers = [
-                r[0]
-                for r in conn.execute(
-                    "SELECT name FROM sqlite_master "
-                    "WHERE type = 'trigger' AND name LIKE '\\_nkd\\_%' ESCAPE '\\'"
-                )
-            ]
-            for name in triggers:
-                conn.execute(f"DROP TRIGGER IF EXISTS {quote(name)}")
-            tables = [
-                r[0]
-                for r in conn.execute(
-                    "SELECT name FROM sqlite_master "
-                    "WHERE type = 'table' AND name LIKE '\\_nkd\\_%' ESCAPE '\\'"
-                )
-            ]
-            for name in tables:
-                conn.execute(f"DROP TABLE IF EXISTS {quote(name)}")
+            drop_everything(conn)
 
     # --- draining --------------------------------------------------------------------
 
     def _require_installed(self, conn: sqlite3.Connection) -> None:
-        if not self._has_table(conn, "_nkd_changes"):
+        if not has_table(conn, "_nkd_changes"):
             raise NotInstalledError(
                 "capture is not installed in the source database",
                 hint="run `nkdaemon install` first",
@@ -318,7 +200,7 @@ class SqliteSource:
     def _check_bound(self, conn: sqlite3.Connection) -> None:
         if not self._bound:
             return
-        owner = self._owner(conn)
+        owner = read_owner(conn)
         if owner is not None and owner.installation != self._installation:
             raise not_ours(owner, self._installation)
 
@@ -389,7 +271,7 @@ class SqliteSource:
             "SELECT seq, tbl, op FROM _nkd_changes WHERE seq > ? AND seq <= ? ORDER BY seq",
             (low, high),
         ).fetchall()
-        values: dict[int, dict[int, tuple[Any, ...]]] = {}
+        values: dict[int, dict[int, tuple[object, ...]]] = {}
         for number in {tbl for _, tbl, _ in changes}:
             shadow = quote(f"_nkd_rows_{number}")
             values[number] = {
@@ -438,7 +320,7 @@ class SqliteSource:
             return None if row[0] is None else datetime.fromisoformat(row[0])
 
 
-def _decode(spec: TableSpec, columns: list[str], values: tuple[Any, ...]) -> dict[str, Any]:
+def _decode(spec: TableSpec, columns: list[str], values: tuple[object, ...]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, value in zip(columns, values, strict=True):
         column = spec.column_index.get(name)
@@ -446,9 +328,3 @@ def _decode(spec: TableSpec, columns: list[str], values: tuple[Any, ...]) -> dic
             raise SchemaDrift(table=spec.name, columns=(name,))
         out[name] = sqlite_decoder(column.logical_type)(value)
     return out
-
-
-def _statements(script: str) -> list[str]:
-    """Split a migration script into statements (no semicolons inside these scripts' strings)."""
-    lines = [line for line in script.splitlines() if not line.strip().startswith("--")]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]

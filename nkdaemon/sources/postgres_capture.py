@@ -1,0 +1,206 @@
+"""PostgreSQL capture bookkeeping: the nkdaemon schema, its owner, the capture triggers.
+
+What `install` and `uninstall` write into the source database, and how the drain reads
+back who owns capture. Each function works inside the caller's connection and transaction;
+the caller (PostgresSource) translates psycopg's errors.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import TupleRow
+
+from nkdaemon.core.keys import TableSpec
+from nkdaemon.core.ownership import CaptureClaim, CaptureOwner, changed_during_install
+from nkdaemon.dialects.postgres_rows import sql_nulls
+from nkdaemon.sources.migrations import pending_migrations
+
+Connection = psycopg.Connection[TupleRow]
+
+ROW_TRIGGER = "nkdaemon_capture"
+TRUNCATE_TRIGGER = "nkdaemon_capture_truncate"
+TRIGGERS = (f"{ROW_TRIGGER}_i", f"{ROW_TRIGGER}_u", f"{ROW_TRIGGER}_d", TRUNCATE_TRIGGER)
+
+_ROW_FUNCTION = """
+CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $nkd$
+BEGIN
+    INSERT INTO nkdaemon.queue (tbl, op, old, new, old_nulls, new_nulls)
+    VALUES ({number}, '{op}', {old}, {new}, {old_nulls}, {new_nulls});
+    RETURN NULL;
+END
+$nkd$
+"""
+
+
+# --- who owns capture -----------------------------------------------------------------------
+
+
+def relation_exists(conn: Connection, relation: str) -> bool:
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (relation,)).fetchone()
+    return bool(row and row[0])
+
+
+def read_installation_id(conn: Connection) -> str | None:
+    if not relation_exists(conn, "nkdaemon.meta"):
+        return None
+    row = conn.execute("SELECT value FROM nkdaemon.meta WHERE name = 'installation_id'").fetchone()
+    return None if row is None else str(row[0])
+
+
+def read_owner(conn: Connection) -> CaptureOwner | None:
+    installation = read_installation_id(conn)
+    if installation is None:
+        return None
+    row = None
+    if relation_exists(conn, "nkdaemon.owner"):  # schema version 5 on
+        row = conn.execute(
+            "SELECT repository, host, since FROM nkdaemon.owner WHERE installation_id = %s",
+            (installation,),
+        ).fetchone()
+    repository, host, since = row if row else (None, None, None)
+    return CaptureOwner(installation=installation, repository=repository, host=host, since=since)
+
+
+def claim_capture(conn: Connection, claim: CaptureClaim) -> str:
+    """Record the claiming repository as the owner; under the installer lock."""
+    current = read_installation_id(conn)
+    if current != claim.seen:
+        raise changed_during_install(read_owner(conn))
+    installation = uuid.uuid4().hex if claim.new or current is None else current
+    conn.execute(
+        "INSERT INTO nkdaemon.meta (name, value) VALUES ('installation_id', %s) "
+        "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        (installation,),
+    )
+    conn.execute(
+        "INSERT INTO nkdaemon.owner AS o (installation_id, repository, host, since) "
+        "VALUES (%s, %s, %s, clock_timestamp()) ON CONFLICT (one) DO UPDATE SET "
+        "since = CASE WHEN o.installation_id = excluded.installation_id THEN o.since "
+        "ELSE excluded.since END, installation_id = excluded.installation_id, "
+        "repository = excluded.repository, host = excluded.host",
+        (installation, claim.repository, claim.host),
+    )
+    return installation
+
+
+# --- the schema -----------------------------------------------------------------------------
+
+
+def migrate(conn: Connection) -> None:
+    """Bring the nkdaemon schema to the newest version, inside the caller's transaction."""
+    # One installer at a time; the lock ends with the transaction.
+    conn.execute("SELECT pg_advisory_xact_lock(1852533605, 2)")
+    row = conn.execute("SELECT to_regclass('nkdaemon.schema_version') IS NOT NULL").fetchone()
+    installed = 0
+    if row and row[0]:
+        found = conn.execute("SELECT max(version) FROM nkdaemon.schema_version").fetchone()
+        installed = int(found[0] or 0) if found else 0
+    for _version, text in pending_migrations("postgresql", installed):
+        conn.execute(text)
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS nkdaemon.meta (name text PRIMARY KEY, value text NOT NULL)"
+    )
+
+
+def drop_capture_schema(conn: Connection) -> None:
+    """Every capture trigger, wherever it is, and the nkdaemon schema with the queue."""
+    triggers = conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_trigger t "
+        "JOIN pg_class c ON c.oid = t.tgrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE t.tgname = ANY(%s)",
+        (list(TRIGGERS),),
+    ).fetchall()
+    for schema, table in sorted(set(triggers)):
+        for trigger in TRIGGERS:
+            conn.execute(
+                sql.SQL("DROP TRIGGER IF EXISTS {} ON {}.{}").format(
+                    sql.Identifier(trigger), sql.Identifier(schema), sql.Identifier(table)
+                )
+            )
+    conn.execute("DROP SCHEMA IF EXISTS nkdaemon CASCADE")
+
+
+# --- the triggers -----------------------------------------------------------------------------
+
+
+def _function_name(number: int, op: str) -> sql.Composed:
+    return sql.SQL("nkdaemon.{}").format(sql.Identifier(f"capture_{number}_{op}"))
+
+
+def row_trigger_functions(spec: TableSpec) -> list[sql.Composed]:
+    """The INSERT, UPDATE and DELETE trigger functions of one table."""
+    identity = list(dict.fromkeys([*spec.primary_key, *spec.key_column_names]))
+    if spec.full_row_identity or not identity:
+        old_on_update: sql.Composable = sql.SQL("row_to_json(OLD)")
+    else:
+        changed = sql.SQL("({}) IS DISTINCT FROM ({})").format(
+            sql.SQL(", ").join(sql.SQL("OLD.{}").format(sql.Identifier(c)) for c in identity),
+            sql.SQL(", ").join(sql.SQL("NEW.{}").format(sql.Identifier(c)) for c in identity),
+        )
+        old_on_update = sql.SQL("CASE WHEN {} THEN row_to_json(OLD) END").format(changed)
+    no = sql.SQL("NULL")
+    bodies = {
+        "i": ("I", no, sql.SQL("row_to_json(NEW)"), no, sql_nulls(spec, "NEW")),
+        "u": (
+            "U",
+            old_on_update,
+            sql.SQL("row_to_json(NEW)"),
+            sql_nulls(spec, "OLD"),
+            sql_nulls(spec, "NEW"),
+        ),
+        "d": ("D", sql.SQL("row_to_json(OLD)"), no, sql_nulls(spec, "OLD"), no),
+    }
+    return [
+        sql.SQL(_ROW_FUNCTION).format(
+            name=_function_name(spec.number, op),
+            number=sql.Literal(spec.number),
+            op=sql.SQL(code),
+            old=old,
+            new=new,
+            old_nulls=old_nulls,
+            new_nulls=new_nulls,
+        )
+        for op, (code, old, new, old_nulls, new_nulls) in bodies.items()
+    ]
+
+
+def create_triggers(
+    conn: Connection, table: sql.Composed, spec: TableSpec, functions: Sequence[sql.Composed]
+) -> None:
+    """Lock ``table`` (so no transaction writes it between install's seal and its end),
+    then (re)create its row and TRUNCATE triggers over ``functions``."""
+    conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(table))
+    drop_triggers(conn, table)
+    for function in functions:
+        conn.execute(function)
+    for op, event in (("i", "INSERT"), ("u", "UPDATE"), ("d", "DELETE")):
+        conn.execute(
+            sql.SQL("CREATE TRIGGER {} AFTER {} ON {} FOR EACH ROW EXECUTE FUNCTION {}()").format(
+                sql.Identifier(f"{ROW_TRIGGER}_{op}"),
+                sql.SQL(event),
+                table,
+                _function_name(spec.number, op),
+            )
+        )
+    conn.execute(
+        sql.SQL(
+            "CREATE TRIGGER {} AFTER TRUNCATE ON {} "
+            "FOR EACH STATEMENT EXECUTE FUNCTION nkdaemon.capture_truncate({})"
+        ).format(sql.Identifier(TRUNCATE_TRIGGER), table, sql.Literal(str(spec.number)))
+    )
+
+
+def drop_triggers(conn: Connection, table: sql.Composed) -> None:
+    """The capture triggers of ``table``, if the table still exists."""
+    exists = conn.execute("SELECT to_regclass(%s)", (table.as_string(conn),)).fetchone()
+    if not exists or exists[0] is None:
+        return
+    for trigger in TRIGGERS:
+        conn.execute(
+            sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trigger), table)
+        )

@@ -10,14 +10,12 @@ from typing import Generic
 import structlog
 
 from nkdaemon.core.errors import NkdError
-from nkdaemon.core.keys import ForeignKeySpec, NaturalKey
 from nkdaemon.core.log import LoggedTransaction
 from nkdaemon.core.ports import RestoreTarget, TableT
 from nkdaemon.core.restore_plan import InsertOrder
 from nkdaemon.core.restore_runs import (
     LogEvent,
     Row,
-    fk_values,
     foldable_runs,
     is_foldable,
     key_of,
@@ -215,18 +213,8 @@ class Replayer(Generic[TableT]):
             if key is None:
                 values.extend([None] * len(fk.columns))
                 continue
-            held = self._reference_held(fk, key)
+            held = self.resolver.reference_values(fk, [key], deleted_too=True)[canonical_text(key)]
             if held is None:
                 return None
             values.extend(held)
         return columns, values
-
-    def _reference_held(self, fk: ForeignKeySpec, key: NaturalKey) -> list[object] | None:
-        """The column values a reference to ``key`` has in the target, if its row is there
-        (or was, earlier in the transaction in hand)."""
-        if fk.by_natural_key:
-            return self.resolver.natural_reference_values(fk, [key])[0]
-        found = self.resolver.resolve(fk.ref_table, [key], deleted_too=True)
-        address = found.get(canonical_text(key))
-        ref = self.tables[fk.ref_table]
-        return None if address is None else fk_values(fk, ref.primary_key, address)

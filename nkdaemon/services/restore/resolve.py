@@ -133,6 +133,22 @@ class Resolver(Generic[TableT]):
             out.append([by_column[c] for c in fk.ref_columns])
         return out
 
+    def reference_values(
+        self, fk: ForeignKeySpec, keys: Sequence[NaturalKey], *, deleted_too: bool = False
+    ) -> dict[str, list[object] | None]:
+        """Key text -> the column values a reference to that key has in the target (the
+        key's values for a reference by natural key, the row's address otherwise), None
+        where the target has no such row; ``deleted_too`` as for :meth:`resolve`."""
+        if fk.by_natural_key:
+            values = self.natural_reference_values(fk, keys)
+            return {canonical_text(k): v for k, v in zip(keys, values, strict=True)}
+        primary_key = self._tables[fk.ref_table].primary_key
+        found = self.resolve(fk.ref_table, keys, deleted_too=deleted_too)
+        return {
+            text: None if address is None else fk_values(fk, primary_key, address)
+            for text, address in found.items()
+        }
+
     def resolve(
         self, table: str, keys: Sequence[NaturalKey], *, deleted_too: bool = False
     ) -> dict[str, Address | None]:

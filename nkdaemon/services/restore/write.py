@@ -239,17 +239,16 @@ class RowWriter(Generic[TableT]):
             return ResolvedRefs(values=[[]] * len(rows), late=late)  # nothing extends these
         out: list[list[object]] = [[] for _ in rows]
         for fk in spec.foreign_keys:
-            ref_table = self.tables[fk.ref_table]
             keys = [row.get(fk.part_name) for row in rows]
             wanted = [k for k in keys if k is not None]
-            found = {} if fk in deferred or not wanted else self._held(fk, wanted)
+            found = (
+                {} if fk in deferred or not wanted else self.resolver.reference_values(fk, wanted)
+            )
             for i, key in enumerate(keys):
                 if key is None:
                     out[i].extend([None] * len(fk.columns))
                     continue
-                values = self._ref_values(
-                    spec, fk, ref_table, key, found, fk in deferred, late_refs
-                )
+                values = self._ref_values(spec, fk, key, found, fk in deferred, late_refs)
                 if values is None:  # waits for its row: NULL until then
                     out[i].extend([None] * len(fk.columns))
                     late.setdefault(id(rows[i]), []).append((fk, key))
@@ -257,23 +256,12 @@ class RowWriter(Generic[TableT]):
                     out[i].extend(values)
         return ResolvedRefs(values=out, late=late)
 
-    def _held(
-        self, fk: ForeignKeySpec, keys: Sequence[NaturalKey]
-    ) -> Mapping[str, Sequence[object] | None]:
-        """Key text -> what the target holds for the row each key names: the referenced
-        key's values for a reference by natural key, the row's address otherwise."""
-        if fk.by_natural_key:
-            values = self.resolver.natural_reference_values(fk, keys)
-            return {canonical_text(k): v for k, v in zip(keys, values, strict=True)}
-        return self.resolver.resolve(fk.ref_table, keys)
-
     def _ref_values(
         self,
         spec: TableSpec,
         fk: ForeignKeySpec,
-        ref_table: TableT,
         key: NaturalKey,
-        found: Mapping[str, Sequence[object] | None],
+        found: Mapping[str, list[object] | None],
         deferred: bool,
         late_refs: bool,
     ) -> list[object] | None:
@@ -282,7 +270,7 @@ class RowWriter(Generic[TableT]):
             return None
         held = found.get(canonical_text(key))
         if held is not None:
-            return list(held) if fk.by_natural_key else fk_values(fk, ref_table.primary_key, held)
+            return held
         if late_refs and all(spec.column(c).nullable for c in fk.columns):
             return None
         raise RestoreError(

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from tests import pg, s3
+from tests.daemon_harness import daemons as daemons  # the fixture, shared by name
 
 
 @pytest.fixture(scope="session")

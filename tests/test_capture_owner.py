@@ -33,20 +33,17 @@ from nkdaemon.repository.snapshots import list_snapshots, read_table
 from nkdaemon.runtime.config import Settings, load_settings
 from nkdaemon.runtime.session import Session
 from nkdaemon.services.install import install
-from tests import workload
-from tests.helpers import engine_for, run_cli, write_config
-from tests.test_daemon import (
+from tests.daemon_harness import (
     DaemonProcess,
     add_ledger_row,
-    daemons,
     free_port,
     health_section,
     keep_writing,
     logged_notes,
     wait_for,
 )
-
-__all__ = ["daemons"]  # the fixture, used by name
+from tests.helpers import engine_for, run_cli, write_config
+from tests.workloads import banking
 
 
 def _repository(directory: Path, url: str, extra: str = "") -> tuple[Path, Settings]:
@@ -89,7 +86,7 @@ def test_a_second_repository_is_refused_and_take_over_moves_capture_loudly(
     db_url: str, tmp_path: Path
 ) -> None:
     engine = engine_for(db_url)
-    workload.create(engine)
+    banking.create(engine)
     config_a, settings_a = _repository(tmp_path / "a", db_url)
     config_b, settings_b = _repository(tmp_path / "b", db_url)
     path_a, path_b = str(settings_a.repository.path), str(settings_b.repository.path)
@@ -144,7 +141,7 @@ def test_a_running_daemon_reports_a_take_over_and_no_change_is_logged_twice_or_l
     pg_url: str, tmp_path: Path, daemons: Callable[..., DaemonProcess]
 ) -> None:
     engine = engine_for(pg_url)
-    workload.create(engine)
+    banking.create(engine)
     config_a, settings_a = _repository(tmp_path / "a", pg_url, health_section(free_port()))
     config_b, settings_b = _repository(tmp_path / "b", pg_url, health_section(free_port()))
     path_a, path_b = str(settings_a.repository.path), str(settings_b.repository.path)
@@ -154,7 +151,7 @@ def test_a_running_daemon_reports_a_take_over_and_no_change_is_logged_twice_or_l
 
     _refused(run_cli(config_b, "install"), path_a, "--take-over")
 
-    tally, stop = workload.Tally(), threading.Event()
+    tally, stop = banking.Tally(), threading.Event()
     writers = keep_writing(engine, tally, 2, stop)
     try:
         wait_for(lambda: logged_notes(settings_a), timeout=30, what="changes in A's log")
@@ -224,7 +221,7 @@ def test_a_take_over_between_fence_and_read_stops_the_drain_before_it_reads(
     """The new owner deletes what its baseline holds: a drain that went on reading after
     the take-over would find those changes gone and move its checkpoint over them."""
     engine = engine_for(db_url)
-    workload.create(engine)
+    banking.create(engine)
     config_a, settings_a = _repository(tmp_path / "a", db_url)
     _config_b, settings_b = _repository(tmp_path / "b", db_url)
     _ok(run_cli(config_a, "install"))
@@ -258,7 +255,7 @@ def test_an_installation_from_before_owners_drains_on_and_install_records_its_ow
     db_url: str, tmp_path: Path
 ) -> None:
     engine = engine_for(db_url)
-    workload.create(engine)
+    banking.create(engine)
     config_a, settings_a = _repository(tmp_path / "a", db_url)
     config_b, _settings_b = _repository(tmp_path / "b", db_url)
     _ok(run_cli(config_a, "install"))

@@ -19,15 +19,15 @@ import pytest
 import sqlalchemy as sa
 
 from nkdaemon.core.events import RawChange
-from nkdaemon.core.fold import ReplayError
 from nkdaemon.core.keys import TableSpec
 from nkdaemon.core.ports import QueuedChange
 from nkdaemon.dialects.postgres_rows import RowDecoder
 from nkdaemon.runtime.config import Settings
 from nkdaemon.runtime.session import Session
 from nkdaemon.sources.postgres import PostgresSource
-from tests import workload
 from tests.helpers import do_install, engine_for, logged, replayed, settings_for, truth
+from tests.workloads import banking
+from tests.workloads.banking import problems
 
 WRITERS = 4
 PER_WRITER = 60
@@ -96,10 +96,10 @@ def _early_transaction(
     engine: sa.Engine,
     started: threading.Event,
     release: threading.Event,
-    tally: workload.Tally,
+    tally: banking.Tally,
     wait: float,
 ) -> None:
-    accounts = workload.accounts
+    accounts = banking.accounts
     with engine.connect() as conn, conn.begin():
         conn.execute(
             accounts.update()
@@ -109,17 +109,17 @@ def _early_transaction(
         started.set()
         release.wait(timeout=wait)
         conn.execute(accounts.update().where(accounts.c.name == "acct-00").values(balance=-1))
-        conn.execute(workload.ledger.insert().values(note="early", account_id=None, amount=7))
+        conn.execute(banking.ledger.insert().values(note="early", account_id=None, amount=7))
     tally.add("early", True)
 
 
-def run_scenario(url: str, tmp_path: Path, *, naive: bool) -> tuple[Settings, Any, workload.Tally]:
+def run_scenario(url: str, tmp_path: Path, *, naive: bool) -> tuple[Settings, Any, banking.Tally]:
     engine = engine_for(url)
-    workload.create(engine)
+    banking.create(engine)
     settings = settings_for(tmp_path, url)
     do_install(settings)
     baseline = truth(settings)
-    tally = workload.Tally()
+    tally = banking.Tally()
     started, release, stop = threading.Event(), threading.Event(), threading.Event()
     sqlite = url.startswith("sqlite")
     early = threading.Thread(
@@ -128,7 +128,7 @@ def run_scenario(url: str, tmp_path: Path, *, naive: bool) -> tuple[Settings, An
     early.start()
     assert started.wait(30)
     writers = [
-        threading.Thread(target=workload.writer, args=(engine, n, PER_WRITER, tally, 7))
+        threading.Thread(target=banking.writer, args=(engine, n, PER_WRITER, tally, 7))
         for n in range(WRITERS)
     ]
     drain_errors: list[BaseException] = []
@@ -154,37 +154,6 @@ def run_scenario(url: str, tmp_path: Path, *, naive: bool) -> tuple[Settings, An
     return settings, baseline, tally
 
 
-def problems(
-    settings: Settings, baseline: Any, tally: workload.Tally, *, merged: bool
-) -> list[str]:
-    found: list[str] = []
-    transactions = logged(settings)
-    notes = [
-        [e.row["note"] for e in tx.events if e.table == "ledger" and e.op == "I"]
-        for tx in transactions
-    ]
-    flat = [n for tx_notes in notes for n in tx_notes]
-    if sorted(flat) != sorted(tally.committed):
-        found.append(
-            f"ledger rows in the log differ from committed transactions: "
-            f"{len(flat)} logged vs {len(tally.committed)} committed"
-        )
-    if set(flat) & set(tally.rolled_back):
-        found.append("rolled-back work reached the log")
-    if any(not tx_notes for tx_notes in notes):
-        found.append("a log transaction holds no ledger row: a source transaction was split")
-    if not merged and any(len(tx_notes) != 1 for tx_notes in notes):
-        found.append("a log transaction holds more than one source transaction")
-    try:
-        state = replayed(settings, baseline)
-    except ReplayError as exc:
-        found.append(f"replay failed: {exc}")
-    else:
-        if state.comparable() != truth(settings).comparable():
-            found.append("replaying the log does not give the source's final state")
-    return found
-
-
 def test_concurrent_writers_are_logged_once_whole_and_in_commit_order(
     db_url: str, tmp_path: Path
 ) -> None:
@@ -208,7 +177,7 @@ def test_a_drain_ordering_by_queue_id_alone_fails_the_same_check(
 def test_commit_order_survives_set_constraints_all_immediate(pg_url: str, tmp_path: Path) -> None:
     """A seal fired early (SET CONSTRAINTS ALL IMMEDIATE) is redone for later writes."""
     engine = engine_for(pg_url)
-    workload.create(engine)
+    banking.create(engine)
     settings = settings_for(tmp_path, pg_url)
     do_install(settings)
     baseline = truth(settings)

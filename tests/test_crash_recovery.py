@@ -16,9 +16,9 @@ import threading
 import time
 from pathlib import Path
 
-from tests import workload
 from tests.helpers import do_drain, do_install, engine_for, settings_for, truth, write_config
-from tests.test_commit_order import problems
+from tests.workloads import banking
+from tests.workloads.banking import problems
 
 TRANSACTIONS = 10_400
 WRITERS = 4
@@ -27,10 +27,10 @@ STAGES = ("log_synced", "state_committed", "queue_deleted")
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _run_writers(engine, tally: workload.Tally) -> list[threading.Thread]:
+def _run_writers(engine, tally: banking.Tally) -> list[threading.Thread]:
     threads = [
         threading.Thread(
-            target=workload.writer, args=(engine, n, TRANSACTIONS // WRITERS, tally, 11)
+            target=banking.writer, args=(engine, n, TRANSACTIONS // WRITERS, tally, 11)
         )
         for n in range(WRITERS)
     ]
@@ -56,13 +56,13 @@ def _drain_process(config: Path, rng: random.Random) -> subprocess.Popen[bytes]:
 
 def test_sigkilled_drains_lose_and_double_nothing(db_url: str, tmp_path: Path) -> None:
     engine = engine_for(db_url)
-    workload.create(engine)
+    banking.create(engine)
     extra = "[capture]\nbatch_transactions = 40\n"
     config = write_config(tmp_path, db_url, extra)
     settings = settings_for(tmp_path, db_url, extra)
     do_install(settings)
     baseline = truth(settings)
-    tally = workload.Tally()
+    tally = banking.Tally()
     writers = _run_writers(engine, tally)
     rng = random.Random(20261126)
     kills = clean = 0

@@ -17,34 +17,40 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from prometheus_client.parser import text_string_to_metric_families
 
-from nkdaemon.runtime.config import Settings, load_settings
-from tests import workload
+from nkdaemon.runtime.config import load_settings
+from tests.daemon_harness import (
+    DaemonProcess,
+    add_ledger_row,
+    free_port,
+    health_section,
+    keep_writing,
+    logged_notes,
+    logged_rows,
+    prepare,
+    start_writers,
+    wait_all_committed_logged,
+    wait_for,
+)
 from tests.helpers import (
     cli_process,
     cli_status,
-    do_install,
-    engine_for,
     logged,
     truth,
     write_config,
 )
-from tests.test_commit_order import problems
+from tests.workloads import banking
+from tests.workloads.banking import problems
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 30.0
@@ -58,219 +64,6 @@ branches = sa.Table(
     sa.Column("code", sa.String(20), nullable=False, unique=True),
     sa.Column("city", sa.String(40), nullable=True),
 )
-
-
-# --- helpers ------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for(
-    condition: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.02
-) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
-
-
-class DaemonProcess:
-    """One `python -m nkdaemon --config CONFIG run`, its stderr in a file."""
-
-    def __init__(self, config: Path, stderr_path: Path) -> None:
-        self.config = config
-        self.stderr_path = stderr_path
-        listen = load_settings(config).health.listen
-        self.base = f"http://{listen}"
-        with stderr_path.open("ab") as stderr:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "nkdaemon", "--config", str(config), "run"],
-                cwd=ROOT,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-            )
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    def log_events(self) -> list[dict[str, Any]]:
-        """The structured log lines (JSON: stderr is not a terminal)."""
-        events = []
-        for line in self.stderr().splitlines():
-            line = line.strip()
-            if line.startswith("{"):
-                try:
-                    events.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue  # a line being written right now
-        return events
-
-    def logged_event(self, name: str, **fields: Any) -> dict[str, Any] | None:
-        for event in self.log_events():
-            if event.get("event") == name and all(event.get(k) == v for k, v in fields.items()):
-                return event
-        return None
-
-    def get(self, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
-        try:
-            with urllib.request.urlopen(self.base + path, timeout=timeout) as response:
-                return int(response.status), response.read()
-        except urllib.error.HTTPError as exc:
-            return int(exc.code), exc.read()
-
-    def status(self) -> dict[str, Any]:
-        code, body = self.get("/status")
-        assert code == 200, body
-        document: dict[str, Any] = json.loads(body)
-        return document
-
-    def scrape(self) -> dict[str, float]:
-        """/metrics parsed as Prometheus text: unlabelled samples by name."""
-        code, body = self.get("/metrics")
-        assert code == 200, body
-        values = {}
-        for family in text_string_to_metric_families(body.decode()):
-            for sample in family.samples:
-                if not sample.labels:
-                    values[sample.name] = sample.value
-        return values
-
-    def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
-        def ready() -> bool:
-            if self.process.poll() is not None:
-                raise AssertionError(
-                    f"the daemon exited with {self.process.returncode}:\n{self.stderr()}"
-                )
-            try:
-                return self.get("/readyz", timeout=1.0)[0] == 200
-            except OSError:
-                return False  # not listening yet
-
-        wait_for(ready, timeout=timeout, what="/readyz to answer 200", interval=0.05)
-
-    def send(self, signum: int) -> None:
-        self.process.send_signal(signum)
-
-    def wait(self, timeout: float = 30.0) -> int:
-        return self.process.wait(timeout=timeout)
-
-    def sigkill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        assert self.process.wait(timeout=30) == -signal.SIGKILL
-
-    def running(self) -> bool:
-        return self.process.poll() is None
-
-
-@pytest.fixture
-def daemons(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
-    """Starts daemons; whatever is still running at the end is killed."""
-    started: list[DaemonProcess] = []
-
-    def start(config: Path, name: str = "daemon") -> DaemonProcess:
-        daemon = DaemonProcess(config, tmp_path / f"{name}-{len(started)}.stderr")
-        started.append(daemon)
-        return daemon
-
-    yield start
-    for daemon in started:
-        if daemon.running():
-            daemon.process.kill()
-        daemon.process.wait(timeout=30)
-        # Shown by pytest when the test failed: what each daemon said, drain lines left out.
-        lines = [line for line in daemon.stderr().splitlines() if "drain.batch" not in line]
-        print(f"--- {daemon.stderr_path.name} (exit {daemon.process.returncode}) ---")
-        print("\n".join(lines[-40:]))
-
-
-def health_section(port: int) -> str:
-    return f'\n[health]\nlisten = "127.0.0.1:{port}"\n'
-
-
-def prepare(url: str, tmp_path: Path, extra: str = "") -> tuple[sa.Engine, Path, Settings]:
-    """The banking schema, a configuration with a free health port, capture installed."""
-    engine = engine_for(url)
-    workload.create(engine)
-    config = write_config(tmp_path, url, extra + health_section(free_port()))
-    settings = load_settings(config)
-    do_install(settings)
-    return engine, config, settings
-
-
-def logged_notes(settings: Settings) -> list[str]:
-    """The note of every ledger row inserted in the log (the workload's tags)."""
-    return [
-        e.row["note"]
-        for tx in logged(settings)
-        for e in tx.events
-        if e.table == "ledger" and e.op == "I"
-    ]
-
-
-def logged_rows(settings: Settings, table: str, column: str) -> list[Any]:
-    return [
-        e.row[column]
-        for tx in logged(settings)
-        for e in tx.events
-        if e.table == table and e.row is not None
-    ]
-
-
-def add_ledger_row(engine: sa.Engine, note: str) -> None:
-    with engine.begin() as conn:
-        conn.execute(workload.ledger.insert().values(note=note, account_id=None, amount=1))
-
-
-def wait_all_committed_logged(settings: Settings, tally: workload.Tally) -> None:
-    wait_for(
-        lambda: set(logged_notes(settings)) >= set(tally.committed),
-        timeout=60,
-        what="every committed tag in the log",
-    )
-
-
-def start_writers(
-    engine: sa.Engine, tally: workload.Tally, writers: int, each: int, seed: int, first: int = 0
-) -> list[threading.Thread]:
-    """Writer threads numbered from ``first`` (their tags: w{number}-{i})."""
-    threads = [
-        threading.Thread(target=workload.writer, args=(engine, n, each, tally, seed))
-        for n in range(first, first + writers)
-    ]
-    for thread in threads:
-        thread.start()
-    return threads
-
-
-def keep_writing(
-    engine: sa.Engine, tally: workload.Tally, writers: int, stop: threading.Event
-) -> list[threading.Thread]:
-    """Writer threads that go on until ``stop`` (tags stay unique: w{number}-{i})."""
-
-    def run(number: int) -> None:
-        for round_ in range(10_000):
-            if stop.is_set():
-                return
-            workload.writer(engine, number + 100 * round_, 10, tally, number)
-
-    threads = [threading.Thread(target=run, args=(n,)) for n in range(writers)]
-    for thread in threads:
-        thread.start()
-    return threads
 
 
 # --- freshness, health, metrics -------------------------------------------------------------
@@ -305,7 +98,7 @@ def test_writes_are_logged_within_a_second_and_health_and_metrics_report_it(
 
     # /metrics under a busy workload: the lag figure and the counters move.
     before = daemon.scrape()
-    tally = workload.Tally()
+    tally = banking.Tally()
     writers = start_writers(engine, tally, writers=3, each=80, seed=5)
     scrapes = []
     while any(t.is_alive() for t in writers):
@@ -403,7 +196,7 @@ def test_sigkill_under_load_then_restart_loses_and_doubles_nothing(
     daemon = daemons(config)
     daemon.wait_ready()
 
-    tally = workload.Tally()
+    tally = banking.Tally()
     stop = threading.Event()
     writers = keep_writing(engine, tally, writers=3, stop=stop)
     rng = random.Random(4711)
@@ -442,7 +235,7 @@ def test_a_second_sigterm_exits_at_once_and_a_restart_loses_and_doubles_nothing(
     change exactly once: the queue kept what the log lacked."""
     engine, config, settings = prepare(db_url, tmp_path, "[capture]\nbatch_transactions = 5\n")
     baseline = truth(settings)
-    tally = workload.Tally()
+    tally = banking.Tally()
     # a backlog before the daemon starts (tags w50-*, w51-*: none of keep_writing's)
     for thread in start_writers(engine, tally, writers=2, each=250, seed=77, first=50):
         thread.join()
@@ -484,7 +277,7 @@ def test_sigterm_exits_zero_with_the_queue_drained_to_the_last_commit(
     daemon = daemons(config)
     daemon.wait_ready()
 
-    tally = workload.Tally()
+    tally = banking.Tally()
     for thread in start_writers(engine, tally, writers=3, each=40, seed=31):
         thread.join()
     if moment == "idle":

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
 import os
 import random
 import re
@@ -27,27 +26,22 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import tempfile
-import textwrap
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
 import sqlalchemy as sa
-from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.exc import DBAPIError
 
 from nkdaemon.runtime.config import Settings, load_settings
 from nkdaemon.runtime.daemon import GRACE_SECONDS
 from nkdaemon.sources.postgres import conninfo_from_url
-from tests import pg, workload
+from tests import pg
+from tests.daemon_harness import DaemonProcess, daemon_config, wait_caught_up
 from tests.helpers import (
     cli_process,
     cli_status,
@@ -58,163 +52,12 @@ from tests.helpers import (
     truth,
     write_config,
 )
-from tests.test_commit_order import problems
+from tests.workloads import banking
+from tests.workloads.banking import problems
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "nkdaemon.service"
 START_TIMEOUT = 30.0
-
-
-# --- helpers ------------------------------------------------------------------------------
-
-
-def _config(directory: Path, url: str, extra: str = "") -> Path:
-    """A configuration with a free health port and a short poll interval."""
-    port = pg.free_port()
-    return write_config(
-        directory,
-        url,
-        textwrap.dedent(
-            f"""
-            [capture]
-            poll_interval = "200ms"
-
-            [health]
-            listen = "127.0.0.1:{port}"
-            """
-        )
-        + textwrap.dedent(extra),
-    )
-
-
-class Daemon:
-    """One `python -m nkdaemon --config CONFIG run`; its output collected by a thread."""
-
-    def __init__(
-        self,
-        config: Path,
-        *,
-        env: dict[str, str] | None = None,
-        preexec_fn: Callable[[], None] | None = None,
-    ) -> None:
-        self.config = config
-        self.base = f"http://{load_settings(config).health.listen}"
-        self.lines: list[str] = []
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "nkdaemon", "--config", str(config), "run"],
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=env,
-            preexec_fn=preexec_fn,  # the daemon's own limits, set before exec
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for raw in self.process.stdout:
-            self.lines.append(raw.decode(errors="replace").rstrip())
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def output(self, last: int = 60) -> str:
-        return "\n".join(self.lines[-last:])
-
-    def get(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(self.base + path, timeout=5) as response:
-                return int(response.status), response.read().decode()
-        except urllib.error.HTTPError as exc:
-            return int(exc.code), exc.read().decode()
-
-    def ready(self) -> tuple[int, list[str]]:
-        code, body = self.get("/readyz")
-        return code, list(json.loads(body)["reasons"])
-
-    def status(self) -> dict[str, Any]:
-        code, body = self.get("/status")
-        assert code == 200, body
-        document: dict[str, Any] = json.loads(body)
-        return document
-
-    def metric(self, name: str, **labels: str) -> float:
-        code, body = self.get("/metrics")
-        assert code == 200, body
-        for family in text_string_to_metric_families(body):
-            for sample in family.samples:
-                if sample.name == name and all(
-                    sample.labels.get(k) == v for k, v in labels.items()
-                ):
-                    return float(sample.value)
-        return 0.0
-
-    def wait_for(self, what: str, condition: Callable[[], Any], timeout: float = 30.0) -> Any:
-        """Poll ``condition`` until it returns something truthy; the daemon must stay alive."""
-        deadline = time.monotonic() + timeout
-        last: Any = None
-        while True:
-            if self.process.poll() is not None:
-                raise AssertionError(
-                    f"the daemon exited with {self.process.returncode} while waiting for "
-                    f"{what}; its output:\n{self.output()}"
-                )
-            try:
-                last = condition()
-            except OSError as exc:  # the HTTP server is not up yet, or the request broke
-                last = exc
-            else:
-                if last:
-                    return last
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"timed out after {timeout} s waiting for {what} (last: {last!r}); "
-                    f"daemon output:\n{self.output()}"
-                )
-            time.sleep(0.1)
-
-    def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
-        self.wait_for("/readyz 200", lambda: self.ready()[0] == 200, timeout)
-
-    def stop(self) -> int:
-        """SIGTERM; the exit code (within the grace period and a margin)."""
-        self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(timeout=GRACE_SECONDS + 15)
-        self._reader.join(timeout=5)
-        return code
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=30)
-        self._reader.join(timeout=5)
-
-
-@pytest.fixture
-def spawn() -> Iterator[Callable[..., Daemon]]:
-    """Start daemons; every one still running is killed at teardown."""
-    started: list[Daemon] = []
-
-    def start(config: Path, **options: Any) -> Daemon:
-        daemon = Daemon(config, **options)
-        started.append(daemon)
-        return daemon
-
-    yield start
-    for daemon in started:
-        daemon.kill()
-
-
-def wait_caught_up(daemon: Daemon, config: Path, timeout: float = 60.0) -> None:
-    """Every committed change has left the source queue (the log and checkpoint have it)."""
-    daemon.wait_for(
-        "the source queue to be drained (status --json queue_depth == 0)",
-        lambda: cli_status(config, exit_codes=(0, 1))["queue_depth"] == 0,
-        timeout,
-    )
 
 
 # --- 1. PostgreSQL restarted under the daemon ---------------------------------------------
@@ -225,7 +68,7 @@ WRITERS = 4
 def _resilient_writer(
     engine: sa.Engine,
     number: int,
-    tally: workload.Tally,
+    tally: banking.Tally,
     stop: threading.Event,
     failures: list[str],
 ) -> None:
@@ -250,7 +93,7 @@ def _resilient_writer(
             if in_doubt is not None:
                 landed = (
                     conn.execute(
-                        sa.select(workload.ledger.c.id).where(workload.ledger.c.note == tag)
+                        sa.select(banking.ledger.c.id).where(banking.ledger.c.note == tag)
                     ).first()
                     is not None
                 )
@@ -262,7 +105,7 @@ def _resilient_writer(
                     i += 1
                     continue
             tx = conn.begin()
-            if not workload.one_transaction(conn, rng, tag, mine):
+            if not banking.one_transaction(conn, rng, tag, mine):
                 tx.rollback()
                 mine[:] = before
                 tally.add(tag, False)
@@ -300,18 +143,18 @@ def _terminate_daemon_connections(server_url: str) -> int:
 
 
 def test_postgres_restarted_and_connections_killed_under_the_daemon(
-    tmp_path: Path, spawn: Callable[..., Daemon]
+    tmp_path: Path, daemons: Callable[..., DaemonProcess]
 ) -> None:
     with pg.Cluster.temporary() as cluster:
         url = pg.create_database(cluster.url)
         engine = engine_for(url)
-        workload.create(engine)
-        config = _config(tmp_path, url)
+        banking.create(engine)
+        config = daemon_config(tmp_path, url)
         settings = load_settings(config)
         do_install(settings)
         baseline = truth(settings)
-        daemon = spawn(config)
-        tally = workload.Tally()
+        daemon = daemons(config)
+        tally = banking.Tally()
         stop = threading.Event()
         failures: list[str] = []
         writers = [
@@ -330,7 +173,7 @@ def test_postgres_restarted_and_connections_killed_under_the_daemon(
 
             daemon.wait_for("writers to commit", committed_at_least(40))
 
-            # The daemon's own connections killed in the middle of the workload.
+            # The daemon's own connections killed in the middle of the banking.
             lsn_before_kill = daemon.status()["last_lsn"]
             killed = daemon.wait_for(
                 "a daemon connection (application_name nkdaemon%) to terminate",
@@ -397,7 +240,7 @@ PAD_BYTES = 12_000  # random bytes per row (base64: hardly compressible)
 HEADROOM = 1024  # bytes the log may still grow under the file size limit
 
 
-def _grow_log(engine: sa.Engine, settings: Settings, tally: workload.Tally) -> None:
+def _grow_log(engine: sa.Engine, settings: Settings, tally: banking.Tally) -> None:
     """Make the log big before the daemon starts (every transaction carries a ledger row).
 
     The limit is set just above the log segment; the other files the daemon writes (the
@@ -412,17 +255,17 @@ def _grow_log(engine: sa.Engine, settings: Settings, tally: workload.Tally) -> N
                 for i in range(PAD_ROWS)
             ],
         )
-        conn.execute(workload.ledger.insert().values(note="pad-in", account_id=None, amount=0))
+        conn.execute(banking.ledger.insert().values(note="pad-in", account_id=None, amount=0))
     tally.add("pad-in", True)
     with engine.begin() as conn:
         conn.execute(pad.delete())
-        conn.execute(workload.ledger.insert().values(note="pad-out", account_id=None, amount=0))
+        conn.execute(banking.ledger.insert().values(note="pad-out", account_id=None, amount=0))
     tally.add("pad-out", True)
     do_drain(settings)
 
 
-def _reference_then_rename(engine: sa.Engine, tally: workload.Tally) -> None:
-    accounts, ledger = workload.accounts, workload.ledger
+def _reference_then_rename(engine: sa.Engine, tally: banking.Tally) -> None:
+    accounts, ledger = banking.accounts, banking.ledger
     with engine.begin() as conn:
         target = conn.execute(sa.select(accounts.c.id).where(accounts.c.name == "acct-00")).scalar()
         conn.execute(ledger.insert().values(note="probe-ref", account_id=target, amount=5))
@@ -445,17 +288,17 @@ def _limit_file_size(limit: int) -> Callable[[], None]:
 
 
 def test_full_repository_disk_keeps_changes_queued_and_resumes_by_itself(
-    db_url: str, tmp_path: Path, spawn: Callable[..., Daemon]
+    db_url: str, tmp_path: Path, daemons: Callable[..., DaemonProcess]
 ) -> None:
     sqlite = db_url.startswith("sqlite")
     engine = engine_for(db_url)
-    workload.create(engine)
+    banking.create(engine)
     pad_metadata.create_all(engine)
-    config = _config(tmp_path, db_url)
+    config = daemon_config(tmp_path, db_url)
     settings = load_settings(config)
     do_install(settings)
     baseline = truth(settings)
-    tally = workload.Tally()
+    tally = banking.Tally()
     _grow_log(engine, settings, tally)
     if sqlite:  # the daemon writes the source too (queue deletes): keep it small
         database = sa.make_url(db_url).database
@@ -474,10 +317,10 @@ def test_full_repository_disk_keeps_changes_queued_and_resumes_by_itself(
         f"files the daemon writes must stay below the limit {limit}: {others}"
     )
 
-    daemon = spawn(config, preexec_fn=_limit_file_size(limit))
+    daemon = daemons(config, preexec_fn=_limit_file_size(limit))
     daemon.wait_ready()
     writers = [
-        threading.Thread(target=workload.writer, args=(engine, n, 60, tally, 23)) for n in range(2)
+        threading.Thread(target=banking.writer, args=(engine, n, 60, tally, 23)) for n in range(2)
     ]
     for thread in writers:
         thread.start()
@@ -535,8 +378,8 @@ def test_full_repository_disk_keeps_changes_queued_and_resumes_by_itself(
 def _prepared_sqlite(directory: Path, extra: str = "") -> tuple[Path, Settings, sa.Engine]:
     url = f"sqlite:///{directory / 'app.db'}"
     engine = engine_for(url)
-    workload.create(engine)
-    config = _config(directory, url, extra)
+    banking.create(engine)
+    config = daemon_config(directory, url, extra)
     settings = load_settings(config)
     do_install(settings)
     return config, settings, engine
@@ -561,7 +404,7 @@ def _receive(sock: socket.socket, until: Callable[[str], bool], timeout: float) 
 
 
 def test_systemd_ready_watchdog_and_stopping_over_a_real_notify_socket(
-    tmp_path: Path, spawn: Callable[..., Daemon]
+    tmp_path: Path, daemons: Callable[..., DaemonProcess]
 ) -> None:
     config, _settings, _engine = _prepared_sqlite(tmp_path)
     socket_dir = tmp_path
@@ -574,7 +417,7 @@ def test_systemd_ready_watchdog_and_stopping_over_a_real_notify_socket(
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind(str(path))
         try:
-            daemon = spawn(config, env=env)
+            daemon = daemons(config, env=env)
             seen = _receive(sock, lambda m: "READY=1" in m.splitlines(), START_TIMEOUT)
             ready = seen[-1].splitlines()
             assert any(line.startswith("STATUS=") and len(line) > 7 for line in ready), ready
@@ -687,14 +530,14 @@ def test_systemd_unit_verifies_and_is_hardened(tmp_path: Path) -> None:
 
 
 def test_a_failing_snapshot_job_is_reported_and_draining_goes_on(
-    tmp_path: Path, spawn: Callable[..., Daemon]
+    tmp_path: Path, daemons: Callable[..., DaemonProcess]
 ) -> None:
     config, settings, engine = _prepared_sqlite(tmp_path, '[snapshots]\nschedule = "1s"\n')
     with engine.begin() as conn:  # a change since the baseline: the next snapshot is taken
-        conn.execute(workload.ledger.insert().values(note="first", account_id=None, amount=1))
+        conn.execute(banking.ledger.insert().values(note="first", account_id=None, amount=1))
     snapshots = settings.repository.path / "snapshots"
     aside = settings.repository.path / "snapshots.aside"
-    daemon = spawn(config)
+    daemon = daemons(config)
     daemon.wait_ready()
     daemon.wait_for("a scheduled snapshot", lambda: daemon.metric("nkdaemon_snapshots_total") >= 1)
 
@@ -715,7 +558,7 @@ def test_a_failing_snapshot_job_is_reported_and_draining_goes_on(
     # Draining goes on while the job fails.
     with engine.begin() as conn:
         conn.execute(
-            workload.ledger.insert().values(note="while-failing", account_id=None, amount=3)
+            banking.ledger.insert().values(note="while-failing", account_id=None, amount=3)
         )
 
     def logged_notes() -> set[str]:
@@ -744,9 +587,7 @@ def test_a_failing_snapshot_job_is_reported_and_draining_goes_on(
     daemon.wait_for("the job error to clear", lambda: not daemon.status()["job_errors"])
     daemon.wait_ready(timeout=60)
     with engine.begin() as conn:
-        conn.execute(
-            workload.ledger.insert().values(note="after-repair", account_id=None, amount=4)
-        )
+        conn.execute(banking.ledger.insert().values(note="after-repair", account_id=None, amount=4))
     daemon.wait_for("the next change in the log", lambda: "after-repair" in logged_notes(), 15)
     assert daemon.stop() == 0, daemon.output()
 

@@ -12,11 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from nkdaemon.runtime.config import load_settings
-from tests import workload
+from tests.daemon_harness import DaemonProcess, free_port, wait_for
 from tests.helpers import cli_process, do_install, engine_for, write_config
-from tests.test_daemon import DaemonProcess, daemons, free_port, wait_for
-
-__all__ = ["daemons"]  # the fixture, used by name
+from tests.workloads import banking
 
 MAX_SNAPSHOT_AGE = 5.0
 
@@ -41,7 +39,7 @@ def _running(daemon: DaemonProcess) -> Callable[[], bool]:
 def test_a_snapshot_taken_by_another_process_shows_in_status_and_makes_the_daemon_ready(
     sqlite_url: str, tmp_path: Path, daemons: Callable[..., DaemonProcess]
 ) -> None:
-    workload.create(engine_for(sqlite_url))
+    banking.create(engine_for(sqlite_url))
     config = write_config(
         tmp_path,
         sqlite_url,

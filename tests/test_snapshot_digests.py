@@ -27,7 +27,7 @@ from nkdaemon.repository.log_format import FRAME, HEADER
 from nkdaemon.repository.snapshots import SnapshotInfo, list_snapshots, read_table
 from nkdaemon.runtime.config import Settings, load_settings
 from tests.helpers import do_drain, do_install, engine_for, logged, run_cli, write_config
-from tests.test_restore_exactness import EdmsWriter, edms_source
+from tests.workloads.edms import EdmsWriter, edms_source
 
 # --- a small SQLite repository: baseline, five logged updates, a second snapshot ----------
 

@@ -25,7 +25,8 @@ from nkdaemon.runtime.config import Settings, load_settings
 from nkdaemon.runtime.session import Session
 from nkdaemon.sources.registry import Registry
 from tests.helpers import do_install, engine_for, run_cli, write_config
-from tests.test_restore_exactness import differences, leave_millisecond, writer_engine
+from tests.natural_content import differences, leave_millisecond
+from tests.workloads.edms import writer_engine
 from tests.workloads.restoring import (
     Content,
     Databases,

@@ -13,6 +13,10 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
 
+from nkdaemon.core.fold import LogFold, ReplayError
+from nkdaemon.runtime.config import Settings
+from tests.helpers import logged, replayed, truth
+
 metadata = sa.MetaData()
 accounts = sa.Table(
     "accounts",
@@ -100,3 +104,32 @@ def writer(engine: sa.Engine, number: int, count: int, tally: Tally, seed: int) 
                 except DBAPIError:  # SQLite busy, PostgreSQL serialization: try again
                     tx.rollback()
                     mine[:] = snapshot
+
+
+def problems(settings: Settings, baseline: LogFold, tally: Tally, *, merged: bool) -> list[str]:
+    found: list[str] = []
+    transactions = logged(settings)
+    notes = [
+        [e.row["note"] for e in tx.events if e.table == "ledger" and e.op == "I"]
+        for tx in transactions
+    ]
+    flat = [n for tx_notes in notes for n in tx_notes]
+    if sorted(flat) != sorted(tally.committed):
+        found.append(
+            f"ledger rows in the log differ from committed transactions: "
+            f"{len(flat)} logged vs {len(tally.committed)} committed"
+        )
+    if set(flat) & set(tally.rolled_back):
+        found.append("rolled-back work reached the log")
+    if any(not tx_notes for tx_notes in notes):
+        found.append("a log transaction holds no ledger row: a source transaction was split")
+    if not merged and any(len(tx_notes) != 1 for tx_notes in notes):
+        found.append("a log transaction holds more than one source transaction")
+    try:
+        state = replayed(settings, baseline)
+    except ReplayError as exc:
+        found.append(f"replay failed: {exc}")
+    else:
+        if state.comparable() != truth(settings).comparable():
+            found.append("replaying the log does not give the source's final state")
+    return found

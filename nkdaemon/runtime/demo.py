@@ -29,6 +29,10 @@ from nkdaemon.sources.factory import make_engine, open_source
 from nkdaemon.sources.registry import reflect_registry
 
 Say = Callable[[str], None]
+Content = dict[str, dict[str, object]]
+"""A database's content: table -> {natural key text: row} (as ``comparable()`` gives it)."""
+Instant = tuple[datetime, Content]
+"""A moment and the source's content at that moment."""
 
 
 def _engine(path: Path) -> sa.Engine:
@@ -41,7 +45,7 @@ def _engine(path: Path) -> sa.Engine:
     return engine
 
 
-def _content(settings: Settings, *, captured: bool = True) -> dict[str, Any]:
+def _content(settings: Settings, *, captured: bool = True) -> Content:
     """A database's content by natural key (ids left out)."""
     engine = make_engine(settings.source)
     source = open_source(settings.source)
@@ -70,6 +74,17 @@ def _write_config(root: Path, database: Path, name: str = "nkdaemon.toml") -> Pa
 
 def run_demo(directory: Path | None, say: Say) -> Path:
     root = directory or Path(tempfile.mkdtemp(prefix="nkdaemon-demo-"))
+    engine, config, settings = _build_example(root, say)
+    _install_capture(settings, say)
+    instants = _run_daemon(engine, config, settings, say)
+    for number, (moment, truth) in enumerate(instants, start=1):
+        _restore_and_check(root, settings, number, moment, truth, say)
+    say(f"   see a row's story: nkdaemon --config {config} history users username=alice2")
+    return root
+
+
+def _build_example(root: Path, say: Say) -> tuple[sa.Engine, Path, Settings]:
+    """Step 1: the EDMS example database in ``root`` and its configuration."""
     root.mkdir(parents=True, exist_ok=True)
     for leftover in ("edms.db", "restored-1.db", "restored-2.db"):
         (root / leftover).unlink(missing_ok=True)
@@ -81,7 +96,11 @@ def run_demo(directory: Path | None, say: Say) -> Path:
     config = _write_config(root, database)
     settings = load_settings(config)
     say(f"1. built the EDMS example (12 tables) in {database}")
+    return engine, config, settings
 
+
+def _install_capture(settings: Settings, say: Say) -> None:
+    """Step 2: capture installed and the baseline snapshot taken."""
     with Session(settings, writer=True) as session:
         result = install(
             settings,
@@ -93,11 +112,15 @@ def run_demo(directory: Path | None, say: Say) -> Path:
         )
     say(f"2. installed capture on {len(result.tables)} tables and took the baseline snapshot")
 
+
+def _run_daemon(engine: sa.Engine, config: Path, settings: Settings, say: Say) -> list[Instant]:
+    """Step 3: the daemon runs in-process while the application writes; the two
+    instants to restore, each with the source's content at that moment."""
     daemon = Daemon(config, settings)
     thread = threading.Thread(target=daemon.run, name="demo-daemon", daemon=True)
     thread.start()
     _wait(lambda: daemon.state is RunState.RUNNING, "the daemon to start")
-    instants: list[tuple[datetime, dict[str, Any]]] = []
+    instants: list[Instant] = []
 
     def logged_all() -> None:
         before = _last_lsn(daemon)
@@ -128,36 +151,39 @@ def run_demo(directory: Path | None, say: Say) -> Path:
         f"3. the daemon ran while the application wrote (a user, a document, alice -> alice2, "
         f"a cascading delete): {int(logged)} events logged, a snapshot taken on the way"
     )
+    return instants
 
-    for number, (moment, truth) in enumerate(instants, start=1):
-        target = root / f"restored-{number}.db"
-        with Session(settings, writer=False) as session:
-            plan = plan_restore(
-                snapshots_dir=session.layout.snapshots_dir,
-                log_store=session.log_store,
-                at=moment,
-                last_logged=None,
-            )
-            report = Restorer(
-                plan=plan,
-                target=open_restore_target(f"sqlite:///{target}", plan.snapshot.dialect),
-                log_store=session.log_store,
-            ).run(dry_run=False, create_schema=True, prune_target=False)
-        restored = _content(
-            load_settings(_write_config(root, target, f"check-{number}.toml")), captured=False
+
+def _restore_and_check(
+    root: Path, settings: Settings, number: int, moment: datetime, truth: Content, say: Say
+) -> None:
+    """Step 3 + number: restore ``moment`` into a new file and compare it with ``truth``."""
+    target = root / f"restored-{number}.db"
+    with Session(settings, writer=False) as session:
+        plan = plan_restore(
+            snapshots_dir=session.layout.snapshots_dir,
+            log_store=session.log_store,
+            at=moment,
+            last_logged=None,
         )
-        verdict = "identical to" if restored == truth else "DIFFERENT from"
-        users = ", ".join(sorted(json.loads(k)["username"] for k in restored.get("users", {})))
-        say(
-            f"{3 + number}. restored {moment.isoformat(timespec='milliseconds')} "
-            f"into {target.name}: "
-            f"{report.rows_loaded} snapshot rows + {report.events_applied} changes, {verdict} "
-            f"the source at that moment (users: {users})"
-        )
-        if restored != truth:
-            raise RuntimeError(f"restore {number} does not match the source")
-    say(f"   see a row's story: nkdaemon --config {config} history users username=alice2")
-    return root
+        report = Restorer(
+            plan=plan,
+            target=open_restore_target(f"sqlite:///{target}", plan.snapshot.dialect),
+            log_store=session.log_store,
+        ).run(dry_run=False, create_schema=True, prune_target=False)
+    restored = _content(
+        load_settings(_write_config(root, target, f"check-{number}.toml")), captured=False
+    )
+    verdict = "identical to" if restored == truth else "DIFFERENT from"
+    users = ", ".join(sorted(json.loads(k)["username"] for k in restored.get("users", {})))
+    say(
+        f"{3 + number}. restored {moment.isoformat(timespec='milliseconds')} "
+        f"into {target.name}: "
+        f"{report.rows_loaded} snapshot rows + {report.events_applied} changes, {verdict} "
+        f"the source at that moment (users: {users})"
+    )
+    if restored != truth:
+        raise RuntimeError(f"restore {number} does not match the source")
 
 
 def _last_lsn(daemon: Daemon) -> int:

@@ -24,7 +24,6 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import ijson
 import orjson
@@ -44,6 +43,7 @@ from nkdaemon.core.legacy_values import ValueShapeError, canonical_converter
 from nkdaemon.repository.snapshots import SnapshotInfo, SnapshotWriter, list_snapshots
 from nkdaemon.services.fixture_io import open_fixture
 from nkdaemon.services.legacy_refs import Problem, RefResolver, ref_of
+from nkdaemon.services.legacy_spill import Ref, Staged
 
 log = structlog.get_logger("nkdaemon.legacy_import")
 
@@ -141,7 +141,7 @@ class _Import:
         self.labels: dict[str, str] = {}  # table -> the label the fixture gave it
         self.m2m: dict[str, list[tuple[str, str, ForeignKeySpec, ForeignKeySpec]]] = {}
         self._refused: list[str] = []
-        self._converters: dict[tuple[str, str], Callable[[Any], Any]] = {}
+        self._converters: dict[tuple[str, str], Callable[[object], object]] = {}
         self.resolver = RefResolver(self.spill, self.specs, settings.allow_dangling)
 
     # --- pass 1: stage --------------------------------------------------------------------
@@ -171,7 +171,7 @@ class _Import:
             )
         self.spill.finish_staging()
 
-    def _stage_one(self, number: int, obj: Any) -> None:
+    def _stage_one(self, number: int, obj: object) -> None:
         self.report.objects += 1
         if not isinstance(obj, dict) or "model" not in obj:
             self._refuse(f"object {number} is not a fixture object (no 'model')")
@@ -185,7 +185,7 @@ class _Import:
         plan = self.plans[table]
         fields = obj.get("fields") or {}
         pk = obj.get("pk")
-        data: dict[str, Any] = {"r": {}, "f": {}, "m": {}, "pk": pk}
+        data: Staged = {"r": {}, "f": {}, "m": {}, "pk": pk}
         for name, value in fields.items():
             self._stage_field(table, label, plan, data, name, value)
         if plan.pk_column is not None and pk is not None:
@@ -193,7 +193,7 @@ class _Import:
         self.spill.stage(plan.spec.number, pk, data, m2m=bool(data["m"]))
 
     def _stage_field(
-        self, table: str, label: str, plan: FieldPlan, data: dict[str, Any], name: str, value: Any
+        self, table: str, label: str, plan: FieldPlan, data: Staged, name: str, value: object
     ) -> None:
         spec = plan.spec
         if name in plan.plain:
@@ -224,21 +224,21 @@ class _Import:
         self.m2m.setdefault(table, []).append(entry)
         return entry
 
-    def _ref(self, fk: ForeignKeySpec, value: Any, where: str) -> Any:
+    def _ref(self, fk: ForeignKeySpec, value: object, where: str) -> Ref | None:
         try:
             return ref_of(fk, value, self.specs, self._convert)
         except (KeyShapeError, ValueShapeError) as exc:
             self._refuse(f"{where}: {value!r} is not a reference to {fk.ref_table} ({exc})")
             return None
 
-    def _convert(self, spec: TableSpec, column: str, value: Any) -> Any:
+    def _convert(self, spec: TableSpec, column: str, value: object) -> object:
         convert = self._converters.get((spec.name, column))
         if convert is None:
             convert = canonical_converter(spec, spec.column(column), self.settings.dialect)
             self._converters[(spec.name, column)] = convert
         return convert(value)
 
-    def _canonical(self, spec: TableSpec, column: str, value: Any) -> Any:
+    def _canonical(self, spec: TableSpec, column: str, value: object) -> object:
         try:
             return self._convert(spec, column, value)
         except ValueShapeError as exc:
@@ -304,7 +304,7 @@ class _Import:
             writer.abort()
             raise
 
-    def _rows(self, spec: TableSpec, total: int) -> Iterator[dict[str, Any]]:
+    def _rows(self, spec: TableSpec, total: int) -> Iterator[dict[str, object]]:
         label = self.labels.get(spec.name, spec.name)
         count = 0
         for batch in self.spill.objects(spec.number):
@@ -326,7 +326,7 @@ class _Import:
         name: str,
         owner_fk: ForeignKeySpec,
         target_fk: ForeignKeySpec,
-    ) -> Iterator[dict[str, Any]]:
+    ) -> Iterator[dict[str, object]]:
         label = f"{self.labels.get(owner, owner)}.{name}"
         count = 0
         for batch in self.spill.m2m_owners(self.specs[owner].number):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import orjson
 
@@ -24,8 +24,26 @@ CREATE INDEX idx_seq ON idx (seq);
 """
 _IN_CHUNK = 500
 
+Ref = list[str]  # ["p", pk text] or ["n", key text]
 
-def pk_text(pk: Any) -> str | None:
+
+class Staged(TypedDict):
+    """A staged fixture object: its plain columns' canonical values (``r``), its
+    references by key part (``f``), its many-to-many lists by field (``m``) and its pk."""
+
+    r: dict[str, object]
+    f: dict[str, Ref | None]
+    m: dict[str, list[Ref | None]]
+    pk: object
+
+
+StagedObject = tuple[int, str | None, Staged, str | None]
+"""(seq, pk text, data, key text or None) of a staged object."""
+M2MOwner = tuple[str | None, Staged, str]
+"""(pk text, data, key text) of a staged object that lists many-to-many fields."""
+
+
+def pk_text(pk: object) -> str | None:
     """A fixture pk as the index stores it (its JSON text; integers and strings differ)."""
     return None if pk is None else orjson.dumps(pk).decode()
 
@@ -49,7 +67,7 @@ class Spill:
 
     # --- staging ------------------------------------------------------------------------
 
-    def stage(self, table: int, pk: Any, data: dict[str, Any], *, m2m: bool) -> None:
+    def stage(self, table: int, pk: object, data: Staged, *, m2m: bool) -> None:
         self._pending.append((table, pk_text(pk), int(m2m), orjson.dumps(data)))
         if len(self._pending) >= 5000:
             self.flush()
@@ -68,7 +86,7 @@ class Spill:
         row = self._db.execute("SELECT count(*) FROM obj WHERE tbl = ?", (table,)).fetchone()
         return int(row[0])
 
-    def objects(self, table: int, *, batch: int = 2000) -> Iterator[list[tuple[Any, ...]]]:
+    def objects(self, table: int, *, batch: int = 2000) -> Iterator[list[StagedObject]]:
         """(seq, pk text, data, key text or None) of a table's objects, in file order."""
         cursor = self._db.execute(
             "SELECT o.seq, o.pk, o.data, i.key FROM obj o LEFT JOIN idx i ON i.seq = o.seq "
@@ -78,7 +96,7 @@ class Spill:
         while rows := cursor.fetchmany(batch):
             yield [(seq, pk, orjson.loads(data), key) for seq, pk, data, key in rows]
 
-    def m2m_owners(self, table: int, *, batch: int = 2000) -> Iterator[list[tuple[Any, ...]]]:
+    def m2m_owners(self, table: int, *, batch: int = 2000) -> Iterator[list[M2MOwner]]:
         """(pk text, data, key text) of a table's objects that list many-to-many fields."""
         cursor = self._db.execute(
             "SELECT o.pk, o.data, i.key FROM obj o JOIN idx i ON i.seq = o.seq "
@@ -118,7 +136,7 @@ class Spill:
                 found[key] = count
         return found
 
-    def duplicate_keys(self, table: int) -> Iterator[tuple[str, list[Any]]]:
+    def duplicate_keys(self, table: int) -> Iterator[tuple[str, list[object]]]:
         """(key text, the pks of its objects) for each natural key held by several."""
         for key, pks in self._db.execute(
             "SELECT key, json_group_array(coalesce(pk, 'null')) FROM idx WHERE tbl = ? "

@@ -24,7 +24,7 @@ TRANSACTIONS = 10_400
 WRITERS = 4
 MIN_KILLS = 20
 STAGES = ("log_synced", "state_committed", "queue_deleted")
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run_writers(engine, tally: banking.Tally) -> list[threading.Thread]:

@@ -36,6 +36,8 @@ from tests.workloads.features import check_names, for_dialect
 from tests.workloads.restoring import Pool
 from tests.workloads.strategies import cases
 
+pytestmark = pytest.mark.slow
+
 # Features the generated tests leave out until the defect each one hits is fixed (a name
 # from tests/workloads/features.py, with the FINDINGS.md section that says what fails and a
 # reproduction in test_generated_findings.py). Empty: every finding so far is fixed.

@@ -438,7 +438,9 @@ def test_a_read_only_local_store_is_read_and_refuses_writes_with_the_os_error(
     store = LocalStore(tmp_path / "store")
     store.write_if_absent("a/b", b"kept")
     if os.geteuid() == 0:
-        pytest.skip("root writes read-only folders (tests/test_readonly_repository.py drops that)")
+        pytest.skip(
+            "root writes read-only folders (tests/e2e/test_readonly_repository.py drops that)"
+        )
     for folder in (tmp_path / "store", tmp_path / "store" / "a"):
         folder.chmod(0o555)
     try:

@@ -55,7 +55,9 @@ from tests.helpers import (
 from tests.workloads import banking
 from tests.workloads.banking import problems
 
-ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "nkdaemon.service"
 START_TIMEOUT = 30.0
 

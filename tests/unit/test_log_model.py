@@ -47,7 +47,8 @@ from nkdaemon.core.log import (
 from nkdaemon.core.replay import fold_state, natural_state
 from nkdaemon.repository.log_format import encode_record, read_segment
 
-FIXTURE = Path(__file__).parent / "fixtures" / "format1_log" / "0000000000000001.nkdlog"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+FIXTURE = FIXTURES / "format1_log" / "0000000000000001.nkdlog"
 
 # --- the encoding as the release before the model wrote it (services/drain.py,
 # core/events.event_to_dict, SegmentLog.append_*): the reference for byte identity -------

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from nkdaemon.runtime.config import load_settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_example_configuration_loads_with_every_section() -> None:

@@ -52,7 +52,7 @@ from tests.helpers import (
 from tests.workloads import banking
 from tests.workloads.banking import problems
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 30.0
 KILLS = 4
 

@@ -3,7 +3,7 @@
 Every notifying transaction takes a database-wide lock at commit, so capture must not
 notify from every transaction: after each drain pass arms the flag, the first sealed
 transaction notifies and disarms it; later ones stay quiet until the next pass arms it
-again (tests/test_daemon.py shows no write waits for the poll because of it).
+again (tests/e2e/test_daemon.py shows no write waits for the poll because of it).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from tests import pg
 from tests.fixtures.make_format1 import dump
 from tests.helpers import run_cli
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "format1"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "format1"
 
 
 def _repository(dialect: str, tmp_path: Path) -> Path:

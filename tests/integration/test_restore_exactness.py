@@ -173,6 +173,7 @@ def baseline_id(settings: Settings) -> str:
 # --- 1. exactness under load --------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_restore_at_each_instant_of_a_concurrent_workload_is_exact(
     db_url: str, tmp_path: Path, targets: Targets
 ) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nkdaemon.core.errors import UsageError
@@ -359,6 +359,7 @@ def _reaches(graph: dict[str, set[str]], start: str, goal: str) -> bool:
     return False
 
 
+@settings(max_examples=60)
 @given(reference_graphs())
 def test_every_reference_not_deferred_points_to_a_table_written_before(
     specs: list[TableSpec],

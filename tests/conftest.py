@@ -1,12 +1,20 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from tests import pg, s3
 from tests.daemon_harness import daemons as daemons  # the fixture, shared by name
+
+# The everyday profile keeps tests/unit within seconds; NKD_HYPOTHESIS_PROFILE=deep draws ten
+# times as many examples for every generated test that does not set its own count.
+settings.register_profile("everyday", max_examples=40)
+settings.register_profile("deep", max_examples=400)
+settings.load_profile(os.environ.get("NKD_HYPOTHESIS_PROFILE", "everyday"))
 
 
 @pytest.fixture(scope="session")

@@ -54,6 +54,10 @@ class HistoryTracker:
         self._rows: list[RowHistory] = []
         self._by_sid: dict[str, RowHistory] = {}
         self._by_key: dict[str, RowHistory] = {}
+        # Every key a row is filed under, by the row's identity: a row whose key changed
+        # with no event of its own (a row its key refers to was renamed) is still filed
+        # under the key it had, and that stale entry must go when the row is next seen.
+        self._filed: dict[int, set[str]] = {}
 
     def new_epoch(self) -> None:
         self._by_sid.clear()
@@ -72,6 +76,7 @@ class HistoryTracker:
                 )
             self._by_key.clear()
             self._by_sid.clear()
+            self._filed.clear()
             return
         key, old_key, sid = event.key, event.old_key, event.sid
         sid_key = None if sid is None else _frozen(sid)
@@ -94,13 +99,20 @@ class HistoryTracker:
             )
         )
         self._by_key.pop(_frozen(previous_key), None)
+        self._unfile(row)
         if op == "D":
             if sid_key is not None:
                 self._by_sid.pop(sid_key, None)
             return
         self._by_key[_frozen(key)] = row
+        self._filed.setdefault(id(row), set()).add(_frozen(key))
         if sid_key is not None:
             self._by_sid[sid_key] = row
+
+    def _unfile(self, row: RowHistory) -> None:
+        for filed in self._filed.pop(id(row), set()):
+            if self._by_key.get(filed) is row:
+                del self._by_key[filed]
 
     def matching(self, selector: Mapping[str, str]) -> list[RowHistory]:
         return [

@@ -32,7 +32,13 @@ def parse_time(text: str) -> RestoreTime:
         ) from None
     if moment.tzinfo is None:
         return RestoreTime(moment=moment.replace(tzinfo=UTC), assumed_utc=True)
-    return RestoreTime(moment=moment.astimezone(UTC), assumed_utc=False)
+    try:
+        return RestoreTime(moment=moment.astimezone(UTC), assumed_utc=False)
+    except OverflowError:
+        raise UsageError(
+            f"--at {text!r} lies outside the years 1 to 9999 once taken to UTC",
+            hint="give a time between 0001-01-01 and 9999-12-31 in UTC",
+        ) from None
 
 
 @dataclass(frozen=True, kw_only=True)

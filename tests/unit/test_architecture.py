@@ -6,6 +6,7 @@ Each rule names the module and the import that breaks it, so a failure says what
 from __future__ import annotations
 
 import ast
+import functools
 import sys
 from pathlib import Path
 
@@ -30,6 +31,7 @@ def _modules(package: Path) -> dict[str, Path]:
 MODULES = _modules(PACKAGE)
 
 
+@functools.cache
 def _imports(module: str, path: Path) -> list[tuple[str, list[str]]]:
     """(module imported, names taken from it) for every import, relative ones resolved."""
     package = module

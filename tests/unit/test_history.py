@@ -10,7 +10,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -157,12 +156,6 @@ def test_the_keys_of_a_row_are_each_listed_once_in_the_order_it_had_them() -> No
     assert RowHistory().keys() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a row whose key changed without an event of its own (a referenced row was "
-    "renamed) stays filed under its old key after its delete, so a later TRUNCATE is "
-    "appended to the history of the already deleted row",
-)
 def test_a_truncate_is_not_added_to_a_row_deleted_after_its_nested_key_changed() -> None:
     log = Log("states")
     log.add("I", {"workflow_id": {"name": "review"}, "code": "draft"}, sid=7, table="states")
@@ -172,11 +165,6 @@ def test_a_truncate_is_not_added_to_a_row_deleted_after_its_nested_key_changed()
     assert log.ops({"code": "draft"}) == [[(1, "I"), (3, "D")]]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the stale old-key entry of a deleted row (see above) makes a change in a "
-    "later epoch to another row with that key continue the deleted row's history",
-)
 def test_in_a_new_epoch_a_row_is_never_continued_after_its_delete() -> None:
     log = Log("states")
     log.add("I", {"workflow_id": {"name": "review"}, "code": "draft"}, sid=7, table="states")

@@ -145,14 +145,14 @@ def _commits(draw: st.DrawFn) -> Commit:
 # --- the model: round trips and byte identity -------------------------------------------
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(_events())
 def test_an_event_encodes_as_before_and_decodes_to_itself(event: ChangeEvent) -> None:
     assert orjson.dumps(encode_event(event)) == orjson.dumps(_old_event(event))
     assert decode_event(encode_event(event)) == event
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(_commits())
 def test_a_commit_record_is_byte_identical_to_the_old_encoding(commit: Commit) -> None:
     kind, payload = encode(commit)
@@ -164,7 +164,7 @@ def test_a_commit_record_is_byte_identical_to_the_old_encoding(commit: Commit) -
     assert encode_record(decoded) == encode_record(commit)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(st.integers(1, 2**40), st.integers(0, 3), st.lists(_events(), max_size=5))
 def test_a_chunk_record_is_byte_identical_to_the_old_encoding(
     lsn: int, part: int, events: list[ChangeEvent]

@@ -67,12 +67,6 @@ def test_text_that_is_no_iso_time_is_refused_with_the_text_and_an_example(text: 
     assert caught.value.hint is not None and "2026-11-26T" in caught.value.hint
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an offset that moves a time past year 1 or 9999 in UTC raises a bare "
-    "OverflowError from astimezone() instead of UsageError; the CLI reports it as "
-    "'unexpected OverflowError ... this is a bug in nkdaemon'",
-)
 @pytest.mark.parametrize("text", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
 def test_a_time_out_of_range_once_in_utc_is_refused_as_a_usage_error(text: str) -> None:
     with pytest.raises(UsageError):

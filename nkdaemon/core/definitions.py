@@ -6,8 +6,10 @@ source (and `--create-schema` builds tables from them).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+from nkdaemon.core.errors import CaptureError
 from nkdaemon.core.keys import (
     CheckSpec,
     ColumnSpec,
@@ -16,6 +18,7 @@ from nkdaemon.core.keys import (
     KeyPart,
     TableSpec,
     make_table_spec,
+    replace_spec,
 )
 
 
@@ -108,4 +111,37 @@ def spec_from_json(data: dict[str, Any]) -> TableSpec:
             for i in data.get("indexes", ())
         ),
         checks=tuple(CheckSpec(name=c["name"], sql=c["sql"]) for c in data.get("checks", ())),
+    )
+
+
+def restricted_spec(spec: TableSpec, columns: Sequence[str]) -> TableSpec:
+    """The spec as it was when the table had exactly ``columns`` (in that order): what
+    refers to a column it lacked is left out. Raises CaptureError when its primary key or
+    natural key needs such a column: capture cannot name its rows then."""
+    index = spec.column_index
+    unknown = [c for c in columns if c not in index]
+    if unknown:
+        raise ValueError(f"{spec.name}: columns {unknown} are not in the spec")
+    kept = set(columns)
+    needed = set(spec.primary_key) | {
+        c
+        for part in spec.key_parts
+        for c in ((part.column,) if part.column is not None else part.foreign_key.columns)  # type: ignore[union-attr]
+    }
+    lost = sorted(needed - kept)
+    if lost:
+        raise CaptureError(
+            f"table {spec.name!r} lost column(s) {', '.join(lost)} of its primary or natural "
+            "key; capture cannot name its rows any more",
+            hint=f"declare another natural key for {spec.name} in [tables.{spec.name}] "
+            "natural_key, then run `nkdaemon install` (its changes stay queued until then)",
+        )
+    if kept == set(index) and list(columns) == [c.name for c in spec.columns]:
+        return spec
+    return replace_spec(
+        spec,
+        columns=tuple(index[c] for c in columns),
+        foreign_keys=tuple(fk for fk in spec.foreign_keys if set(fk.columns) <= kept),
+        indexes=tuple(i for i in spec.indexes if set(i.columns) <= kept),
+        checks=spec.checks if kept >= set(index) else (),
     )

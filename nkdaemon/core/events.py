@@ -7,9 +7,12 @@ core/log.py.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from nkdaemon.core.log import Op
+
+# "B": a baseline row (its values now, in ``new``) after a SchemaChange with baseline.
+RawOp = Op | Literal["B"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -17,6 +20,6 @@ class RawChange:
     """One captured row change, its values already in canonical form, ids not yet translated."""
 
     table: int
-    op: Op
+    op: RawOp
     old: dict[str, Any] | None
     new: dict[str, Any] | None

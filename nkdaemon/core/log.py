@@ -28,6 +28,7 @@ KIND_CHUNK = 1
 KIND_COMMIT = 2
 KIND_GAP = 3
 KIND_EPOCH = 4
+KIND_DEFINITION = 5  # format 2 on
 
 # A JSON payload as orjson reads and writes it.
 Payload: TypeAlias = dict[str, Any]
@@ -119,8 +120,41 @@ class Epoch:
         return self.lsn
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Definition:
+    """A DEFINITION record: from this point of transaction ``lsn`` on, table ``table`` has
+    the definition ``definition`` (core/definitions' JSON form; None: the table was dropped).
+
+    Written before its transaction's COMMIT; ``at_event`` is how many of the transaction's
+    events came before the change. ``change`` says what happened ("created", "altered",
+    "dropped", "recaptured"); ``renamed`` holds (old, new) column names the source vouched
+    for as renames; ``command`` is the source's word for the statement, where it has one.
+    """
+
+    lsn: int
+    table: str
+    definition: Payload | None
+    change: str
+    at_event: int = 0
+    renamed: tuple[tuple[str, str], ...] = ()
+    command: str = ""
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The table's column names after the change (none once dropped)."""
+        if self.definition is None:
+            return ()
+        return tuple(str(c["name"]) for c in self.definition["columns"])
+
+
 LogMarker: TypeAlias = Gap | Epoch
-Entry: TypeAlias = Chunk | Commit | Gap | Epoch
+Entry: TypeAlias = Chunk | Commit | Gap | Epoch | Definition
+
+
+def is_partial(entry: Entry) -> bool:
+    """True for a record that belongs to a transaction its COMMIT has not ended yet (a
+    chunk, a definition): a log that ends after one ends inside a transaction."""
+    return isinstance(entry, Chunk | Definition)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -132,9 +166,15 @@ class LoggedTransaction:
     txid: str | None
     commit_time: datetime
     events: tuple[ChangeEvent, ...]
+    definitions: tuple[Definition, ...] = ()
 
     @classmethod
-    def joined(cls, commit: Commit, before: Sequence[ChangeEvent] = ()) -> LoggedTransaction:
+    def joined(
+        cls,
+        commit: Commit,
+        before: Sequence[ChangeEvent] = (),
+        definitions: Sequence[Definition] = (),
+    ) -> LoggedTransaction:
         events = tuple(before) + commit.events if before else commit.events
         return cls(
             lsn=commit.lsn,
@@ -142,6 +182,7 @@ class LoggedTransaction:
             txid=commit.txid,
             commit_time=commit.commit_time,
             events=events,
+            definitions=tuple(definitions),
         )
 
 
@@ -192,6 +233,19 @@ def encode(entry: Entry) -> tuple[int, Payload]:
     if isinstance(entry, Chunk):
         events = [encode_event(e) for e in entry.events]
         return KIND_CHUNK, {"lsn": entry.lsn, "part": entry.part, "events": events}
+    if isinstance(entry, Definition):
+        payload: Payload = {
+            "lsn": entry.lsn,
+            "table": entry.table,
+            "definition": entry.definition,
+            "change": entry.change,
+            "at": entry.at_event,
+        }
+        if entry.renamed:
+            payload["renamed"] = [list(pair) for pair in entry.renamed]
+        if entry.command:
+            payload["command"] = entry.command
+        return KIND_DEFINITION, payload
     if isinstance(entry, Gap):
         return KIND_GAP, {
             "from_lsn": entry.from_lsn,
@@ -243,6 +297,16 @@ def decode(kind: int, payload: Mapping[str, Any]) -> Entry:
             lsn=int(payload["lsn"]),
             part=int(payload.get("part", 0)),
             events=tuple(decode_event(e) for e in payload["events"]),
+        )
+    if kind == KIND_DEFINITION:
+        return Definition(
+            lsn=int(payload["lsn"]),
+            table=str(payload["table"]),
+            definition=payload["definition"],
+            change=str(payload.get("change", "altered")),
+            at_event=int(payload.get("at", 0)),
+            renamed=tuple((str(a), str(b)) for a, b in payload.get("renamed", ())),
+            command=str(payload.get("command", "")),
         )
     if kind == KIND_GAP:
         return Gap(

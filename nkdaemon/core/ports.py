@@ -24,7 +24,37 @@ class QueuedChange:
     position: int
     txid: str | None
     commit_time: datetime
-    change: RawChange
+    change: RawChange | SchemaChange
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SchemaChange:
+    """A captured table changed shape (or appeared, or vanished) at this point of the queue.
+
+    ``columns`` are the table's column names after the change, in order (None: the table
+    was dropped). ``renamed`` holds (old, new) pairs the source vouches for as renames (a
+    source that cannot tell gives none: a drop and an add). ``baseline`` says that every
+    row of the table follows at the same position as a RawChange of op "B" (its values
+    now), because values may have changed without a captured row change (a column added
+    with a default, a type change, a table rebuilt or new to capture): the drain turns
+    them into the inserts, updates and deletes that bring the log's rows to them.
+    ``kind`` is "created" (new to capture), "altered", "dropped" or "recaptured" (its
+    capture was rebuilt, e.g. after the table was rebuilt under the same name).
+    ``command`` is the source's word for the statement ("ALTER TABLE", "CREATE TABLE",
+    "DROP TABLE", or "detected" where the source noticed the change afterwards).
+    """
+
+    table: int
+    name: str
+    columns: tuple[str, ...] | None
+    kind: str = "altered"  # "created", "altered", "dropped", "recaptured"
+    renamed: tuple[tuple[str, str], ...] = ()
+    baseline: bool = False
+    command: str = ""
+
+
+CaptureSelector = Callable[[Sequence[str]], list[str]]
+"""Given the source's table names, the ones ``[capture]`` selects (patterns applied)."""
 
 
 class SchemaDrift(Exception):
@@ -83,6 +113,21 @@ class CaptureSource(Protocol):
         and the first captured change; every queued transaction at or below the baseline
         position is contained in what it reads.
         """
+
+    def follow_schema(self, selects: CaptureSelector) -> list[SchemaChange]:
+        """Bring capture in line with the captured tables' shapes now: tables that changed,
+        appeared (selected by ``selects``) or vanished since capture last looked.
+
+        In one write transaction that locks out the application's writes to the table, it
+        rebuilds what capture needs (SQLite: the triggers, whose column lists are fixed;
+        PostgreSQL: the trigger on a new table) and queues a SchemaChange, with a baseline
+        of the rows where values may have been missed, so the change is ordered exactly
+        among the row changes. A source that queues schema changes itself at the DDL
+        (PostgreSQL's event trigger) still handles new tables here. Returns what it queued.
+        """
+
+    def capture_mode(self) -> str:
+        """How schema changes are noticed, for `status` ("event trigger", "each pass")."""
 
     def snapshot(self, tables: Mapping[int, TableSpec], consumer: SnapshotConsumer) -> None:
         """A consistent read of every captured table, and the position it contains, while

@@ -8,7 +8,7 @@ keys, so two states compare equal exactly when they hold the same rows.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from nkdaemon.core.events import RawChange
@@ -61,6 +61,11 @@ class MemoryKeyIndex:
     def clear_table(self, table: int) -> None:
         for k in [k for k in self._keys if k[0] == table]:
             del self._keys[k]
+
+    def entries(self, table: int) -> Iterator[tuple[Sid, ShallowKey]]:
+        found = [(k[1], key) for k, key in self._keys.items() if k[0] == table]
+        for sid, key in found:
+            yield (list(sid) if isinstance(sid, tuple) else sid), key
 
 
 def _hashable(sid: Sid) -> Any:

@@ -9,7 +9,7 @@ inserted later in the same transaction (deferred foreign keys) is resolved at it
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -48,6 +48,9 @@ class KeyLookup(Protocol):
     def clear_table(self, table: int) -> None:
         """Forget every row of a table (TRUNCATE)."""
 
+    def entries(self, table: int) -> Iterator[tuple[Sid, ShallowKey]]:
+        """Every (source id, shallow key) the index holds for a table."""
+
 
 @dataclass(frozen=True, slots=True)
 class _Pending:
@@ -77,10 +80,32 @@ class Translator:
         self._tombstones: dict[tuple[int, Sid], ShallowKey] = {}
         self._buffer: list[ChangeEvent | _Unfinished] = []
         self._pending_count = 0
+        # Referenced tables whose baseline is being read: the source ids it has named.
+        self._baselines: dict[int, set[Any]] = {}
+
+    def schema_changed(self, table: int, *, baseline: bool) -> None:
+        """A table changed shape here; with ``baseline``, every row of it follows as a "B"
+        change. A table nothing refers to is logged as a truncate and the rows' inserts;
+        a referenced one (whose rows others' keys may name) as an update of each row the
+        index knows, an insert of each it does not, and a delete of each it knows that the
+        baseline lacks, so its rows keep their identity through the change."""
+        self._close_baselines()
+        if not baseline:
+            return
+        spec = self._tables[table]
+        if spec.referenced and not spec.full_row_identity:
+            self._baselines[table] = set()
+        else:
+            self._truncate(table, spec)
 
     def translate(self, change: RawChange) -> None:
         spec = self._tables[change.table]
-        if change.op == "T":
+        if self._baselines and (change.op != "B" or change.table not in self._baselines):
+            self._close_baselines()
+        if change.op == "B":
+            assert change.new is not None
+            self._rebase(change.table, spec, change.new)
+        elif change.op == "T":
             self._truncate(change.table, spec)
         elif change.op == "I":
             assert change.new is not None
@@ -106,6 +131,7 @@ class Translator:
 
     def finish(self) -> list[ChangeEvent]:
         """End the transaction: resolve late references, forget deleted rows."""
+        self._close_baselines()
         events = [self._complete(e) if isinstance(e, _Unfinished) else e for e in self._buffer]
         for table, sid in self._tombstones:  # a composite id is kept as a tuple here
             sid = list(sid) if isinstance(sid, tuple) else sid
@@ -117,6 +143,7 @@ class Translator:
 
     def reset(self) -> None:
         """Drop all per-transaction state (after an aborted batch)."""
+        self._baselines.clear()
         self._tombstones.clear()
         self._buffer.clear()
         self._pending_count = 0
@@ -165,6 +192,44 @@ class Translator:
         if spec.referenced and shallow is not None:
             self._forget(number, sid, shallow)
         self._emit(spec, op="D", key=key, sid=sid)
+
+    def _rebase(self, number: int, spec: TableSpec, new: dict[str, Any]) -> None:
+        """One row of a baseline: as it is now."""
+        seen = self._baselines.get(number)
+        if seen is None:  # a table nothing refers to: truncated at the change, so insert
+            self._insert(number, spec, new)
+            return
+        sid = source_id(spec, new)
+        seen.add(_hashable(sid))
+        known = self._index.get(number, sid)
+        if known is None:
+            self._insert(number, spec, new)
+            return
+        shallow = self.shallow_key(spec, new)
+        if shallow is not None and shallow != known:
+            self._put(number, sid, shallow)
+        self._emit(
+            spec,
+            op="U",
+            key=self._key(spec, shallow, new),
+            old_key=self._key(spec, known, new) if shallow != known else None,
+            row=self._payload(spec, new),
+            sid=sid,
+        )
+
+    def _close_baselines(self) -> None:
+        """The baselines read so far are whole: rows the index knows and they lack went."""
+        baselines, self._baselines = self._baselines, {}
+        for number, seen in baselines.items():
+            spec = self._tables[number]
+            gone = [
+                (sid, key)
+                for sid, key in self._index.entries(number)
+                if _hashable(sid) not in seen and (number, _hashable(sid)) not in self._tombstones
+            ]
+            for sid, shallow in gone:
+                self._forget(number, sid, shallow)
+                self._emit(spec, op="D", key=self._key(spec, shallow, {}), sid=sid)
 
     def _truncate(self, number: int, spec: TableSpec) -> None:
         self._resolved.clear()

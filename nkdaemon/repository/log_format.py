@@ -21,14 +21,15 @@ from nkdaemon.core.errors import RepositoryError
 from nkdaemon.core.log import (
     KIND_CHUNK,
     KIND_COMMIT,
+    KIND_DEFINITION,
     KIND_EPOCH,
     KIND_GAP,
-    Chunk,
     Entry,
     Gap,
     UnknownRecord,
     decode,
     encode,
+    is_partial,
 )
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "HEADER",
     "KIND_CHUNK",
     "KIND_COMMIT",
+    "KIND_DEFINITION",
     "KIND_EPOCH",
     "KIND_GAP",
     "MAGIC",
@@ -52,7 +54,9 @@ __all__ = [
 ]
 
 MAGIC = b"NKDLOG\r\n"
-FORMAT_VERSION = 1
+# Version 2 added DEFINITION records (a release that reads 1 only would skip a table's
+# change of shape, so it must refuse); segments of version 1 are read as before.
+FORMAT_VERSION = 2
 HEADER = struct.Struct("<8sHHI")
 FRAME = struct.Struct("<II")
 SUFFIX = ".nkdlog"
@@ -81,7 +85,7 @@ class Record:
         """The last lsn the record accounts for: 0 for a chunk (its transaction is not
         whole yet), the commit's or epoch's lsn, a gap's last lost lsn."""
         entry = self.entry
-        if isinstance(entry, Chunk):
+        if is_partial(entry):
             return 0
         return entry.to_lsn if isinstance(entry, Gap) else entry.lsn
 

@@ -18,10 +18,12 @@ from nkdaemon.core.log import (
     ChangeEvent,
     Chunk,
     Commit,
+    Definition,
     Epoch,
     Gap,
     LoggedTransaction,
     LogMarker,
+    is_partial,
 )
 from nkdaemon.repository.segments import Record, SegmentLog
 
@@ -50,18 +52,22 @@ def read_log(log: SegmentLog, *, from_lsn: int = 1) -> Iterator[LoggedTransactio
 
 def _read_log(log: SegmentLog, from_lsn: int) -> Iterator[LoggedTransaction | LogMarker]:
     pending: list[ChangeEvent] = []
+    definitions: list[Definition] = []
     pending_lsn: int | None = None
     numbering = _Numbering(from_lsn)
     for record in log.records(from_lsn=from_lsn):
         numbering.check(record)
         entry = record.entry
-        if isinstance(entry, Chunk):
+        if isinstance(entry, Chunk | Definition):
             if pending_lsn is not None and entry.lsn != pending_lsn:
                 raise LogCorruptionError(
-                    record.segment, record.offset, "a chunk of another transaction interrupts one"
+                    record.segment, record.offset, "a record of another transaction interrupts one"
                 )
             pending_lsn = entry.lsn
-            pending.extend(entry.events)
+            if isinstance(entry, Chunk):
+                pending.extend(entry.events)
+            else:
+                definitions.append(entry)
             continue
         if isinstance(entry, Commit):
             if pending_lsn is not None and entry.lsn != pending_lsn:
@@ -69,8 +75,9 @@ def _read_log(log: SegmentLog, from_lsn: int) -> Iterator[LoggedTransaction | Lo
                     record.segment, record.offset, "a commit does not match its chunks"
                 )
             before, pending, pending_lsn = pending, [], None
+            changes, definitions = definitions, []
             if entry.lsn >= from_lsn:
-                yield LoggedTransaction.joined(entry, before)
+                yield LoggedTransaction.joined(entry, before, changes)
         elif entry.lsn >= from_lsn:
             yield entry
 
@@ -92,7 +99,7 @@ class _Numbering:
         if expected is not None and lsn != expected:
             detail = self._hole(record, expected, lsn)
             raise LogCorruptionError(record.segment, record.offset, detail)
-        self._next = lsn if isinstance(record.entry, Chunk) else record.last_lsn + 1
+        self._next = lsn if is_partial(record.entry) else record.last_lsn + 1
         self._previous = record
 
     def _hole(self, record: Record, expected: int, lsn: int) -> str:

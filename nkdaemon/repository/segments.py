@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from nkdaemon.core.errors import LogCorruptionError, LogTruncatedError, RepositoryError
-from nkdaemon.core.log import Chunk, Commit, Epoch, Gap
+from nkdaemon.core.log import Chunk, Commit, Definition, Epoch, Gap
 from nkdaemon.repository.files import fsync_dir
 from nkdaemon.repository.local_store import LocalStore
 from nkdaemon.repository.log_end import DurableEnd, furthest, read_end, write_end
@@ -257,7 +257,7 @@ class SegmentLog:
                 torn = item
                 break
             entry = item.entry
-            if not isinstance(entry, Chunk):
+            if not isinstance(entry, Chunk | Definition):
                 last_end = LogEnd(
                     segment=name,
                     offset=item.end,
@@ -325,6 +325,10 @@ class SegmentLog:
 
     def append_chunk(self, chunk: Chunk) -> None:
         self._write(chunk.lsn, encode_record(chunk))
+
+    def append_definition(self, definition: Definition) -> None:
+        """A table's change of shape inside transaction ``definition.lsn`` (before its commit)."""
+        self._write(definition.lsn, encode_record(definition))
 
     def append_commit(self, commit: Commit) -> None:
         self._write(commit.lsn, encode_record(commit))

@@ -8,7 +8,7 @@ queue rows are removed, so the index always matches a prefix of the log.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -216,6 +216,13 @@ class StateStore:
         self.begin()
         self._db.execute("DELETE FROM keys WHERE tbl = ?", (table,))
         self._cache.clear()
+
+    def entries(self, table: int) -> Iterator[tuple[Sid, ShallowKey]]:
+        """Every (source id, shallow key) of a table: read whole first, since the caller
+        may change the index while it walks them."""
+        rows = self._db.execute("SELECT sid, key FROM keys WHERE tbl = ?", (table,)).fetchall()
+        for raw_sid, raw_key in rows:
+            yield orjson.loads(raw_sid), _decode_key(raw_key)
 
     def clear_all(self) -> None:
         """Forget every key (a new baseline replaces them)."""

@@ -19,10 +19,19 @@ from typing import Any
 
 import structlog
 
+from nkdaemon.core.definitions import restricted_spec, spec_to_json
 from nkdaemon.core.errors import CaptureError, LogGapError, RepositoryError
 from nkdaemon.core.keys import ColumnSpec, TableSpec, replace_spec
-from nkdaemon.core.log import ChangeEvent, Chunk, Commit, Gap, decode_time, encode_time
-from nkdaemon.core.ports import CaptureSource, QueuedChange, SchemaDrift
+from nkdaemon.core.log import (
+    ChangeEvent,
+    Chunk,
+    Commit,
+    Definition,
+    Gap,
+    decode_time,
+    encode_time,
+)
+from nkdaemon.core.ports import CaptureSource, QueuedChange, SchemaChange, SchemaDrift
 from nkdaemon.core.translate import Translator
 from nkdaemon.repository.segments import SegmentLog
 from nkdaemon.repository.state import Checkpoint, StateStore
@@ -61,6 +70,7 @@ class _Tx:
     part: int = 0
     events: int = 0
     pending: list[ChangeEvent] = field(default_factory=list)
+    definitions: list[Definition] = field(default_factory=list)
 
 
 class Drainer:
@@ -220,7 +230,11 @@ class Drainer:
                         self._flush(tx.position, batch, result, delete=False)
                         batch = _Batch()
                 tx = self._start_tx(queued)
-            translator.translate(queued.change)
+            change = queued.change
+            if isinstance(change, SchemaChange):
+                self._schema_change(tx, translator, change)
+                continue
+            translator.translate(change)
             if tx.append:
                 tx.pending.extend(translator.ready())
                 if len(tx.pending) >= CHUNK_EVENTS:
@@ -296,6 +310,8 @@ class Drainer:
             batch.skipped += 1
             return
         tx.pending.extend(rest)
+        for definition in tx.definitions:
+            self._log.append_definition(definition)
         when = self._log_time(tx.commit_time)
         self._log.append_commit(
             Commit(
@@ -327,6 +343,46 @@ class Drainer:
             floor = decode_time(self._complete_through) + timedelta(microseconds=1)
             when = max(when, floor)
         return when
+
+    # --- schema changes ----------------------------------------------------------------
+
+    def _schema_change(self, tx: _Tx, translator: Translator, change: SchemaChange) -> None:
+        """Log the table's definition from this point of the transaction on."""
+        definition = self._definition_of(change)
+        translator.schema_changed(change.table, baseline=change.baseline)
+        if not tx.append:
+            return
+        tx.pending.extend(translator.ready())
+        tx.definitions.append(
+            Definition(
+                lsn=tx.lsn,
+                table=change.name,
+                definition=definition,
+                change=change.kind,
+                at_event=tx.events + len(tx.pending),
+                renamed=change.renamed,
+                command=change.command,
+            )
+        )
+        log.info(
+            "drain.schema_change",
+            table=change.name,
+            change=change.kind,
+            columns=list(change.columns or ()),
+            renamed=[list(pair) for pair in change.renamed],
+            baseline=change.baseline,
+        )
+
+    def _definition_of(self, change: SchemaChange) -> dict[str, Any] | None:
+        """The captured definition the change gives the table (None: dropped); a shape
+        the registry does not know yet is re-reflected first (SchemaDrift)."""
+        if change.columns is None:
+            return None
+        spec = self._tables.get(change.table)
+        missing = tuple(c for c in change.columns if spec is None or c not in spec.column_index)
+        if spec is None or missing:
+            raise SchemaDrift(table=change.name, columns=missing)
+        return spec_to_json(restricted_spec(spec, change.columns))
 
     # --- schema drift ------------------------------------------------------------------
 

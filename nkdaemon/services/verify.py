@@ -23,7 +23,7 @@ from nkdaemon.core.errors import (
 from nkdaemon.core.events import RawChange
 from nkdaemon.core.fold import LogFold
 from nkdaemon.core.keys import TableSpec
-from nkdaemon.core.log import Chunk, Commit, Epoch, Gap
+from nkdaemon.core.log import Chunk, Commit, Definition, Epoch, Gap
 from nkdaemon.core.ports import CaptureSource, SnapshotPoint, TableReader
 from nkdaemon.core.restore_plan import insert_order
 from nkdaemon.core.table_diff import TableDiff
@@ -131,7 +131,7 @@ class _Sequence:
 
     def record(self, name: str, record: Record) -> None:
         entry = record.entry
-        if isinstance(entry, Chunk):
+        if isinstance(entry, Chunk | Definition):
             return
         lsn = entry.lsn
         if self._expected is not None and lsn != self._expected:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from nkdaemon.core.errors import SchemaError
@@ -79,6 +79,22 @@ def select_tables(
         chosen.extend(m for m in matches if m not in chosen)
     excluded = {n for n in chosen for pattern in exclude if fnmatch.fnmatchcase(n, pattern)}
     return [n for n in chosen if n not in excluded]
+
+
+def capture_selector(
+    patterns: Sequence[str], exclude: Sequence[str]
+) -> Callable[[Sequence[str]], list[str]]:
+    """``[capture]``'s choice among table names as they are now: unlike select_tables it
+    does not insist that a named table exists (it may just have been dropped), and it
+    never picks capture's own tables."""
+
+    def selects(available: Sequence[str]) -> list[str]:
+        own = [n for n in available if n.startswith(("_nkd_", "sqlite_"))]
+        names = [n for n in available if n not in own]
+        chosen = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+        return [n for n in chosen if not any(fnmatch.fnmatchcase(n, p) for p in exclude)]
+
+    return selects
 
 
 def _is_glob(pattern: str) -> bool:

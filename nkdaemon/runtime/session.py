@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from nkdaemon.core.key_rules import capture_selector
 from nkdaemon.core.ports import CaptureSource
 from nkdaemon.repository.layout import RepositoryLayout
 from nkdaemon.repository.segments import SegmentLog
@@ -71,6 +72,7 @@ class Session:
             log_store=self.log_store,
             state=self.state,
             tables=lambda: dict(load_registry(self.engine, self.settings, self.source).tables),
+            selects=capture_selector(self.settings.capture.tables, self.settings.capture.exclude),
             **options,
         )
 

@@ -31,7 +31,13 @@ from nkdaemon.core.log import (
     decode_time,
     encode_time,
 )
-from nkdaemon.core.ports import CaptureSource, QueuedChange, SchemaChange, SchemaDrift
+from nkdaemon.core.ports import (
+    CaptureSelector,
+    CaptureSource,
+    QueuedChange,
+    SchemaChange,
+    SchemaDrift,
+)
 from nkdaemon.core.translate import Translator
 from nkdaemon.repository.segments import SegmentLog
 from nkdaemon.repository.state import Checkpoint, StateStore
@@ -87,6 +93,7 @@ class Drainer:
         on_stage: Callable[[str], None] | None = None,
         fence_guard: Callable[[], AbstractContextManager[Any]] | None = None,
         cuts: Callable[[], Sequence[int]] | None = None,
+        selects: CaptureSelector | None = None,
     ) -> None:
         self._source = source
         self._log = log_store
@@ -95,6 +102,8 @@ class Drainer:
         self._tables = tables()
         self._retired: dict[int, dict[str, ColumnSpec]] = {}
         self._batch_transactions = batch_transactions
+        # Which tables capture follows as they appear (None: only the installed ones).
+        self._selects: CaptureSelector = selects or (lambda names: [])
         # Observability hook: called with "log_synced", "state_committed", "queue_deleted"
         # after each step of a batch (metrics; crash tests kill the process there).
         self._on_stage = on_stage or (lambda stage: None)
@@ -162,6 +171,7 @@ class Drainer:
         # (never earlier than a time already recorded, should the clock step back).
         now = datetime.now(UTC).isoformat(timespec="microseconds")
         started = _later(now, self._complete_through) or now
+        self._follow_schema()
         with self._fence_guard():
             fence = self._source.fence()
             self._cuts = self._cuts_of()
@@ -346,6 +356,22 @@ class Drainer:
 
     # --- schema changes ----------------------------------------------------------------
 
+    def _follow_schema(self) -> None:
+        """Let the source bring capture in line with the tables' shapes before the fence,
+        so what it queued for them is drained in this pass."""
+        queued = self._source.follow_schema(self._selects)
+        if not queued:
+            return
+        for change in queued:
+            log.warning(
+                "capture.schema_followed",
+                table=change.name,
+                change=change.kind,
+                columns=list(change.columns or ()),
+                baseline=change.baseline,
+            )
+        self._refresh_tables(None)
+
     def _schema_change(self, tx: _Tx, translator: Translator, change: SchemaChange) -> None:
         """Log the table's definition from this point of the transaction on."""
         definition = self._definition_of(change)
@@ -386,9 +412,12 @@ class Drainer:
 
     # --- schema drift ------------------------------------------------------------------
 
-    def _refresh_tables(self, drift: SchemaDrift) -> None:
-        """Re-reflect; columns that vanished from the source stay known, typed 'other'."""
+    def _refresh_tables(self, drift: SchemaDrift | None) -> None:
+        """Re-reflect; columns that vanished from the source stay known, typed 'other', and
+        so do tables (their queued changes may still have to be read)."""
         fresh = self._load_tables()
+        for number, old_spec in self._tables.items():
+            fresh.setdefault(number, old_spec)
         for number, spec in fresh.items():
             old = self._tables.get(number)
             retired = dict(self._retired.get(number, {}))
@@ -396,14 +425,15 @@ class Drainer:
                 for column in old.columns:
                     if column.name not in spec.column_index:
                         retired[column.name] = column
-            if spec.name == drift.table:
+            if drift is not None and spec.name == drift.table:
                 for name in drift.columns:
                     if name not in spec.column_index and name not in retired:
                         retired[name] = ColumnSpec(name=name, logical_type="other", nullable=True)
             self._retired[number] = retired
             fresh[number] = _with_columns(spec, retired)
         self._tables = fresh
-        log.warning("drain.schema_changed", table=drift.table, columns=list(drift.columns))
+        if drift is not None:
+            log.warning("drain.schema_changed", table=drift.table, columns=list(drift.columns))
 
 
 def _with_columns(spec: TableSpec, extra: dict[str, ColumnSpec]) -> TableSpec:

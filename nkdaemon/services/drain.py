@@ -19,9 +19,8 @@ from typing import Any
 
 import structlog
 
-from nkdaemon.core.definitions import restricted_spec, spec_to_json
 from nkdaemon.core.errors import CaptureError, LogGapError, RepositoryError
-from nkdaemon.core.keys import ColumnSpec, TableSpec, replace_spec
+from nkdaemon.core.keys import TableSpec
 from nkdaemon.core.log import (
     ChangeEvent,
     Chunk,
@@ -41,6 +40,7 @@ from nkdaemon.core.ports import (
 from nkdaemon.core.translate import Translator
 from nkdaemon.repository.segments import SegmentLog
 from nkdaemon.repository.state import Checkpoint, StateStore
+from nkdaemon.services.table_shapes import TableShapes
 
 log = structlog.get_logger("nkdaemon.drain")
 
@@ -98,9 +98,7 @@ class Drainer:
         self._source = source
         self._log = log_store
         self._state = state
-        self._load_tables = tables
-        self._tables = tables()
-        self._retired: dict[int, dict[str, ColumnSpec]] = {}
+        self._shapes = TableShapes(tables)
         self._batch_transactions = batch_transactions
         # Which tables capture follows as they appear (None: only the installed ones).
         self._selects: CaptureSelector = selects or (lambda names: [])
@@ -210,7 +208,7 @@ class Drainer:
                     raise CaptureError(
                         f"table {drift.table!r} keeps changing shape ({', '.join(drift.columns)})"
                     ) from None
-                self._refresh_tables(drift)
+                self._shapes.refresh(drift)
             except BaseException:
                 self._abort()
                 raise
@@ -227,10 +225,10 @@ class Drainer:
 
     def _try_stream(self, after: int, upto: int, result: DrainResult) -> None:
         """One read of the queue; durable every batch_transactions transactions."""
-        translator = Translator(self._tables, self._state)
+        translator = Translator(self._shapes.tables, self._state)
         batch = _Batch()
         tx: _Tx | None = None
-        for queued in self._source.read(self._tables, after, upto, self._cuts):
+        for queued in self._source.read(self._shapes.tables, after, upto, self._cuts):
             if tx is None or queued.position != tx.position:
                 if tx is not None:
                     self._finish_tx(tx, translator, batch)
@@ -370,11 +368,11 @@ class Drainer:
                 columns=list(change.columns or ()),
                 baseline=change.baseline,
             )
-        self._refresh_tables(None)
+        self._shapes.refresh(None)
 
     def _schema_change(self, tx: _Tx, translator: Translator, change: SchemaChange) -> None:
         """Log the table's definition from this point of the transaction on."""
-        definition = self._definition_of(change)
+        definition = self._shapes.definition_of(change)
         translator.schema_changed(change.table, baseline=change.baseline)
         if not tx.append:
             return
@@ -398,49 +396,6 @@ class Drainer:
             renamed=[list(pair) for pair in change.renamed],
             baseline=change.baseline,
         )
-
-    def _definition_of(self, change: SchemaChange) -> dict[str, Any] | None:
-        """The captured definition the change gives the table (None: dropped); a shape
-        the registry does not know yet is re-reflected first (SchemaDrift)."""
-        if change.columns is None:
-            return None
-        spec = self._tables.get(change.table)
-        missing = tuple(c for c in change.columns if spec is None or c not in spec.column_index)
-        if spec is None or missing:
-            raise SchemaDrift(table=change.name, columns=missing)
-        return spec_to_json(restricted_spec(spec, change.columns))
-
-    # --- schema drift ------------------------------------------------------------------
-
-    def _refresh_tables(self, drift: SchemaDrift | None) -> None:
-        """Re-reflect; columns that vanished from the source stay known, typed 'other', and
-        so do tables (their queued changes may still have to be read)."""
-        fresh = self._load_tables()
-        for number, old_spec in self._tables.items():
-            fresh.setdefault(number, old_spec)
-        for number, spec in fresh.items():
-            old = self._tables.get(number)
-            retired = dict(self._retired.get(number, {}))
-            if old is not None:
-                for column in old.columns:
-                    if column.name not in spec.column_index:
-                        retired[column.name] = column
-            if drift is not None and spec.name == drift.table:
-                for name in drift.columns:
-                    if name not in spec.column_index and name not in retired:
-                        retired[name] = ColumnSpec(name=name, logical_type="other", nullable=True)
-            self._retired[number] = retired
-            fresh[number] = _with_columns(spec, retired)
-        self._tables = fresh
-        if drift is not None:
-            log.warning("drain.schema_changed", table=drift.table, columns=list(drift.columns))
-
-
-def _with_columns(spec: TableSpec, extra: dict[str, ColumnSpec]) -> TableSpec:
-    if not extra:
-        return spec
-    columns = spec.columns + tuple(c for n, c in extra.items() if n not in spec.column_index)
-    return replace_spec(spec, columns=columns)
 
 
 def _time(text: str | None) -> datetime | None:

@@ -9,8 +9,9 @@ inserted later in the same transaction (deferred foreign keys) is resolved at it
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 from nkdaemon.core.errors import CaptureError
@@ -80,8 +81,9 @@ class Translator:
         self._tombstones: dict[tuple[int, Sid], ShallowKey] = {}
         self._buffer: list[ChangeEvent | _Unfinished] = []
         self._pending_count = 0
-        # Referenced tables whose baseline is being read: the source ids it has named.
-        self._baselines: dict[int, set[Any]] = {}
+        # Referenced tables whose baseline is being read: its rows by source id (held until
+        # it is whole, since what it lacks must be deleted before anything else is written).
+        self._baselines: dict[int, dict[Any, dict[str, Any]]] = {}
 
     def schema_changed(self, table: int, *, baseline: bool) -> None:
         """A table changed shape here; with ``baseline``, every row of it follows as a "B"
@@ -94,7 +96,7 @@ class Translator:
             return
         spec = self._tables[table]
         if spec.referenced and not spec.full_row_identity:
-            self._baselines[table] = set()
+            self._baselines[table] = {}
         else:
             self._truncate(table, spec)
 
@@ -195,16 +197,50 @@ class Translator:
 
     def _rebase(self, number: int, spec: TableSpec, new: dict[str, Any]) -> None:
         """One row of a baseline: as it is now."""
-        seen = self._baselines.get(number)
-        if seen is None:  # a table nothing refers to: truncated at the change, so insert
+        rows = self._baselines.get(number)
+        if rows is None:  # a table nothing refers to: truncated at the change, so insert
             self._insert(number, spec, new)
-            return
+        else:
+            rows[_hashable(source_id(spec, new))] = new
+
+    def _close_baselines(self) -> None:
+        """The baselines read so far are whole: bring the log's rows to them. Rows the
+        index knows that a baseline lacks go first, then updates, then renames (each after
+        the one that frees its new key), then inserts, so no key is ever held by two rows
+        at once (a swap of keys between rows, which no order can show, is the exception:
+        replaying it fails loudly)."""
+        baselines, self._baselines = self._baselines, {}
+        for number, rows in baselines.items():
+            spec = self._tables[number]
+            known = {
+                _hashable(sid): (sid, key)
+                for sid, key in self._index.entries(number)
+                if (number, _hashable(sid)) not in self._tombstones
+            }
+            for hashed, (sid, shallow) in known.items():
+                if hashed not in rows:
+                    self._forget(number, sid, shallow)
+                    self._emit(spec, op="D", key=self._key(spec, shallow, {}), sid=sid)
+            renamed: list[tuple[dict[str, Any], ShallowKey]] = []
+            inserted: list[dict[str, Any]] = []
+            for hashed, new in rows.items():
+                before = known.get(hashed)
+                if before is None:
+                    inserted.append(new)
+                elif self.shallow_key(spec, new) == before[1]:
+                    self._rebased(number, spec, new, before[1])
+                else:
+                    renamed.append((new, before[1]))
+            for new, old_shallow in _chain_order(renamed, partial(self.shallow_key, spec)):
+                self._rebased(number, spec, new, old_shallow)
+            for new in inserted:
+                self._insert(number, spec, new)
+
+    def _rebased(
+        self, number: int, spec: TableSpec, new: dict[str, Any], known: ShallowKey
+    ) -> None:
+        """A baseline row the index knows: an update, a rename where its key changed."""
         sid = source_id(spec, new)
-        seen.add(_hashable(sid))
-        known = self._index.get(number, sid)
-        if known is None:
-            self._insert(number, spec, new)
-            return
         shallow = self.shallow_key(spec, new)
         if shallow is not None and shallow != known:
             self._put(number, sid, shallow)
@@ -216,20 +252,6 @@ class Translator:
             row=self._payload(spec, new),
             sid=sid,
         )
-
-    def _close_baselines(self) -> None:
-        """The baselines read so far are whole: rows the index knows and they lack went."""
-        baselines, self._baselines = self._baselines, {}
-        for number, seen in baselines.items():
-            spec = self._tables[number]
-            gone = [
-                (sid, key)
-                for sid, key in self._index.entries(number)
-                if _hashable(sid) not in seen and (number, _hashable(sid)) not in self._tombstones
-            ]
-            for sid, shallow in gone:
-                self._forget(number, sid, shallow)
-                self._emit(spec, op="D", key=self._key(spec, shallow, {}), sid=sid)
 
     def _truncate(self, number: int, spec: TableSpec) -> None:
         self._resolved.clear()
@@ -382,6 +404,24 @@ def _has_pending(value: Any) -> bool:
     if isinstance(value, dict):
         return any(_has_pending(v) for v in value.values())
     return False
+
+
+def _chain_order(
+    renamed: list[tuple[dict[str, Any], ShallowKey]],
+    key_of: Callable[[dict[str, Any]], ShallowKey | None],
+) -> list[tuple[dict[str, Any], ShallowKey]]:
+    """Renames ordered so that each comes after the rename that frees its new key."""
+    pending = list(renamed)
+    ordered: list[tuple[dict[str, Any], ShallowKey]] = []
+    while pending:
+        held = {old for _, old in pending}
+        ready = [item for item in pending if key_of(item[0]) not in held]
+        if not ready:  # a cycle (keys swapped): no order works; keep the rest as it is
+            ready = pending
+        ordered.extend(ready)
+        chosen = {id(item) for item in ready}
+        pending = [item for item in pending if id(item) not in chosen]
+    return ordered
 
 
 def _hashable(sid: Sid) -> Any:

@@ -16,6 +16,9 @@ from nkdaemon.repository.reader import read_log
 from nkdaemon.repository.snapshots import list_snapshots
 from nkdaemon.runtime.session import Session
 
+# Besides row changes: a schema change of the table, and a row as a baseline after one.
+ENTRY_NAMES = {**OP_NAMES, "S": "schema", "B": "baseline"}
+
 
 def register(cli: click.Group) -> None:
     cli.add_command(history_command)
@@ -65,7 +68,8 @@ def history_command(app: AppContext, table: str, pairs: tuple[str, ...], as_json
                     tracker.new_epoch()
                 continue
             logged.update(e.table for e in item.events)
-            tracker.feed(item.lsn, item.commit_time, item.events)
+            logged.update(d.table for d in item.definitions)
+            tracker.feed(item.lsn, item.commit_time, item.events, item.definitions)
         captured = _captured(session, logged)
     if table not in captured:
         raise UsageError(
@@ -116,8 +120,10 @@ def _render(table: str, number: int, row: RowHistory) -> None:
     )
     click.echo(f"{table} row {number}: {keys}")
     for entry in row.entries:
-        what = OP_NAMES.get(entry.op, entry.op)
+        what = ENTRY_NAMES.get(entry.op, entry.op)
         line = f"  tx {entry.lsn:<8} {encode_time(entry.commit_time)}  {what:<8}"
+        if entry.change is not None:
+            line += f" {entry.change}"
         if entry.old_key is not None:
             line += f" key {json.dumps(entry.old_key, ensure_ascii=False)} -> "
             line += json.dumps(entry.key, ensure_ascii=False)

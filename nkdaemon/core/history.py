@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from nkdaemon.core.keys import key_matches
-from nkdaemon.core.log import ChangeEvent
+from nkdaemon.core.log import ChangeEvent, Definition
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -25,6 +25,7 @@ class HistoryEntry:
     key: Any
     old_key: Any = None
     row: Any = None
+    change: str | None = None  # a schema change of the table (op "S"), in words
 
 
 @dataclass(kw_only=True)
@@ -58,17 +59,73 @@ class HistoryTracker:
         # with no event of its own (a row its key refers to was renamed) is still filed
         # under the key it had, and that stale entry must go when the row is next seen.
         self._filed: dict[int, set[str]] = {}
+        self._columns: tuple[str, ...] | None = None
+        # Rows tracked when a schema change's baseline truncated the table: its inserts
+        # continue them (op "B"); those it lacks were gone by the change.
+        self._rebasing: dict[str, RowHistory] | None = None
+        self._changed_shape = False  # the table's last event was a schema change
 
     def new_epoch(self) -> None:
         self._by_sid.clear()
 
-    def feed(self, lsn: int, commit_time: datetime, events: Iterable[ChangeEvent]) -> None:
-        for event in events:
+    def feed(
+        self,
+        lsn: int,
+        commit_time: datetime,
+        events: Iterable[ChangeEvent],
+        definitions: Iterable[Definition] = (),
+    ) -> None:
+        changes = sorted((d for d in definitions if d.table == self.table), key=_at_event)
+        position = 0
+        for position, event in enumerate(events):
+            while changes and changes[0].at_event <= position:
+                self._schema(lsn, commit_time, changes.pop(0))
             if event.table == self.table:
                 self._apply(lsn, commit_time, event)
+        for definition in changes:
+            self._schema(lsn, commit_time, definition)
+        self._end_rebase(lsn, commit_time)
+
+    def _schema(self, lsn: int, commit_time: datetime, definition: Definition) -> None:
+        """A change of the table's shape: shown on every row it has then."""
+        self._end_rebase(lsn, commit_time)
+        described = describe_change(self._columns, definition)
+        self._columns = definition.columns if definition.definition is not None else None
+        for tracked in {id(r): r for r in self._by_key.values()}.values():
+            tracked.entries.append(
+                HistoryEntry(lsn=lsn, commit_time=commit_time, op="S", key=None, change=described)
+            )
+        self._changed_shape = True
+
+    def _end_rebase(self, lsn: int, commit_time: datetime) -> None:
+        rebasing, self._rebasing = self._rebasing, None
+        for tracked in {id(r): r for r in (rebasing or {}).values()}.values():
+            tracked.entries.append(HistoryEntry(lsn=lsn, commit_time=commit_time, op="T", key=None))
 
     def _apply(self, lsn: int, commit_time: datetime, event: ChangeEvent) -> None:
         op = event.op
+        changed_shape, self._changed_shape = self._changed_shape, False
+        if op == "T" and changed_shape:
+            self._rebasing = dict(self._by_key)  # a baseline follows: rows continue in it
+            self._by_key.clear()
+            self._by_sid.clear()
+            self._filed.clear()
+            return
+        if op == "I" and self._rebasing:
+            continued = self._rebasing.pop(_frozen(event.key), None)
+            if continued is not None:
+                continued.entries.append(
+                    HistoryEntry(
+                        lsn=lsn, commit_time=commit_time, op="B", key=event.key, row=event.row
+                    )
+                )
+                self._by_key[_frozen(event.key)] = continued
+                self._filed.setdefault(id(continued), set()).add(_frozen(event.key))
+                if event.sid is not None:
+                    self._by_sid[_frozen(event.sid)] = continued
+                return
+        if self._rebasing is not None and op != "I":
+            self._end_rebase(lsn, commit_time)
         if op == "T":
             for tracked in {id(r): r for r in self._by_key.values()}.values():
                 tracked.entries.append(
@@ -123,3 +180,27 @@ class HistoryTracker:
                 for k in r.keys()  # noqa: SIM118 - RowHistory.keys() is a method, not dict.keys()
             )
         ]
+
+
+def _at_event(definition: Definition) -> int:
+    return definition.at_event
+
+
+def describe_change(before: tuple[str, ...] | None, definition: Definition) -> str:
+    """A schema change in words: what happened to the table and its columns."""
+    if definition.definition is None:
+        return "table dropped"
+    after = definition.columns
+    if before is None or definition.change == "created":
+        return f"table {definition.change}: columns {', '.join(after)}"
+    renamed = dict(definition.renamed)
+    parts = [f"column {old} renamed to {new}" for old, new in definition.renamed]
+    added = [c for c in after if c not in before and c not in renamed.values()]
+    dropped = [c for c in before if c not in after and c not in renamed]
+    if added:
+        parts.append("added " + ", ".join(added))
+    if dropped:
+        parts.append("dropped " + ", ".join(dropped))
+    if not parts:
+        parts.append("definition changed (types, defaults or constraints)")
+    return f"table {definition.change}: " + "; ".join(parts)

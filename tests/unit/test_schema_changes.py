@@ -19,6 +19,7 @@ from nkdaemon.core.definitions import restricted_spec, spec_from_json, spec_to_j
 from nkdaemon.core.errors import CaptureError
 from nkdaemon.core.events import RawChange
 from nkdaemon.core.fold import LogFold, ReplayError
+from nkdaemon.core.history import HistoryTracker, describe_change
 from nkdaemon.core.keys import ColumnSpec, ForeignKeySpec, IndexSpec, KeyPart, make_table_spec
 from nkdaemon.core.log import (
     KIND_DEFINITION,
@@ -253,3 +254,80 @@ def _keys_swapped(old_rows: list[dict[str, Any]], new_rows: list[dict[str, Any]]
                 return True
             key, steps = moves[key], steps + 1
     return False
+
+
+# --- history shows schema changes inline -------------------------------------------------
+
+
+def _definition(lsn: int, columns: list[str] | None, **fields: Any) -> Definition:
+    spec = None if columns is None else spec_to_json(restricted_spec(WIDE, columns))
+    return Definition(lsn=lsn, table="parents", definition=spec, **fields)
+
+
+WIDE = make_table_spec(
+    number=1,
+    name="parents",
+    schema=None,
+    columns=_columns("id", "code", "qty", "color", "colour"),
+    primary_key=("id",),
+    key_parts=(KeyPart(name="code", column="code"),),
+    foreign_keys=(),
+    full_row_identity=False,
+    referenced=False,
+    indexes=(),
+    checks=(),
+)
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def test_history_shows_each_schema_change_and_continues_the_row_through_its_baseline() -> None:
+    tracker = HistoryTracker("parents")
+    insert = ChangeEvent(table="parents", op="I", key={"code": "a"}, row={"code": "a", "qty": 1})
+    tracker.feed(1, T0, [insert], [_definition(1, ["id", "code", "qty"], change="created")])
+    added = _definition(2, ["id", "code", "qty", "color"], change="altered")
+    baseline = [
+        ChangeEvent(table="parents", op="T", key=None),
+        ChangeEvent(
+            table="parents", op="I", key={"code": "a"}, row={"code": "a", "qty": 1, "color": "red"}
+        ),
+    ]
+    tracker.feed(2, T0, baseline, [added])
+    renamed = _definition(
+        3, ["id", "code", "qty", "colour"], change="altered", renamed=(("color", "colour"),)
+    )
+    tracker.feed(3, T0, [], [renamed])
+    tracker.feed(4, T0, [ChangeEvent(table="parents", op="D", key={"code": "a"})])
+    [row] = tracker.matching({"code": "a"})
+    assert [(e.lsn, e.op) for e in row.entries] == [
+        (1, "I"),
+        (2, "S"),
+        (2, "B"),
+        (3, "S"),
+        (4, "D"),
+    ]
+    assert row.entries[1].change == "table altered: added color"
+    assert row.entries[2].row == {"code": "a", "qty": 1, "color": "red"}
+    assert row.entries[3].change == "table altered: column color renamed to colour"
+
+
+def test_a_row_the_baseline_lacks_ends_at_the_change() -> None:
+    tracker = HistoryTracker("parents")
+    for lsn, code in enumerate(("a", "b"), start=1):
+        tracker.feed(lsn, T0, [ChangeEvent(table="parents", op="I", key={"code": code}, row={})])
+    baseline = [
+        ChangeEvent(table="parents", op="T", key=None),
+        ChangeEvent(table="parents", op="I", key={"code": "a"}, row={"code": "a"}),
+    ]
+    tracker.feed(3, T0, baseline, [_definition(3, ["id", "code"], change="recaptured")])
+    [gone] = tracker.matching({"code": "b"})
+    assert [e.op for e in gone.entries] == ["I", "S", "T"]
+    [kept] = tracker.matching({"code": "a"})
+    assert [e.op for e in kept.entries] == ["I", "S", "B"]
+
+
+def test_describe_change_names_drops_and_table_drops() -> None:
+    dropped = _definition(5, ["id", "code"], change="altered")
+    assert describe_change(("id", "code", "qty"), dropped) == "table altered: dropped qty"
+    assert (
+        describe_change(("id", "code"), _definition(6, None, change="dropped")) == "table dropped"
+    )

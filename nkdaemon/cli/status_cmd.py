@@ -37,6 +37,9 @@ def status_command(app: AppContext, as_json: bool) -> None:
         click.echo(f"complete     {'unknown' if complete is None else f'through {complete}'}")
         click.echo(f"log          {status['log_bytes']} bytes in {status['log_segments']} segments")
         click.echo(f"snapshots    {len(status['snapshots'])}")
+        mode = status.get("capture_mode")
+        if mode:
+            click.echo(f"schema       changes followed: {mode}")
         for imported in status.get("imported_snapshots", []):
             click.echo(
                 f"imported     {imported['time']}  {imported['rows']} rows from "

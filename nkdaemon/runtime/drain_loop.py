@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from nkdaemon.core.errors import CaptureOwnerError, NkdError, SourceUnavailable
+from nkdaemon.core.errors import CaptureError, CaptureOwnerError, NkdError, SourceUnavailable
 from nkdaemon.core.settings import CaptureSettings
 from nkdaemon.runtime.health import HealthState
 from nkdaemon.runtime.metrics import Metrics
@@ -72,6 +72,9 @@ class DrainPasses:
             self._fault(exc.kind, exc.message, capture_error=exc.message)
         except SourceUnavailable as exc:
             self._fault("source", exc.message, source_error=exc.message)
+        except CaptureError as exc:  # e.g. a key column dropped: the queue keeps the changes
+            reason = f"capture stopped: {exc.message}; the source keeps the changes queued"
+            self._fault(exc.kind, reason, capture_error=f"{reason} ({exc.hint})")
         except OSError as exc:
             reason = "repository disk is full" if exc.errno == errno.ENOSPC else str(exc)
             self._fault(

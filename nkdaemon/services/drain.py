@@ -182,6 +182,8 @@ class Drainer:
             after = self._stream(after, self._log_position, result)
         while after < fence:
             after = self._stream(after, fence, result)
+        if self._state.get_meta("capture_stopped"):
+            self._state.set_meta("capture_stopped", "")
         if self._complete_through != started:  # a quiet pass: nothing flushed it
             self._commit(dataclasses.replace(self._state.checkpoint(), complete_through=started))
             self._complete_through = started
@@ -209,6 +211,11 @@ class Drainer:
                         f"table {drift.table!r} keeps changing shape ({', '.join(drift.columns)})"
                     ) from None
                 self._shapes.refresh(drift)
+            except CaptureError as exc:
+                self._abort()
+                # Kept for `status` (another process) until a pass gets through again.
+                self._state.set_meta("capture_stopped", f"{exc.message} ({exc.hint})")
+                raise
             except BaseException:
                 self._abort()
                 raise

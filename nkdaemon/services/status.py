@@ -50,13 +50,18 @@ def collect_status(
         "snapshots": [],
         "log_bytes": 0,
         "log_segments": 0,
+        "capture_mode": None,
         "errors": [],
     }
     if session.layout.exists():
         _repository_part(session, status)
     else:
         status["errors"].append("the repository does not exist yet (run `nkdaemon install`)")
+    stopped = session.state.get_meta("capture_stopped") if session.layout.exists() else None
+    if stopped:
+        status["errors"].append(f"capture stopped: {stopped}")
     try:
+        status["capture_mode"] = session.source.capture_mode()
         _capture_owner(session, status)
         status["queue_depth"] = session.source.queue_depth()
         oldest = session.source.oldest_pending()

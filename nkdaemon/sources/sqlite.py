@@ -371,6 +371,15 @@ def _raw_change(
 ) -> RawChange:
     """One queued row change, decoded with the columns its table had when it was queued."""
     spec = tables.get(tbl)
+    if spec is None and layout.knows(tbl):
+        # Capture stopped following the table (dropped, renamed) before this drain saw it.
+        raise SourceError(
+            f"the queue holds changes of table number {tbl}, which was dropped or renamed "
+            "before this drain process learnt its columns",
+            hint="the source no longer describes the table, so these changes cannot be "
+            "named; to go on without them, run `nkdaemon uninstall --force` and then "
+            "`nkdaemon install` (a new baseline)",
+        )
     if spec is None or not layout.knows(tbl):
         raise SourceError(
             f"the queue holds a change of table number {tbl}, which the registry does not know",

@@ -627,3 +627,36 @@ def test_capture_installed_before_following_existed_is_brought_up_to_date(
     first = _events(settings, "items")[0]
     assert (first.op, first.row) == ("I", {"code": "a", "qty": 1})
     _assert_log_matches_source(settings)
+
+
+def test_a_table_renamed_out_of_capture_loses_its_triggers(tmp_path: Path, drain: Drain) -> None:
+    # (another table stays captured: with none left, the drain says capture is not installed)
+    settings, path = _captured(
+        tmp_path,
+        ITEMS,
+        "CREATE TABLE kept (id INTEGER PRIMARY KEY, k TEXT NOT NULL UNIQUE)",
+        extra='[capture]\ntables = ["item*", "kept"]\n',
+    )
+    drain(settings)
+    _run(path, "INSERT INTO items (code, qty) VALUES ('a', 1)")
+    _run(path, "ALTER TABLE items RENAME TO goods")
+    drain(settings)
+    assert [d.change for d in _definitions(settings, "items")] == ["dropped"]
+    triggers = [name for kind, name in _capture_objects(path) if kind == "trigger"]
+    assert triggers == ["_nkd_2_D", "_nkd_2_I", "_nkd_2_U"]  # kept's only
+    _run(path, "UPDATE goods SET qty = 2")
+    assert _query(path, "SELECT count(*) FROM _nkd_changes") == [(0,)]
+
+
+def test_a_new_table_without_a_key_stops_the_drain_until_configured(tmp_path: Path) -> None:
+    settings, path = _captured(tmp_path)
+    _run(path, "CREATE TABLE events (at TEXT, what TEXT)", "INSERT INTO events VALUES ('t', 'x')")
+    with pytest.raises(NkdError, match="events") as stopped:
+        do_drain(settings)
+    assert "[tables.events]" in (stopped.value.hint or "") + str(stopped.value)
+    configured = settings_for(tmp_path, f"sqlite:///{path}", '[tables.events]\nidentity = "full"\n')
+    do_drain(configured)
+    _run(path, "INSERT INTO events VALUES ('u', 'y')")
+    do_drain(configured)
+    assert [e.op for e in _events(configured, "events")] == ["T", "I", "I"]
+    _assert_log_matches_source(configured)

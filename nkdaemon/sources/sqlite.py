@@ -153,7 +153,7 @@ class SqliteSource:
                 drop_capture(conn, known[name][0])
                 conn.execute("DELETE FROM _nkd_tables WHERE table_name = ?", (name,))
                 retire(conn, known[name][0], name)
-            _refuse_retired_numbers(conn, tables, {n for n, _ in known.values()})
+            _refuse_retired_numbers(conn, tables, {name: n for name, (n, _) in known.items()})
             for spec in tables.values():
                 columns = [c.name for c in spec.columns]
                 previous = known.get(spec.name)
@@ -395,11 +395,12 @@ def _raw_change(
 
 
 def _refuse_retired_numbers(
-    conn: sqlite3.Connection, tables: Mapping[int, TableSpec], installed: set[int]
+    conn: sqlite3.Connection, tables: Mapping[int, TableSpec], installed: Mapping[str, int]
 ) -> None:
     """Install never gives a table a number capture retired: the key index and the log
     know tables by number, and the retired table's history would become this one's."""
-    reused = sorted((retired_numbers(conn) - installed) & set(tables))
+    retired = retired_numbers(conn)
+    reused = sorted(n for n, s in tables.items() if n in retired and installed.get(s.name) != n)
     if reused:
         names = ", ".join(f"{tables[n].name} ({n})" for n in reused)
         raise SourceError(

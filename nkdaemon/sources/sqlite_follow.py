@@ -73,10 +73,21 @@ def follow(conn: sqlite3.Connection, selects: CaptureSelector) -> list[SchemaCha
 
 
 def _source_tables(conn: sqlite3.Connection) -> list[str]:
-    names = (
-        str(r[0])
-        for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
-    )
+    """The application's ordinary tables. Virtual tables (FTS, R*Tree) and their shadow
+    tables are left out: no trigger can be made on the former, and the latter hold what
+    the former derive from other tables."""
+    # PRAGMA table_list (SQLite 3.37) tells them apart; an older SQLite ignores the pragma.
+    listed = conn.execute("PRAGMA main.table_list").fetchall()
+    if listed:
+        names = sorted(str(r[1]) for r in listed if r[2] == "table")
+    else:
+        names = [
+            str(r[0])
+            for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' "
+                "AND sql NOT LIKE 'CREATE VIRTUAL TABLE%' ORDER BY name"
+            )
+        ]
     return [n for n in names if not n.startswith(INTERNAL_PREFIXES)]
 
 

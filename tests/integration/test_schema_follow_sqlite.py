@@ -660,3 +660,13 @@ def test_a_new_table_without_a_key_stops_the_drain_until_configured(tmp_path: Pa
     do_drain(configured)
     assert [e.op for e in _events(configured, "events")] == ["T", "I", "I"]
     _assert_log_matches_source(configured)
+
+
+def test_virtual_tables_and_their_shadow_tables_are_not_captured(tmp_path: Path) -> None:
+    """No trigger can be made on a virtual table, and its shadow tables are derived data."""
+    settings, path = _captured(tmp_path)
+    _run(path, "CREATE VIRTUAL TABLE search USING fts5(body)")
+    _run(path, "INSERT INTO search (body) VALUES ('hello')")
+    with Session(settings, writer=True) as s:
+        assert s.source.follow_schema(capture_selector(("*",), ())) == []
+    assert dict(_query(path, "SELECT table_name, number FROM _nkd_tables")) == {"items": 1}

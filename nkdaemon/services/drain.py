@@ -98,7 +98,7 @@ class Drainer:
         self._source = source
         self._log = log_store
         self._state = state
-        self._shapes = TableShapes(tables)
+        self._shapes = TableShapes(tables, state)
         self._batch_transactions = batch_transactions
         # Which tables capture follows as they appear (None: only the installed ones).
         self._selects: CaptureSelector = selects or (lambda names: [])

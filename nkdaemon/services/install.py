@@ -25,6 +25,7 @@ from nkdaemon.repository.segments import SegmentLog
 from nkdaemon.repository.snapshots import SnapshotWriter
 from nkdaemon.repository.state import Checkpoint, StateStore
 from nkdaemon.services.snapshot import collect_keys, natural_rows
+from nkdaemon.services.table_shapes import remembered_numbers
 from nkdaemon.sources.registry import reflect_registry
 
 log = structlog.get_logger("nkdaemon.install")
@@ -42,8 +43,11 @@ class InstallResult:
 
 
 def known_table_numbers(state: StateStore, source: CaptureSource) -> dict[str, int]:
+    """Table numbers in use or used before (a dropped table's number must never be given
+    to another table: the key index may still hold its rows' keys)."""
+    numbers = remembered_numbers(state)
     raw = state.get_meta("tables")
-    numbers: dict[str, int] = orjson.loads(raw) if raw else {}
+    numbers.update(orjson.loads(raw) if raw else {})
     numbers.update(source.installed_tables())
     return numbers
 
@@ -51,6 +55,8 @@ def known_table_numbers(state: StateStore, source: CaptureSource) -> dict[str, i
 def load_registry(engine: Engine, settings: Settings, source: CaptureSource) -> Registry:
     """The registry of the tables capture is installed on (numbers as the triggers know them)."""
     installed = source.installed_tables()
+    if not installed and source.installation_id() is not None:
+        return Registry(tables={})  # every captured table was dropped: capture goes on
     if not installed:
         raise NotInstalledError(
             "capture is not installed in the source database", hint="run `nkdaemon install` first"

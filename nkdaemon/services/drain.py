@@ -117,6 +117,7 @@ class Drainer:
         self._pass: tuple[int, str] = (0, "")  # this pass's fence and the time before it
         self._gap: tuple[int, int] | None = None
         self._opened = False
+        self._stopped = False
 
     # --- opening: recovery --------------------------------------------------------------
 
@@ -140,6 +141,8 @@ class Drainer:
         )
         if end.last_lsn < checkpoint.lsn:
             self._record_gap(end.last_lsn + 1, checkpoint)
+        # Read once: kept in memory, written only when it changes (not on every pass).
+        self._stopped = bool(self._state.get_meta("capture_stopped"))
         self._opened = True
 
     def _record_gap(self, first_lost: int, checkpoint: Checkpoint) -> None:
@@ -182,8 +185,9 @@ class Drainer:
             after = self._stream(after, self._log_position, result)
         while after < fence:
             after = self._stream(after, fence, result)
-        if self._state.get_meta("capture_stopped"):
+        if self._stopped:
             self._state.set_meta("capture_stopped", "")
+            self._stopped = False
         if self._complete_through != started:  # a quiet pass: nothing flushed it
             self._commit(dataclasses.replace(self._state.checkpoint(), complete_through=started))
             self._complete_through = started
@@ -215,6 +219,7 @@ class Drainer:
                 self._abort()
                 # Kept for `status` (another process) until a pass gets through again.
                 self._state.set_meta("capture_stopped", f"{exc.message} ({exc.hint})")
+                self._stopped = True
                 raise
             except BaseException:
                 self._abort()

@@ -232,6 +232,7 @@ class Drainer:
             self._log.rollback()
         finally:  # the key index must never keep a failed batch's keys
             self._state.rollback()
+            self._shapes.rollback()  # nor the shapes the batch moved tables to
             self._log_position = self._flushed_log_position
         return self._state.checkpoint().position
 
@@ -383,9 +384,12 @@ class Drainer:
         self._shapes.refresh(None)
 
     def _schema_change(self, tx: _Tx, translator: Translator, change: SchemaChange) -> None:
-        """Log the table's definition from this point of the transaction on."""
-        definition = self._shapes.definition_of(change)
-        translator.schema_changed(change.table, baseline=change.baseline)
+        """Log the table's definition from this point of the transaction on; its later
+        changes are read in the shape it gives."""
+        definition = self._shapes.apply(change)
+        translator.schema_changed(
+            change.table, baseline=change.baseline, spec=self._shapes.tables.get(change.table)
+        )
         if not tx.append:
             return
         tx.pending.extend(translator.ready())

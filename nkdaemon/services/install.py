@@ -25,7 +25,11 @@ from nkdaemon.repository.segments import SegmentLog
 from nkdaemon.repository.snapshots import SnapshotWriter
 from nkdaemon.repository.state import Checkpoint, StateStore
 from nkdaemon.services.snapshot import collect_keys, natural_rows
-from nkdaemon.services.table_shapes import remembered_numbers
+from nkdaemon.services.table_shapes import (
+    remember_tables,
+    remembered_numbers,
+    remembered_tables,
+)
 from nkdaemon.sources.registry import reflect_registry
 
 log = structlog.get_logger("nkdaemon.install")
@@ -114,6 +118,9 @@ def install(
     point: SnapshotPoint = snapshot["point"]
     state.set_meta("tables", orjson.dumps({s.name: n for n, s in registry.tables.items()}).decode())
     state.set_meta("installation_id", installation)
+    # The drain reads the queue with these specs from here on; tables no longer captured
+    # stay known (their changes queued before may still be drained).
+    remember_tables(state, {**remembered_tables(state), **registry.tables})
     if rebaseline:
         log_lsn = _write_epoch(state, log_store, installation, point)
         source.delete_through(baseline)

@@ -72,12 +72,7 @@ class Translator:
         # Resolved nested keys of referenced rows, shared by the events that name them.
         # Dropped when a row whose key others' keys contain is renamed or deleted.
         self._resolved: dict[tuple[int, Any], NaturalKey] = {}
-        self._nested = {
-            self._numbers[p.foreign_key.ref_table]
-            for spec in tables.values()
-            for p in spec.key_parts
-            if p.foreign_key is not None and not p.foreign_key.by_natural_key
-        }
+        self._nested = self._nested_tables()
         self._tombstones: dict[tuple[int, Sid], ShallowKey] = {}
         self._buffer: list[ChangeEvent | _Unfinished] = []
         self._pending_count = 0
@@ -85,13 +80,27 @@ class Translator:
         # it is whole, since what it lacks must be deleted before anything else is written).
         self._baselines: dict[int, dict[Any, dict[str, Any]]] = {}
 
-    def schema_changed(self, table: int, *, baseline: bool) -> None:
-        """A table changed shape here; with ``baseline``, every row of it follows as a "B"
-        change. A table nothing refers to is logged as a truncate and the rows' inserts;
-        a referenced one (whose rows others' keys may name) as an update of each row the
-        index knows, an insert of each it does not, and a delete of each it knows that the
-        baseline lacks, so its rows keep their identity through the change."""
+    def _nested_tables(self) -> set[int]:
+        return {
+            self._numbers[p.foreign_key.ref_table]
+            for spec in self._tables.values()
+            for p in spec.key_parts
+            if p.foreign_key is not None and not p.foreign_key.by_natural_key
+        }
+
+    def schema_changed(self, table: int, *, baseline: bool, spec: TableSpec | None = None) -> None:
+        """A table changed shape here (its rows are read with ``spec`` from now on); with
+        ``baseline``, every row of it follows as a "B" change. A table nothing refers to
+        is logged as a truncate and the rows' inserts; a referenced one (whose rows
+        others' keys may name) as an update of each row the index knows, an insert of each
+        it does not, and a delete of each it knows that the baseline lacks, so its rows
+        keep their identity through the change."""
         self._close_baselines()
+        if spec is not None and spec != self._tables.get(table):
+            self._tables[table] = spec
+            self._numbers[spec.name] = table
+            self._skip.pop(table, None)
+            self._nested = self._nested_tables()
         if not baseline:
             return
         spec = self._tables[table]

@@ -33,11 +33,13 @@ from collections.abc import Sequence
 
 import orjson
 
+from nkdaemon.core.errors import SourceError
 from nkdaemon.core.ports import CaptureSelector, SchemaChange
 from nkdaemon.sources.sqlite_capture import (
     capture_table,
     drop_triggers,
     has_table,
+    queue_position,
     quote,
     record_layout,
     retire,
@@ -202,15 +204,26 @@ def _seq_of(conn: sqlite3.Connection) -> int:
 
 
 def _baseline(conn: sqlite3.Connection, number: int, name: str, columns: list[str]) -> None:
-    """Every row of the table now, as op 'B' entries right after its schema change."""
-    selected = ", ".join(quote(c) for c in columns)
+    """Every row of the table now, as op 'B' entries right after its schema change.
+
+    In two statements (the write lock is held meanwhile): the queue entries, whose seqs
+    are consecutive since nothing else writes, then the rows' values under those seqs."""
+    start = queue_position(conn)
+    table = quote(name)
+    cursor = conn.execute(
+        f"INSERT INTO _nkd_changes (tbl, op) SELECT ?, 'B' FROM {table}", (number,)
+    )
+    if queue_position(conn) != start + cursor.rowcount:
+        raise SourceError(
+            f"the change list's seqs for the baseline of {name!r} are not consecutive"
+        )
     slots = ", ".join(f"n{i}" for i in range(len(columns)))
-    marks = ", ".join("?" for _ in range(len(columns) + 1))
-    insert = f"INSERT INTO {quote(f'_nkd_rows_{number}')} (seq, {slots}) VALUES ({marks})"
-    rows = conn.execute(f"SELECT {selected} FROM {quote(name)}").fetchall()
-    for row in rows:
-        cursor = conn.execute("INSERT INTO _nkd_changes (tbl, op) VALUES (?, 'B')", (number,))
-        conn.execute(insert, (cursor.lastrowid, *row))
+    selected = ", ".join(quote(c) for c in columns)
+    conn.execute(
+        f"INSERT INTO {quote(f'_nkd_rows_{number}')} (seq, {slots}) "
+        f"SELECT ? + row_number() OVER (), {selected} FROM {table}",
+        (start,),
+    )
 
 
 def _json(columns: Sequence[str]) -> str:

@@ -15,6 +15,10 @@ CREATE TABLE IF NOT EXISTS _nkd_layouts (
 INSERT OR IGNORE INTO _nkd_layouts (number, since_seq, columns)
 SELECT number, 0, columns FROM _nkd_tables;
 
+-- The table's indexes when capture last looked (JSON; NULL: not noted yet): an index
+-- made or dropped changes the table's definition (queued without a baseline).
+ALTER TABLE _nkd_tables ADD COLUMN indexes TEXT;
+
 -- A schema change, queued in _nkd_changes as op 'S' at this seq. columns: the JSON list
 -- after the change (NULL: dropped); renamed: JSON [[old, new], ...]; baseline: whether every
 -- row of the table follows as op 'B' entries (values in the shadow's n-slots).

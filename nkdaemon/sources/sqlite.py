@@ -52,6 +52,7 @@ from nkdaemon.sources.sqlite_follow import (
     forget_through,
     retired_numbers,
     schema_changes,
+    table_indexes,
 )
 
 WINDOW = 5000
@@ -170,6 +171,10 @@ class SqliteSource:
                         "columns = excluded.columns",
                         (spec.number, spec.name, orjson.dumps(columns).decode()),
                     )
+                conn.execute(
+                    "UPDATE _nkd_tables SET indexes = ? WHERE number = ?",
+                    (table_indexes(conn, spec.name), spec.number),
+                )
             point = self._point(conn)
             seed(point, lambda spec: self._table_rows(conn, spec))
         return installation, point.position

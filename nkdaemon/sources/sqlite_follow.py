@@ -52,19 +52,19 @@ def follow(conn: sqlite3.Connection, selects: CaptureSelector) -> list[SchemaCha
     """Inside the caller's write transaction: bring capture in line with the tables now
     and queue what changed, in the order dropped, altered or recaptured, created."""
     captured = {
-        str(name): (int(number), list(orjson.loads(columns)))
-        for name, number, columns in conn.execute(
-            "SELECT table_name, number, columns FROM _nkd_tables ORDER BY number"
+        str(name): (int(number), list(orjson.loads(columns)), indexes)
+        for name, number, columns, indexes in conn.execute(
+            "SELECT table_name, number, columns, indexes FROM _nkd_tables ORDER BY number"
         )
     }
     present = _source_tables(conn)
     queued: list[SchemaChange] = []
-    for name, (number, _) in captured.items():
+    for name, (number, _, _) in captured.items():
         if name not in present:
             queued.append(_dropped(conn, number, name))
-    for name, (number, recorded) in captured.items():
+    for name, (number, recorded, indexes) in captured.items():
         if name in present:
-            change = _changed(conn, number, name, recorded)
+            change = _changed(conn, number, name, recorded, indexes)
             if change is not None:
                 queued.append(change)
     candidates = [n for n in present if n not in captured]
@@ -111,21 +111,44 @@ def _has_triggers(conn: sqlite3.Connection, number: int, name: str) -> bool:
 
 
 def _changed(
-    conn: sqlite3.Connection, number: int, name: str, recorded: list[str]
+    conn: sqlite3.Connection, number: int, name: str, recorded: list[str], indexes: str | None
 ) -> SchemaChange | None:
     now = table_columns(conn, name)
+    indexes_now = table_indexes(conn, name)
     if not _has_triggers(conn, number, name):
         kind = "recaptured"
     elif now != recorded:
         kind = "altered"
+    elif indexes not in (None, indexes_now):
+        # An index made or dropped: the definition changes, no value does (no baseline).
+        _record(conn, number, now, indexes_now)
+        return _queue(conn, number, name, now, kind="altered", baseline=False)
     else:
+        if indexes is None:  # recorded by a capture schema before version 3: note it now
+            _record(conn, number, now, indexes_now)
         return None
     drop_triggers(conn, number)
     change = _queue(conn, number, name, now, kind=kind)
     _capture(conn, number, name, now, since=_seq_of(conn))
-    conn.execute("UPDATE _nkd_tables SET columns = ? WHERE number = ?", (_json(now), number))
+    _record(conn, number, now, indexes_now)
     _baseline(conn, number, name, now)
     return change
+
+
+def table_indexes(conn: sqlite3.Connection, name: str) -> str:
+    """The table's indexes (name, columns, unique, partial) as JSON, for the definition."""
+    found = []
+    for _, index, unique, _, partial in conn.execute(f"PRAGMA index_list({quote(name)})"):
+        info = conn.execute(f"PRAGMA index_info({quote(str(index))})").fetchall()
+        found.append([str(index), [r[2] for r in info], bool(unique), bool(partial)])
+    return orjson.dumps(sorted(found)).decode()
+
+
+def _record(conn: sqlite3.Connection, number: int, columns: list[str], indexes: str) -> None:
+    conn.execute(
+        "UPDATE _nkd_tables SET columns = ?, indexes = ? WHERE number = ?",
+        (_json(columns), indexes, number),
+    )
 
 
 def _dropped(conn: sqlite3.Connection, number: int, name: str) -> SchemaChange:
@@ -144,8 +167,8 @@ def _created(conn: sqlite3.Connection, name: str) -> SchemaChange:
     change = _queue(conn, number, name, columns, kind="created")
     _capture(conn, number, name, columns, since=_seq_of(conn))
     conn.execute(
-        "INSERT INTO _nkd_tables (number, table_name, columns) VALUES (?, ?, ?)",
-        (number, name, _json(columns)),
+        "INSERT INTO _nkd_tables (number, table_name, columns, indexes) VALUES (?, ?, ?, ?)",
+        (number, name, _json(columns), table_indexes(conn, name)),
     )
     _baseline(conn, number, name, columns)
     return change
@@ -170,15 +193,22 @@ def _capture(
 
 
 def _queue(
-    conn: sqlite3.Connection, number: int, name: str, columns: list[str] | None, *, kind: str
+    conn: sqlite3.Connection,
+    number: int,
+    name: str,
+    columns: list[str] | None,
+    *,
+    kind: str,
+    baseline: bool = True,
 ) -> SchemaChange:
-    """The op 'S' queue entry of a schema change noticed now."""
+    """The op 'S' queue entry of a schema change noticed now (``baseline``: every row
+    follows it; never for a dropped table)."""
     change = SchemaChange(
         table=number,
         name=name,
         columns=None if columns is None else tuple(columns),
         kind=kind,
-        baseline=columns is not None,
+        baseline=baseline and columns is not None,
         command="detected",
     )
     cursor = conn.execute("INSERT INTO _nkd_changes (tbl, op) VALUES (?, 'S')", (number,))

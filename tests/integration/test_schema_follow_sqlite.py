@@ -603,6 +603,7 @@ def test_capture_installed_before_following_existed_is_brought_up_to_date(
         "DROP TABLE _nkd_layouts",
         "DROP TABLE _nkd_schema_changes",
         "DROP TABLE _nkd_retired",
+        "ALTER TABLE _nkd_tables DROP COLUMN indexes",
         "DELETE FROM _nkd_schema_version WHERE version = 3",
     )
     _run(path, "INSERT INTO items (code, qty) VALUES ('a', 1)")
@@ -655,3 +656,24 @@ def test_virtual_tables_and_their_shadow_tables_are_not_captured(tmp_path: Path)
     with Session(settings, writer=True) as s:
         assert s.source.follow_schema(capture_selector(("*",), ())) == []
     assert dict(_query(path, "SELECT table_name, number FROM _nkd_tables")) == {"items": 1}
+
+
+def test_an_index_made_or_dropped_is_logged_as_a_definition_without_a_baseline(
+    tmp_path: Path, drain: Drain
+) -> None:
+    settings, path = _captured(tmp_path)
+    _run(path, "INSERT INTO items (code, qty) VALUES ('a', 1)")
+    drain(settings)
+    _run(path, "CREATE UNIQUE INDEX items_qty ON items (qty)")
+    drain(settings)
+    (made,) = _definitions(settings, "items")
+    assert made.change == "altered" and made.definition is not None
+    assert {"name": "items_qty", "columns": ["qty"], "unique": True} in made.definition["indexes"]
+    assert [e.op for e in _events(settings, "items")] == ["I"]  # no baseline: no value changed
+    assert made.definition["key"] == [{"column": "code"}]  # rows keep the key they had
+    _run(path, "DROP INDEX items_qty")
+    drain(settings)
+    dropped = _definitions(settings, "items")[-1]
+    assert dropped.definition is not None
+    assert all(i["name"] != "items_qty" for i in dropped.definition["indexes"])
+    _assert_log_matches_source(settings)

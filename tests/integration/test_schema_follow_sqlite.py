@@ -523,6 +523,8 @@ Step = tuple[str, Any]
 steps = st.lists(
     st.one_of(
         st.tuples(st.just("add"), st.sampled_from(["red", "blue", None])),
+        st.tuples(st.just("add and write"), st.integers(0, 9)),
+        st.tuples(st.just("rename"), st.integers(0, 5)),
         st.tuples(st.just("drop"), st.integers(0, 5)),
         st.tuples(st.just("insert"), st.integers(0, 9)),
         st.tuples(st.just("update"), st.integers(0, 99)),
@@ -542,6 +544,22 @@ def _apply(path: Path, step: Step, extra: list[str], serial: list[int]) -> None:
         default = "NULL" if arg is None else f"'{arg}'"
         _run(path, f"ALTER TABLE items ADD COLUMN {name} TEXT DEFAULT {default}")
         extra.append(name)
+    elif kind == "add and write":  # in the transaction of the ALTER
+        serial[0] += 1
+        name = f"c{serial[0]}"
+        _run(
+            path,
+            f"ALTER TABLE items ADD COLUMN {name} TEXT",
+            f"UPDATE items SET {name} = 'w{arg}', qty = {arg} WHERE code = 'k{arg}'",
+            f"INSERT OR IGNORE INTO items (code, qty, {name}) VALUES ('k{arg}', 0, 'n{arg}')",
+        )
+        extra.append(name)
+    elif kind == "rename" and extra:
+        serial[0] += 1
+        index = arg % len(extra)
+        new_name = f"c{serial[0]}"
+        _run(path, f"ALTER TABLE items RENAME COLUMN {extra[index]} TO {new_name}")
+        extra[index] = new_name
     elif kind == "drop" and extra:
         gone = extra.pop(arg % len(extra))
         keep = ["id", "code", "qty", *extra]
@@ -676,4 +694,22 @@ def test_an_index_made_or_dropped_is_logged_as_a_definition_without_a_baseline(
     dropped = _definitions(settings, "items")[-1]
     assert dropped.definition is not None
     assert all(i["name"] != "items_qty" for i in dropped.definition["indexes"])
+    _assert_log_matches_source(settings)
+
+
+def test_tables_and_columns_with_awkward_names_are_followed(tmp_path: Path, drain: Drain) -> None:
+    settings, path = _captured(tmp_path)
+    drain(settings)
+    _run(
+        path,
+        'CREATE TABLE "odd ""name"" table" (id INTEGER PRIMARY KEY, '
+        '"key; col" TEXT NOT NULL UNIQUE, "select" INTEGER)',
+        'INSERT INTO "odd ""name"" table" ("key; col", "select") VALUES (\'a\', 1)',
+    )
+    drain(settings)
+    _run(path, 'ALTER TABLE "odd ""name"" table" ADD COLUMN "it\'s" TEXT DEFAULT \'x\'')
+    _run(path, 'UPDATE "odd ""name"" table" SET "select" = 2, "it\'s" = \'y\'')
+    drain(settings)
+    last = _events(settings, 'odd "name" table')[-1]
+    assert last.row == {"key; col": "a", "select": 2, "it's": "y"}
     _assert_log_matches_source(settings)

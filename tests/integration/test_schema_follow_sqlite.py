@@ -7,7 +7,10 @@ log replays to, which must equal the table's rows now.
 
 from __future__ import annotations
 
+import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,7 +30,7 @@ from nkdaemon.runtime.config import Settings
 from nkdaemon.runtime.session import Session
 from nkdaemon.services.drain import DrainResult
 from nkdaemon.services.install import load_registry
-from tests.helpers import do_drain, do_install, logged, run_cli, settings_for, truth
+from tests.helpers import ROOT, do_drain, do_install, logged, run_cli, settings_for, truth
 
 ITEMS = "CREATE TABLE items (id INTEGER PRIMARY KEY, code TEXT NOT NULL UNIQUE, qty INTEGER)"
 
@@ -713,3 +716,34 @@ def test_tables_and_columns_with_awkward_names_are_followed(tmp_path: Path, drai
     last = _events(settings, 'odd "name" table')[-1]
     assert last.row == {"key; col": "a", "select": 2, "it's": "y"}
     _assert_log_matches_source(settings)
+
+
+@pytest.mark.parametrize("stage", ["log_synced", "state_committed", "queue_deleted"])
+def test_a_drain_killed_after_a_schema_change_loses_and_doubles_nothing(
+    tmp_path: Path, stage: str
+) -> None:
+    """SIGKILL at each step of the batch that carries a schema change and its baseline;
+    the next drain makes the log whole, with the change logged once."""
+    settings, path = _captured(tmp_path)
+    _run(path, "INSERT INTO items (code, qty) VALUES ('a', 1), ('b', 2)")
+    do_drain(settings)
+    _run(
+        path,
+        "ALTER TABLE items ADD COLUMN color TEXT DEFAULT 'grey'",
+        "UPDATE items SET color = 'red' WHERE code = 'a'",
+    )
+    _run(path, "INSERT INTO items (code, qty, color) VALUES ('c', 3, 'blue')")
+    killed = subprocess.run(
+        [sys.executable, "tests/crash_drain.py", str(tmp_path / "nkdaemon.toml"), stage, "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    _run(path, "UPDATE items SET color = 'green' WHERE code = 'b'")
+    do_drain(settings)
+    assert [d.change for d in _definitions(settings, "items")] == ["altered"]
+    _assert_log_matches_source(settings)
+    assert _query(path, "SELECT count(*) FROM _nkd_changes") == [(0,)]

@@ -18,6 +18,9 @@ What is noticed, and how:
 - a captured table gone, or renamed away ("dropped"): its number is retired, never reused;
   its queued changes stay readable until drained. A rename's new name is a new table.
 - a table ``[capture]`` selects, not captured yet ("created"), with its rows as a baseline.
+  Virtual tables and their shadow tables are never picked.
+- an index made or dropped: "altered" with the same columns and no baseline (the log's
+  definition lists the table's indexes; the rows keep the key they had).
 
 Generated columns are captured like the others (reflection lists them too): their values
 are what the application reads. Writes made between the DDL and the pass are captured with

@@ -387,10 +387,14 @@ class Drainer:
         """Log the table's definition from this point of the transaction on; its later
         changes are read in the shape it gives."""
         definition = self._shapes.apply(change)
+        seed = change.kind == "referenced"  # its shape is the same: no definition logged
         translator.schema_changed(
-            change.table, baseline=change.baseline, spec=self._shapes.tables.get(change.table)
+            change.table,
+            baseline=change.baseline,
+            spec=self._shapes.tables.get(change.table),
+            seed=seed,
         )
-        if not tx.append:
+        if not tx.append or seed:
             return
         tx.pending.extend(translator.ready())
         tx.definitions.append(

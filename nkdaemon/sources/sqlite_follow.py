@@ -72,9 +72,23 @@ def follow(conn: sqlite3.Connection, selects: CaptureSelector) -> list[SchemaCha
                 queued.append(change)
     candidates = [n for n in present if n not in captured]
     chosen = set(selects(candidates)) & set(candidates)
+    # A captured table nothing referred to has no rows in the drain's key index: one a new
+    # table refers to is queued first with a baseline that only seeds it ("referenced").
+    referred = {t for n in captured if n in present for t in _references(conn, n)}
     for name in (n for n in candidates if n in chosen):
+        for target in _references(conn, name):
+            if target in captured and target in present and target not in referred:
+                referred.add(target)
+                columns = table_columns(conn, target)
+                queued.append(_queue(conn, captured[target][0], target, columns, kind="referenced"))
+                _baseline(conn, captured[target][0], target, columns)
         queued.append(_created(conn, name))
     return queued
+
+
+def _references(conn: sqlite3.Connection, name: str) -> set[str]:
+    """The tables ``name``'s foreign keys refer to."""
+    return {str(row[2]) for row in conn.execute(f"PRAGMA foreign_key_list({quote(name)})")}
 
 
 def _source_tables(conn: sqlite3.Connection) -> list[str]:

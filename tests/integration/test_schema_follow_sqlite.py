@@ -336,13 +336,6 @@ def test_a_new_table_referencing_a_captured_one_is_captured_with_its_rows(
     assert 'insert   {"no": "o1", "item_id": {"code": "a"}}' in history.output
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the drain's key index holds the rows of referenced tables only; a table that "
-    "becomes referenced by a new table has none indexed, so the new table's references "
-    "cannot be named (CaptureError). Needs the drain or translator to seed the index of a "
-    "newly referenced table (see the report)",
-)
 def test_a_new_table_referencing_an_unreferenced_captured_table(
     tmp_path: Path, drain: Drain
 ) -> None:

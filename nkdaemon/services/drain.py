@@ -172,7 +172,11 @@ class Drainer:
         # (never earlier than a time already recorded, should the clock step back).
         now = datetime.now(UTC).isoformat(timespec="microseconds")
         started = _later(now, self._complete_through) or now
-        self._follow_schema()
+        try:
+            self._follow_schema()
+        except CaptureError as exc:
+            self._stopped_by(exc)
+            raise
         with self._fence_guard():
             fence = self._source.fence()
             self._cuts = self._cuts_of()
@@ -217,14 +221,17 @@ class Drainer:
                 self._shapes.refresh(drift)
             except CaptureError as exc:
                 self._abort()
-                # Kept for `status` (another process) until a pass gets through again.
-                self._state.set_meta("capture_stopped", f"{exc.message} ({exc.hint})")
-                self._stopped = True
+                self._stopped_by(exc)
                 raise
             except BaseException:
                 self._abort()
                 raise
         raise AssertionError("unreachable")
+
+    def _stopped_by(self, exc: CaptureError) -> None:
+        # Kept for `status` (another process) until a pass gets through again.
+        self._state.set_meta("capture_stopped", f"{exc.message} ({exc.hint})")
+        self._stopped = True
 
     def _abort(self) -> int:
         """Forget the batch in hand; return the position the repository has made durable."""

@@ -18,6 +18,7 @@ import orjson
 import structlog
 
 from nkdaemon.core.definitions import spec_after_change, spec_from_json, spec_to_json
+from nkdaemon.core.errors import CaptureError, SchemaError
 from nkdaemon.core.keys import ColumnSpec, TableSpec, replace_spec
 from nkdaemon.core.ports import SchemaChange, SchemaDrift
 from nkdaemon.repository.state import StateStore
@@ -34,7 +35,7 @@ class TableShapes:
     def __init__(
         self, load: Callable[[], dict[int, TableSpec]], state: StateStore | None = None
     ) -> None:
-        self._load_tables = load
+        self._load = load
         self._state = state
         self.tables: dict[int, TableSpec] = {}
         self._live: set[int] = set()
@@ -77,6 +78,14 @@ class TableShapes:
         may be what failed)."""
         if self._state is not None:
             self._arrange(self._recalled(), {})
+
+    def _load_tables(self) -> dict[int, TableSpec]:
+        """The captured tables as reflected now. A table the rules can no longer capture
+        (its natural key's columns gone) stops capture, loudly, until configured."""
+        try:
+            return self._load()
+        except SchemaError as exc:
+            raise CaptureError(exc.message, hint=exc.hint) from None
 
     # --- keeping them --------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nkdaemon.core.errors import NkdError, SourceError
+from nkdaemon.core.errors import CaptureError, NkdError, SourceError
 from nkdaemon.core.key_rules import capture_selector
 from nkdaemon.core.keys import replace_spec
 from nkdaemon.core.log import ChangeEvent, Definition
@@ -461,11 +461,13 @@ def test_a_dropped_natural_key_stops_the_drain_and_keeps_the_queue(
     queued = _query(path, "SELECT seq FROM _nkd_changes")
     _rebuild(path, "CREATE TABLE items (id INTEGER PRIMARY KEY, qty INTEGER)", "id, qty")
     for _ in range(2):  # every pass says so, none deletes anything
-        with pytest.raises(NkdError, match="items") as stopped:
+        with pytest.raises(CaptureError, match="items") as stopped:
             drain(settings)
         assert stopped.value.hint
         remaining = _query(path, "SELECT seq FROM _nkd_changes")
         assert set(queued) <= set(remaining)
+        with Session(settings, writer=False) as s:  # what `status` reports, from the first pass
+            assert "items" in (s.state.get_meta("capture_stopped") or "")
     assert _events(settings, "items") == []
 
 

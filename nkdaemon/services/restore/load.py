@@ -7,12 +7,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Generic
 
+from nkdaemon.core.fold import LogFold
 from nkdaemon.core.keys import ForeignKeySpec, NaturalKey
 from nkdaemon.core.log import LoggedTransaction
 from nkdaemon.core.ports import Address, RestoreTarget, TableT
 from nkdaemon.core.replay import fold_state
 from nkdaemon.core.restore_plan import InsertOrder
 from nkdaemon.core.restore_runs import Keyed, Row, in_column_order, show_key
+from nkdaemon.core.shapes import fold_in_shape, missing_values, project_row
 from nkdaemon.repository.segments import SegmentLog
 from nkdaemon.repository.snapshots import SnapshotInfo, TableFile, read_table, read_table_batches
 from nkdaemon.services.restore.plan import (
@@ -63,6 +65,7 @@ class Loader(Generic[TableT]):
         self.report = report
         self.progress = progress
         self.refuse_missing_references = False
+        self.shaped = False  # fold in the instant's shape (core/shapes.py)
 
     # --- a snapshot into empty tables ---------------------------------------------------
 
@@ -144,7 +147,7 @@ class Loader(Generic[TableT]):
     def load_state(self, order: InsertOrder) -> None:
         """Write the state at T, folded from the snapshot and the log, over the target's
         rows by natural key; rows of the closure are only added where missing."""
-        state = fold_state(self.plan.context, self._snapshot_events(), self._counted_log())
+        state = self._state()
         needed = state.referenced_closure(self.selected)
         if self.refuse_missing_references:
             self._refuse_missing(needed)
@@ -154,7 +157,11 @@ class Loader(Generic[TableT]):
             if name not in self.selected:
                 self._add_missing(table, needed.get(name, []), deferred)
             elif table.spec.full_row_identity:
-                rows = [row for _k, row, count in state.rendered(name) for _ in range(count)]
+                rows = [
+                    project_row(table.spec, row)
+                    for _k, row, count in state.rendered(name)
+                    for _ in range(count)
+                ]
                 self._claim_whole_rows(table, rows)
             else:
                 items = [(key, row) for key, row, _count in state.rendered(name)]
@@ -164,6 +171,28 @@ class Loader(Generic[TableT]):
                     self.progress("load", len(chunk))
             self.writer.apply_deferred(partial=True)
         self.writer.apply_deferred()
+
+    def _state(self) -> LogFold:
+        """The state at T: folded in T's shape when shapes changed or the target is
+        narrower (what cannot be written is counted into the report), else as it is."""
+        if not self.shaped:
+            return fold_state(self.plan.context, self._snapshot_events(), self._counted_log())
+        assert self.plan.shapes is not None
+        state, walk = fold_in_shape(self.plan.shapes, self._snapshot_events(), self._counted_log())
+        narrowed = {
+            name: [
+                c.name for c in spec.columns if c.name not in self.tables[name].spec.column_index
+            ]
+            for name, spec in ((s.name, s) for s in self.plan.context)
+            if name in self.tables
+        }
+        written = [s for s in self.plan.context if s.name in self.tables]
+        lacking, dropped = missing_values(state, written, narrowed)
+        report = self.report
+        report.lacking_values = {k: n for k, n in lacking.items() if k[0] in self.selected}
+        report.dropped_values = {k: n for k, n in dropped.items() if k[0] in self.selected}
+        report.unplaced_values = {k: n for k, n in walk.unplaced.items() if k[0] in self.selected}
+        return state
 
     def _snapshot_events(self) -> Iterator[tuple[str, NaturalKey, Row]]:
         snapshot = self.plan.snapshot

@@ -393,7 +393,7 @@ def missing_values(
     held: Counter[ColumnRef] = Counter()
     for spec in specs:
         fields = _fields(spec)
-        counted = _counted_fields(spec, columns.get(spec.name, ()))
+        counted = list(_counted_fields(spec, columns.get(spec.name, ())))
         for _key, row, count in state.rendered(spec.name):
             for field in fields:
                 if field not in row:

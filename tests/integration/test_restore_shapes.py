@@ -10,21 +10,25 @@ into today's schema, with and without --ignore-missing-columns.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import sqlalchemy as sa
 
 from nkdaemon.core.definitions import spec_to_json
 from nkdaemon.core.keys import ColumnSpec, ForeignKeySpec, KeyPart, TableSpec, make_table_spec
+from nkdaemon.core.legacy import ModelMap
 from nkdaemon.core.log import ChangeEvent, Commit, Definition
 from nkdaemon.repository.layout import RepositoryLayout
 from nkdaemon.repository.segments import SegmentLog
 from nkdaemon.repository.snapshots import SnapshotWriter
+from nkdaemon.services.export import export_fixture
 from nkdaemon.services.restore import (
     RestoreError,
     Restorer,
@@ -421,3 +425,27 @@ def test_a_value_the_log_lacks_is_said_not_dropped_silently(
     assert out.exit_code == 0, out.output
     assert "the log holds no value of owners.color for 2 rows" in out.output
     assert "the log holds 1 values of owners.size" in out.output
+
+
+def _exported(repo: Repo, at: datetime) -> dict[str, dict[str, Any]]:
+    layout = RepositoryLayout(repo.root)
+    log = SegmentLog(layout.log_dir)
+    plan = plan_restore(
+        snapshots_dir=layout.snapshots_dir, log_store=log, at=at, last_logged=T0 + timedelta(1)
+    )
+    out = io.BytesIO()
+    labels = ModelMap(explicit={f"app.{name}": name for name in KEYS})
+    export_fixture(plan=plan, log_store=log, model_map=labels, out=out)
+    objects = orjson.loads(out.getvalue())
+    return {o["fields"][KEYS[o["model"].split(".")[-1]]]: o["fields"] for o in objects}
+
+
+def test_export_gives_the_rows_in_the_shape_at_the_time(repo: Repo) -> None:
+    for at, truth in (repo.instants[3], repo.instants[6], repo.instants[-1]):
+        fields = _exported(repo, at)
+        for key, row in truth.tables["items"].items():
+            want = {c: v for c, v in row.items() if c != "owner_id"}
+            got = {c: v for c, v in fields[key].items() if c != "owner"}
+            assert got == want, f"{key} at {at.isoformat()}"
+        assert ("t1" in fields) == ("tags" in truth.tables)
+        assert ("l1" in fields) == ("legacy" in truth.tables)

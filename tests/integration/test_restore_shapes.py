@@ -20,7 +20,9 @@ from typing import Any
 import orjson
 import pytest
 import sqlalchemy as sa
+from click.testing import CliRunner
 
+from nkdaemon.cli import cli
 from nkdaemon.core.definitions import spec_to_json
 from nkdaemon.core.keys import ColumnSpec, ForeignKeySpec, KeyPart, TableSpec, make_table_spec
 from nkdaemon.core.legacy import ModelMap
@@ -28,6 +30,7 @@ from nkdaemon.core.log import ChangeEvent, Commit, Definition
 from nkdaemon.repository.layout import RepositoryLayout
 from nkdaemon.repository.segments import SegmentLog
 from nkdaemon.repository.snapshots import SnapshotWriter
+from nkdaemon.repository.state import Checkpoint
 from nkdaemon.services.export import export_fixture
 from nkdaemon.services.restore import (
     RestoreError,
@@ -166,7 +169,16 @@ class Builder:
                 events=tuple(self.events),
             )
         )
-        self.log.sync()
+        segment, offset = self.log.sync()
+        self.log.publish_end(  # the durable end, as a drain records it
+            Checkpoint(
+                lsn=self.lsn,
+                position=self.lsn,
+                segment=segment,
+                offset=offset,
+                commit_time=moment.isoformat(),
+            )
+        )
         self.events, self.definitions = [], []
         self.instants.append((moment, self.truth.copy()))
 
@@ -449,3 +461,24 @@ def test_export_gives_the_rows_in_the_shape_at_the_time(repo: Repo) -> None:
             assert got == want, f"{key} at {at.isoformat()}"
         assert ("t1" in fields) == ("tags" in truth.tables)
         assert ("l1" in fields) == ("legacy" in truth.tables)
+
+
+def test_the_cli_refuses_then_lists_the_left_out_values_by_table_and_column(
+    repo: Repo, tmp_path: Path
+) -> None:
+    config = write_config(repo.root.parent, f"sqlite:///{tmp_path / 'source.db'}")
+    url = f"sqlite:///{tmp_path / 'today.db'}"
+    _today(url)
+    at = repo.instants[3][0].isoformat()
+    args = ["restore", "--target", url, "--at", at, "--table", "owners", "--table", "items"]
+    refused = CliRunner().invoke(cli, ["--config", str(config), *args])
+    assert refused.exit_code == 1
+    assert "items has no column b, color" in refused.output
+    assert "--ignore-missing-columns" in refused.output
+    done = run_cli(config, *args, "--ignore-missing-columns")
+    assert done.exit_code == 0, done.output
+    assert "dropped 3 non-NULL values of items.b" in done.output
+    assert "dropped 3 non-NULL values of items.color" in done.output
+    assert "lacks column b, color; validation compared the other columns only" in done.output
+    assert "items: column c is not in the restored instant" in done.output
+    assert "schema changes on the way" in done.output

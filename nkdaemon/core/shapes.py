@@ -167,6 +167,21 @@ class ShapeWalk:
             name: _fields(spec) for name, spec in (specs or {}).items() if name in self._final
         }
         self.unplaced: Counter[ColumnRef] = Counter()
+        # per shape (by identity; shapes live as long as the history): asked for per row
+        self._refs: dict[int, dict[str, ForeignKeySpec]] = {}
+        self._known: dict[int, frozenset[int]] = {}
+
+    def _refs_of(self, shape: TableShape) -> dict[str, ForeignKeySpec]:
+        found = self._refs.get(id(shape))
+        if found is None:
+            found = self._refs[id(shape)] = {fk.part_name: fk for fk in shape.spec.foreign_keys}
+        return found
+
+    def _known_of(self, shape: TableShape) -> frozenset[int]:
+        found = self._known.get(id(shape))
+        if found is None:
+            found = self._known[id(shape)] = frozenset(shape.ids.values())
+        return found
 
     # --- where the walk is --------------------------------------------------------------
 
@@ -233,7 +248,7 @@ class ShapeWalk:
 
     def _row(self, table: str, shape: TableShape, row: Row, *, count: bool = True) -> Row:
         final = self._final[table]
-        refs = {fk.part_name: fk for fk in shape.spec.foreign_keys}
+        refs = self._refs_of(shape)
         out: Row = {}
         for field, value in row.items():
             fk = refs.get(field)
@@ -255,7 +270,7 @@ class ShapeWalk:
         """NULL for the columns added (without a default) after this row's shape, or for
         every column the row lacks with ``fill_lacking``."""
         final = self._final[table]
-        known = set(shape.ids.values())
+        known = self._known_of(shape)
         for name in final.plain:
             if name in out:
                 continue

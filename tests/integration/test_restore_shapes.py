@@ -339,6 +339,29 @@ def test_every_instant_restores_with_create_schema_in_its_own_shape(
         assert read_back(url).tables == truth.tables, f"at {at.isoformat()}"
         assert not report.lacking_values and not report.unplaced_values
         assert not report.dropped_values and not report.skipped_columns
+    _assert_created_as_defined(url)  # the last instant's tables: keys, nullability, references
+
+
+def _assert_created_as_defined(url: str) -> None:
+    engine = engine_for(url)
+    with engine.connect() as conn:
+        inspector = sa.inspect(conn)
+        columns = {c["name"]: c for c in inspector.get_columns("items")}
+        assert [c["name"] for c in inspector.get_columns("items")] == [
+            "id",
+            "code",
+            "c",
+            "owner_id",
+        ]
+        assert not columns["code"]["nullable"] and columns["c"]["nullable"]
+        references = {
+            (tuple(fk["constrained_columns"]), fk["referred_table"])
+            for fk in inspector.get_foreign_keys("tags")
+        }
+        assert references == {(("item_id",), "items")}
+        unique = [tuple(u["column_names"]) for u in inspector.get_unique_constraints("tags")]
+        assert ("label",) in unique
+    engine.dispose()
 
 
 def _today(url: str) -> None:

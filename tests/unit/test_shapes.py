@@ -305,3 +305,74 @@ def test_the_folded_rows_at_every_instant_are_the_models(steps: list[tuple[Any, 
         rows, history, _ = state_of([start], [], log)
         assert [c.name for c in history.final["items"].spec.columns] == ["id", *model.columns]
         assert rows["items"] == model.rows
+
+
+# --- generated: references to a table whose key column is renamed ----------------------------
+
+FK = ForeignKeySpec(columns=("owner_id",), ref_table="users", ref_columns=("id",))
+DOCS = spec("docs", ["code", "owner_id"], fks=(FK,))
+
+ref_step = st.one_of(
+    st.tuples(st.just("rename_key"), st.sampled_from(["n1", "n2", "n3"])),
+    st.tuples(st.just("user"), st.sampled_from(["ann", "bob", "cy"])),
+    st.tuples(st.just("rename_user"), st.sampled_from(["ann", "bob", "cy", "dee"])),
+    st.tuples(st.just("doc"), st.sampled_from(["d1", "d2"])),
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(ref_step, max_size=20), st.randoms(use_true_random=False))
+def test_references_follow_renamed_rows_and_renamed_key_columns(
+    steps: list[tuple[str, str]], rnd: Any
+) -> None:
+    column = "n1"
+    users: list[str] = []
+    docs: dict[str, str] = {}
+    log: list[LoggedTransaction] = []
+
+    def users_spec() -> TableSpec:
+        return spec("users", [column], key=(column,), number=2)
+
+    start = [users_spec(), DOCS]
+    for kind, value in steps:
+        lsn = len(log) + 1
+        if kind == "rename_key" and value != column:
+            old, column = column, value
+            log.append(
+                tx(lsn, [], [definition(lsn, users_spec(), "users", renamed=((old, value),))])
+            )
+        elif kind == "user" and value not in users:
+            users.append(value)
+            event = ChangeEvent(table="users", op="I", key={column: value}, row={column: value})
+            log.append(tx(lsn, [event]))
+        elif kind == "rename_user" and users and value not in users:
+            old = rnd.choice(users)
+            users[users.index(old)] = value
+            docs = {d: (value if o == old else o) for d, o in docs.items()}
+            event = ChangeEvent(
+                table="users",
+                op="U",
+                key={column: value},
+                old_key={column: old},
+                row={column: value},
+            )
+            log.append(tx(lsn, [event]))
+        elif kind == "doc" and users:
+            owner = rnd.choice(users)
+            op = "U" if value in docs else "I"
+            docs[value] = owner
+            event = ChangeEvent(
+                table="docs",
+                op=op,
+                key={"code": value},
+                row={"code": value, "owner_id": {column: owner}},
+            )
+            log.append(tx(lsn, [event]))
+    history = ShapeHistory(start)
+    for t in log:
+        for d in t.definitions:
+            history.add(d)
+    state, _walk = fold_in_shape(history, [], log)
+    rendered = {k["code"]: r["owner_id"] for k, r, _n in state.rendered("docs")}
+    assert rendered == {d: {column: o} for d, o in docs.items()}
+    assert sorted(k[column] for k, _r, _n in state.rendered("users")) == sorted(users)

@@ -366,7 +366,9 @@ def _assert_created_as_defined(url: str) -> None:
 
 def _today(url: str) -> None:
     target = open_restore_target(url, "sqlite")
-    target.create([OWNERS, items("c"), TAGS])  # the application's schema now
+    target.create(
+        [OWNERS, items("c", defaults={"c": "'dflt'"}), TAGS]
+    )  # the application's schema now
     target.commit()
     target.close()
 
@@ -396,7 +398,7 @@ def test_ignore_missing_columns_counts_the_values_it_leaves_out(
     assert report.target_only_columns == {"items": ["c"]}
     got = read_back(url).tables["items"]
     want = {
-        k: {"code": k, "c": None, "owner_id": r["owner_id"]}
+        k: {"code": k, "c": "dflt", "owner_id": r["owner_id"]}
         for k, r in truth.tables["items"].items()
     }
     assert got == want  # every column both sides have; c took its default

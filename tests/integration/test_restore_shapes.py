@@ -507,3 +507,26 @@ def test_the_cli_refuses_then_lists_the_left_out_values_by_table_and_column(
     assert "lacks column b, color; validation compared the other columns only" in done.output
     assert "items: column c is not in the restored instant" in done.output
     assert "schema changes on the way" in done.output
+
+
+def test_values_logged_across_a_change_the_log_does_not_record_fail_the_restore_by_name(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """No DEFINITION record (a release that did not follow schema changes) yet rows carry
+    a new column: the fast path's validation fails, and says which column's values."""
+    root = tmp_path / "repo"
+    RepositoryLayout(root).ensure()
+    writer = SnapshotWriter(RepositoryLayout(root).snapshots_dir, time=T0, position=0)
+    writer.write_table(1, "owners", iter([{"k": {"name": "ann"}, "r": {"name": "ann"}}]))
+    writer.commit(installation="t", log_lsn=0, dialect="sqlite", definitions=[spec_to_json(OWNERS)])
+    b = Builder(root, Truth())
+    b.events.append(
+        ChangeEvent(table="owners", op="I", key={"name": "bo"}, row={"name": "bo", "color": "red"})
+    )
+    b.commit()
+    b.log.close()
+    with pytest.raises(RestoreError, match=r"owners\.color: 1 values"):
+        restore(Repo(root=root, instants=[]), sqlite_url, b.instants[-1][0])
+    assert not Path(sqlite_url.removeprefix("sqlite:///")).exists() or not read_back(
+        sqlite_url
+    ).tables.get("owners")

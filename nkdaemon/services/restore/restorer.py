@@ -14,6 +14,7 @@ from nkdaemon.core.keys import TableSpec
 from nkdaemon.core.ports import Address, RestoreTarget, TableT
 from nkdaemon.core.restore_plan import InsertOrder, insert_order
 from nkdaemon.core.restore_runs import referenced_tables
+from nkdaemon.core.shapes import ShapeWalk
 from nkdaemon.repository.segments import SegmentLog
 from nkdaemon.services.restore.load import Loader, WholeRows
 from nkdaemon.services.restore.plan import (
@@ -101,6 +102,7 @@ class Restorer(Generic[TableT]):
     def _finish(self, dry_run: bool) -> None:
         failed = [d for d in self.report.diffs if not d.ok]
         if failed:
+            self._refuse_unplaced(failed_tables={d.table for d in failed})
             raise RestoreError(
                 "the restored data does not match what the log says; nothing was written:\n  "
                 + "\n  ".join(d.summary() for d in failed),
@@ -112,6 +114,25 @@ class Restorer(Generic[TableT]):
         else:
             self.target.commit()
             self.report.committed = True
+
+    def _refuse_unplaced(self, failed_tables: set[str]) -> None:
+        """A difference explained by values the log holds for columns no definition had
+        (captured across a schema change the log does not record): say that."""
+        if self.plan.shapes is None:
+            return
+        walk = ShapeWalk(self.plan.shapes)
+        for tx in replay_range(self.log_store, self.plan.snapshot, self.plan.at):
+            walk.transaction(tx)
+        found = sorted((t, c, n) for (t, c), n in walk.unplaced.items() if t in failed_tables)
+        if found:
+            raise RestoreError(
+                "the log holds values of columns that the tables' definitions then did not "
+                "have, so they cannot be restored; nothing was written:\n  "
+                + "\n  ".join(f"{t}.{c}: {n} values" for t, c, n in found),
+                hint="the schema changed without the log recording it (a release that did "
+                "not follow schema changes); take a snapshot now and restore from it, or "
+                "restore to a time before the change",
+            )
 
     # --- the target's tables ------------------------------------------------------------
 

@@ -289,8 +289,13 @@ class ShapeWalk:
         """A natural key in the parts (and nested keys) the table has at the instant."""
         final = self._final[table]
         out: NaturalKey = {}
-        for part in shape.spec.key_parts:
-            value = key.get(part.name)
+        # A key part may keep the name it had when capture began across a rename of its
+        # column (the drain names a row the same way before and after): the parts are in
+        # key order, so a part not found by name is the value in its place.
+        by_place = list(key.values()) if len(key) == len(shape.spec.key_parts) else []
+        for place, part in enumerate(shape.spec.key_parts):
+            found = part.name in key or not by_place
+            value = key.get(part.name) if found else by_place[place]
             if part.column is not None:
                 name = self._names.get(shape.ids[part.column])
                 if name is not None:

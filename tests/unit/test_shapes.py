@@ -376,3 +376,28 @@ def test_references_follow_renamed_rows_and_renamed_key_columns(
     rendered = {k["code"]: r["owner_id"] for k, r, _n in state.rendered("docs")}
     assert rendered == {d: {column: o} for d, o in docs.items()}
     assert sorted(k[column] for k, _r, _n in state.rendered("users")) == sorted(users)
+
+
+def test_a_key_part_that_kept_its_old_name_across_a_rename_is_read_by_its_place() -> None:
+    """The drain names a row by the same key part before and after its key column was
+    renamed; the definition names the column anew. The restore follows either."""
+    start = spec("items", ["code", "x"])
+    renamed = spec("items", ["ref", "x"], key=("ref",))
+    log = [
+        tx(1, [ins("a", x="1")]),
+        tx(
+            2,
+            [ChangeEvent(table="items", op="U", key={"code": "a"}, row={"ref": "a", "x": "2"})],
+            [definition(2, renamed, renamed=(("code", "ref"),))],
+        ),
+        tx(3, [ChangeEvent(table="items", op="I", key={"code": "b"}, row={"ref": "b", "x": "3"})]),
+    ]
+    history = ShapeHistory([start])
+    for t in log:
+        for d in t.definitions:
+            history.add(d)
+    state, _walk = fold_in_shape(history, [], log)
+    assert sorted((k["ref"], r["x"]) for k, r, _n in state.rendered("items")) == [
+        ("a", "2"),
+        ("b", "3"),
+    ]

@@ -24,7 +24,14 @@ from click.testing import CliRunner
 
 from nkdaemon.cli import cli
 from nkdaemon.core.definitions import spec_to_json
-from nkdaemon.core.keys import ColumnSpec, ForeignKeySpec, KeyPart, TableSpec, make_table_spec
+from nkdaemon.core.keys import (
+    ColumnSpec,
+    ForeignKeySpec,
+    KeyPart,
+    TableSpec,
+    make_table_spec,
+    replace_spec,
+)
 from nkdaemon.core.legacy import ModelMap
 from nkdaemon.core.log import ChangeEvent, Commit, Definition
 from nkdaemon.repository.layout import RepositoryLayout
@@ -530,3 +537,21 @@ def test_values_logged_across_a_change_the_log_does_not_record_fail_the_restore_
     assert not Path(sqlite_url.removeprefix("sqlite:///")).exists() or not read_back(
         sqlite_url
     ).tables.get("owners")
+
+
+def test_a_not_null_column_the_log_gave_no_value_is_refused_by_name(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    root = tmp_path / "repo"
+    RepositoryLayout(root).ensure()
+    writer = SnapshotWriter(RepositoryLayout(root).snapshots_dir, time=T0, position=0)
+    writer.write_table(1, "owners", iter([{"k": {"name": "ann"}, "r": {"name": "ann"}}]))
+    writer.commit(installation="t", log_lsn=0, dialect="sqlite", definitions=[spec_to_json(OWNERS)])
+    b = Builder(root, Truth())
+    colored = table("owners", 1, ["color"], referenced=True, defaults={"color": "'red'"})
+    required = ColumnSpec(name="color", logical_type="text", nullable=False, default="'red'")
+    b.define(replace_spec(colored, columns=(*colored.columns[:2], required)), "owners", "altered")
+    b.commit()
+    b.log.close()
+    with pytest.raises(RestoreError, match=r"owners\.color: 1 rows"):
+        restore(Repo(root=root, instants=[]), sqlite_url, b.instants[-1][0])

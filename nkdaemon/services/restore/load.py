@@ -192,7 +192,26 @@ class Loader(Generic[TableT]):
         report.lacking_values = {k: n for k, n in lacking.items() if k[0] in self.selected}
         report.dropped_values = {k: n for k, n in dropped.items() if k[0] in self.selected}
         report.unplaced_values = {k: n for k, n in walk.unplaced.items() if k[0] in self.selected}
+        self._refuse_lacking_required(report.lacking_values)
         return state
+
+    def _refuse_lacking_required(self, lacking: Mapping[tuple[str, str], int]) -> None:
+        """Rows the log gave no value of a NOT NULL column: no value to write, and NULL
+        is not one; say which, before the target refuses in its own words."""
+        required = [
+            (name, column, count)
+            for (name, column), count in sorted(lacking.items())
+            if column in self.tables[name].spec.column_index
+            and not self.tables[name].spec.column(column).nullable
+        ]
+        if required:
+            raise RestoreError(
+                "the log holds no value of a NOT NULL column for some rows (the column was "
+                "added with a default and no baseline was logged):\n  "
+                + "\n  ".join(f"{n}.{c}: {k} rows" for n, c, k in required),
+                hint="restore to a time before the column was added, or from a snapshot "
+                "taken after it",
+            )
 
     def _snapshot_events(self) -> Iterator[tuple[str, NaturalKey, Row]]:
         snapshot = self.plan.snapshot

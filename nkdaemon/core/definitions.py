@@ -41,12 +41,7 @@ def spec_to_json(spec: TableSpec) -> dict[str, Any]:
             for c in spec.columns
         ],
         "primary_key": list(spec.primary_key),
-        "key": [
-            {"column": p.column}
-            if p.column is not None
-            else {"foreign_key": list(p.foreign_key.columns)}  # type: ignore[union-attr]
-            for p in spec.key_parts
-        ],
+        "key": [_key_part_json(p) for p in spec.key_parts],
         "foreign_keys": [
             {
                 "columns": list(fk.columns),
@@ -67,6 +62,21 @@ def spec_to_json(spec: TableSpec) -> dict[str, Any]:
     }
 
 
+def _key_part_json(part: KeyPart) -> dict[str, Any]:
+    """A key part by its column(s); its name only where it is not the usual one (it kept
+    the name it had when its column was renamed, so the log's keys did not change)."""
+    if part.column is not None:
+        out: dict[str, Any] = {"column": part.column}
+        usual = part.column
+    else:
+        assert part.foreign_key is not None
+        out = {"foreign_key": list(part.foreign_key.columns)}
+        usual = part.foreign_key.part_name
+    if part.name != usual:
+        out["name"] = part.name
+    return out
+
+
 def spec_from_json(data: dict[str, Any]) -> TableSpec:
     fks = tuple(
         ForeignKeySpec(
@@ -82,10 +92,10 @@ def spec_from_json(data: dict[str, Any]) -> TableSpec:
     parts = []
     for part in data["key"]:
         if "column" in part:
-            parts.append(KeyPart(name=part["column"], column=part["column"]))
+            parts.append(KeyPart(name=part.get("name", part["column"]), column=part["column"]))
         else:
             fk = next(f for f in fks if list(f.columns) == part["foreign_key"])
-            parts.append(KeyPart(name=fk.part_name, foreign_key=fk))
+            parts.append(KeyPart(name=part.get("name", fk.part_name), foreign_key=fk))
     return make_table_spec(
         number=int(data["number"]),
         name=data["name"],

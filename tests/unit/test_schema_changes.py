@@ -408,3 +408,10 @@ def test_the_spec_after_a_change_has_exactly_its_columns(
     assert [c.name for c in after.columns] == columns
     assert set(after.key_column_names) <= set(columns)
     assert [p.name for p in after.key_parts] == ["code"]
+
+
+def test_a_key_part_that_kept_its_name_round_trips_through_a_definition() -> None:
+    today = replace_spec(PARENTS, columns=_columns("id", "ref", "colour"), indexes=())
+    after = spec_after_change(PARENTS, today, ("id", "ref", "colour"), (("code", "ref"),))
+    assert spec_from_json(spec_to_json(after)) == after
+    assert spec_to_json(PARENTS)["key"] == [{"column": "code"}]  # as format 1 wrote it

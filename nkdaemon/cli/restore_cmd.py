@@ -163,6 +163,13 @@ def _say_shape(report: RestoreReport) -> None:
             f"note: {name}: column {', '.join(columns)} is not in the restored instant; "
             "the target's default filled it"
         )
+    for name, types in sorted(report.converted_columns.items()):
+        listed = ", ".join(f"{column} ({sql_type})" for column, sql_type in sorted(types.items()))
+        click.echo(
+            f"note: {name}: column {listed} has another type in the target than at the "
+            "restore time; the target converted the values, and validation read them back "
+            "in the backup's type (a value that does not convert exactly counts as different)"
+        )
     for name, columns in sorted(report.skipped_columns.items()):
         click.echo(
             f"warning: --ignore-missing-columns: the target's {name} lacks column "

@@ -293,6 +293,10 @@ class TargetTableView(Protocol):
         """The columns the table has in the target."""
 
     @property
+    def types(self) -> Mapping[str, str]:
+        """The SQL type each column is declared with in the target."""
+
+    @property
     def primary_key(self) -> tuple[str, ...]:
         """The columns that make a row's Address (a system column for a table without one)."""
 

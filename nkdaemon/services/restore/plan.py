@@ -92,6 +92,9 @@ class RestoreReport:
     # the target's shape against the instant's (see core/shapes.py)
     skipped_columns: dict[str, list[str]] = field(default_factory=dict)  # the target lacks
     target_only_columns: dict[str, list[str]] = field(default_factory=dict)  # its default
+    # of another type in the target than at the instant: compared read back in the
+    # instant's type where that is lossless (an int column now REAL)
+    converted_columns: dict[str, dict[str, str]] = field(default_factory=dict)
     dropped_values: dict[ColumnRef, int] = field(default_factory=dict)  # non-NULL, left out
     lacking_values: dict[ColumnRef, int] = field(default_factory=dict)  # the log never gave
     unplaced_values: dict[ColumnRef, int] = field(default_factory=dict)  # no column held them

@@ -168,6 +168,13 @@ class Restorer(Generic[TableT]):
         extra = [c for c in table.columns if c not in spec.column_index and c not in _PSEUDO]
         if extra:
             self.report.target_only_columns[name] = extra
+        converted = {
+            c.name: table.types[c.name]
+            for c in spec.columns
+            if c.name in table.types and _type_word(table.types[c.name]) != _type_word(c.sql_type)
+        }
+        if converted:
+            self.report.converted_columns[name] = converted
         absent = [c.name for c in spec.columns if c.name not in table.columns]
         if not absent:
             return table
@@ -315,6 +322,10 @@ class Restorer(Generic[TableT]):
             # a narrower target's rows cannot fold to the source's digests
             witness=not self.report.skipped_columns,
         )
+
+
+def _type_word(sql_type: str | None) -> str:
+    return "".join((sql_type or "").lower().split())
 
 
 def open_restore_target(url: str, source_dialect: str) -> RestoreTarget[TargetTable]:

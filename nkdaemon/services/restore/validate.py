@@ -13,6 +13,7 @@ from nkdaemon.core.log import LoggedTransaction
 from nkdaemon.core.ports import Address, RestoreTarget, TableT
 from nkdaemon.core.restore_runs import Row
 from nkdaemon.core.shapes import ShapeHistory, fold_in_shape
+from nkdaemon.core.values import lossless_as
 from nkdaemon.repository.snapshots import SnapshotInfo, read_table
 from nkdaemon.services.restore.plan import RestoreReport
 from nkdaemon.services.verify_snapshots import cross_check, digest_witness
@@ -25,9 +26,15 @@ row the target lacks, ``{"$missing": address}``); None when unset."""
 class TargetRenderer(Generic[TableT]):
     """Reads target rows back as (natural key, payload), references named by natural key."""
 
-    def __init__(self, target: RestoreTarget[TableT], tables: Mapping[str, TableT]) -> None:
+    def __init__(
+        self,
+        target: RestoreTarget[TableT],
+        tables: Mapping[str, TableT],
+        converted: Mapping[str, Collection[str]] | None = None,
+    ) -> None:
         self._target = target
         self._tables = tables
+        self._converted = converted or {}
         self._keys: dict[str, dict[Address, NaturalKey | None]] = {}
 
     def _keys_of(self, name: str) -> dict[Address, NaturalKey | None]:
@@ -72,7 +79,14 @@ class TargetRenderer(Generic[TableT]):
         table = self._tables[name]
         spec = table.spec
         fk_columns = {c for fk in spec.foreign_keys for c in fk.columns}
+        converted = [
+            (c, spec.column(c).logical_type)
+            for c in self._converted.get(name, ())
+            if c in spec.column_index
+        ]
         for address, row in self._read_with_address(table):
+            if converted:
+                row = dict(row) | {c: lossless_as(t, row.get(c)) for c, t in converted}
             payload: Row = {
                 c.name: row.get(c.name)
                 for c in spec.columns
@@ -166,7 +180,7 @@ def validate(
     (and, with ``witness``, with the digests of a snapshot taken at the same position)."""
     # a snapshot taken at exactly this position: evidence read from the source
     found = digest_witness(snapshot, position) if witness else None
-    renderer = TargetRenderer(target, tables)
+    renderer = TargetRenderer(target, tables, report.converted_columns)
     for name in (n for n in order if n in selected):
         fold = DigestFold()
         rows = renderer.rows(name)

@@ -1,8 +1,8 @@
 """What every RepositoryStore must do, written once (core/ports.RepositoryStore).
 
 ``StoreContract`` holds the cases; each implementation subclasses it once and says how to
-make an empty store (the local directory here; the object-storage store of issue 13 the
-same way). After the contract, what only the local directory has to show: its temporary
+make an empty store: the local directory, and a fresh bucket on a real S3 server
+(SeaweedFS, tests/s3.py) under a prefix. After the contract, what only the local directory has to show: its temporary
 files, folders and modes, and a read-only folder.
 
 Crashes are real: a child process is killed with SIGKILL while it writes, its stream
@@ -29,6 +29,7 @@ from nkdaemon.core.ports import (
     RepositoryStore,
 )
 from nkdaemon.repository.local_store import LocalStore
+from nkdaemon.repository.s3_store import S3Store
 from nkdaemon.repository.snapshots import (
     SnapshotWriter,
     confirm_unchanged,
@@ -36,6 +37,7 @@ from nkdaemon.repository.snapshots import (
     prune_snapshots,
     read_table,
 )
+from tests.s3 import S3Server
 
 BLOCK = 1 << 16
 
@@ -363,6 +365,28 @@ class StoreContract:
 class TestLocalStore(StoreContract):
     def make_store(self, tmp_path: Path) -> RepositoryStore:
         return LocalStore(tmp_path / "store")
+
+
+class TestS3Store(StoreContract):
+    """A new bucket per test, the store under a prefix; credentials through the standard
+    AWS chain (the environment), as the daemon finds them."""
+
+    server: S3Server
+
+    @pytest.fixture(autouse=True)
+    def _s3(self, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.server = s3_server
+        for variable, value in s3_server.environment().items():
+            monkeypatch.setenv(variable, value)
+
+    def make_store(self, tmp_path: Path) -> RepositoryStore:
+        return S3Store(
+            self.server.new_bucket(),
+            "backups/edms",
+            endpoint_url=self.server.endpoint,
+            region=self.server.region,
+            path_style=True,
+        )
 
 
 # --- what only the local directory has to show ---------------------------------------------

@@ -53,9 +53,11 @@ from nkdaemon.core.ports import (
 
 __all__ = ["S3Store", "S3StoreError", "S3Unavailable"]
 
+_Parts = list[dict[str, Any]]  # CompleteMultipartUpload's parts: number, ETag, SHA-256
 PART_SIZE = 8 << 20  # S3's smallest part is 5 MiB (the last one excepted)
 MIN_PART_SIZE = 5 << 20
 _MISSING = {"NoSuchKey", "404", "NotFound"}
+_CHANGED_ON_THE_WAY = {"BadDigest", "XAmzContentSHA256Mismatch", "InvalidDigest"}
 _REFUSED = {
     "AccessDenied",
     "InvalidAccessKeyId",
@@ -113,7 +115,7 @@ class S3Store:
         self.part_size = part_size
         self._config = Config(
             region_name=region,
-            retries={"mode": "standard", "max_attempts": max_attempts},
+            retries={"mode": "standard", "total_max_attempts": max_attempts},
             s3={"addressing_style": "path" if path_style else "auto"},
             connect_timeout=10,
             read_timeout=60,
@@ -215,8 +217,8 @@ class S3Store:
 
     def _upload_parts(
         self, name: str, key: str, upload: str, first: bytes, stream: ReadableBytes
-    ) -> list[dict[str, Any]]:
-        parts: list[dict[str, Any]] = []
+    ) -> _Parts:
+        parts: _Parts = []
         block = first
         while block:
             checksum = _sha256(block)
@@ -332,6 +334,13 @@ class S3Store:
             return S3StoreError(
                 f"S3 refused {operation} of {where}: {code}",
                 hint=_CREDENTIALS_HINT.format(where=self.describe()),
+            )
+        if code in _CHANGED_ON_THE_WAY:
+            return S3Unavailable(
+                f"S3 {operation} of {where}: the bytes the server received do not match "
+                f"their SHA-256 ({code}); nothing was stored",
+                hint="something between nkdaemon and the endpoint changes data; the write "
+                "is safe to retry, and if this repeats, check proxies and the network",
             )
         message = exc.response.get("Error", {}).get("Message", "")
         if code in {"SlowDown", "ServiceUnavailable", "InternalError"} or status >= 500:

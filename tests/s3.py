@@ -183,7 +183,9 @@ class FaultProxy:
     holds. A test sets what to break: ``throttle`` answers that many next requests with
     503 SlowDown (an S3 error body, as AWS sends it) without forwarding them;
     ``corrupt_uploads`` flips one byte of every PUT body on its way to the server;
-    ``corrupt_downloads`` flips one byte of every GET answer on its way back.
+    ``corrupt_downloads`` flips one byte of every GET answer on its way back;
+    ``pretend_puts`` answers every PUT with success itself, as a server that ignores
+    If-None-Match would (echoing the SHA-256 it was sent), storing nothing.
     """
 
     def __init__(self, upstream: str) -> None:
@@ -192,6 +194,7 @@ class FaultProxy:
         self.throttle = 0
         self.corrupt_uploads = False
         self.corrupt_downloads = False
+        self.pretend_puts = False
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -220,7 +223,12 @@ class FaultProxy:
                     proxy.seen.append(exchange)
                     throttled = proxy.throttle > 0
                     proxy.throttle -= throttled
-                status, headers, body = _slow_down() if throttled else proxy._forward(exchange)
+                if throttled:
+                    status, headers, body = _slow_down()
+                elif proxy.pretend_puts and exchange.method == "PUT":
+                    status, headers, body = _pretended(exchange)
+                else:
+                    status, headers, body = proxy._forward(exchange)
                 exchange.status = status
                 self.send_response(status)
                 for name, value in headers:
@@ -265,6 +273,14 @@ def _slow_down() -> tuple[int, list[tuple[str, str]], bytes]:
     )
     headers = [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))]
     return 503, headers, body
+
+
+def _pretended(exchange: Exchange) -> tuple[int, list[tuple[str, str]], bytes]:
+    headers = [("ETag", '"0"'), ("Content-Length", "0")]
+    checksum = exchange.headers.get("x-amz-checksum-sha256")
+    if checksum:
+        headers.append(("x-amz-checksum-sha256", checksum))
+    return 200, headers, b""
 
 
 @contextmanager

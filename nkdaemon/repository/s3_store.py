@@ -8,8 +8,8 @@ the server refuses with 412 when the key exists: of two writers, exactly one win
 a lock. A stream longer than one part is a multipart upload whose completion carries
 ``If-None-Match: *`` as well; an upload that fails (the stream, the network, or the name
 taken) is aborted, so its parts are not left behind. Only a writer killed outright leaves
-an unfinished upload: invisible, never an object, and removed by the bucket's lifecycle
-rule ``AbortIncompleteMultipartUpload`` (see docs/OPERATIONS.md).
+an unfinished upload: invisible, never an object, and removed by ``abort_stale_uploads``
+or the bucket's lifecycle rule ``AbortIncompleteMultipartUpload``.
 
 Driver errors are translated here and nowhere else: a missing key is ObjectMissingError,
 a taken one ObjectExistsError, and anything else an S3StoreError (a RepositoryError that
@@ -30,8 +30,10 @@ import contextlib
 import hashlib
 import io
 import os
+import secrets
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import IO, Any
 
 import boto3  # type: ignore[import-untyped]
@@ -53,19 +55,14 @@ from nkdaemon.core.ports import (
 
 __all__ = ["S3Store", "S3StoreError", "S3Unavailable"]
 
+_Names = list[str]  # in the class, ``list`` is the method
 _Parts = list[dict[str, Any]]  # CompleteMultipartUpload's parts: number, ETag, SHA-256
 PART_SIZE = 8 << 20  # S3's smallest part is 5 MiB (the last one excepted)
 MIN_PART_SIZE = 5 << 20
 _MISSING = {"NoSuchKey", "404", "NotFound"}
 _CHANGED_ON_THE_WAY = {"BadDigest", "XAmzContentSHA256Mismatch", "InvalidDigest"}
-_REFUSED = {
-    "AccessDenied",
-    "InvalidAccessKeyId",
-    "SignatureDoesNotMatch",
-    "InvalidToken",
-    "ExpiredToken",
-    "403",
-}
+_REFUSED = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
+_REFUSED |= {"InvalidToken", "ExpiredToken"}  # temporary credentials (a role, SSO)
 _CREDENTIALS_HINT = (
     "check the AWS credentials nkdaemon finds through the standard chain "
     "(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, ~/.aws/credentials, AWS_PROFILE, an "
@@ -130,10 +127,12 @@ class S3Store:
 
     def key(self, name: str) -> str:
         """The key of object ``name`` (which is checked: see RepositoryStore)."""
-        parts = name.split("/")
-        if any(not p or p in (".", "..") or p.startswith(".") for p in parts):
+        if not _is_name(name):
             raise ValueError(f"{name!r} is not a repository object name")
         return f"{self.prefix}/{name}" if self.prefix else name
+
+    def _root(self) -> str:
+        return f"{self.prefix}/" if self.prefix else ""
 
     def describe(self, name: str = "") -> str:
         path = "/".join(p for p in (self.prefix, name) if p)
@@ -142,7 +141,7 @@ class S3Store:
     # --- reading ---------------------------------------------------------------------
 
     def list(self, prefix: str = "") -> list[str]:
-        root = f"{self.prefix}/" if self.prefix else ""
+        root = self._root()
         paginator = self._client().get_paginator("list_objects_v2")
         names: list[str] = []
         with self._translated("list", prefix):
@@ -254,6 +253,52 @@ class S3Store:
                 "on the way); use an S3 server that supports checksums",
             )
 
+    # --- checks and housekeeping, beyond the port ---------------------------------------
+
+    def check_conditional_writes(self) -> None:
+        """Prove that the server refuses to overwrite on ``If-None-Match: *``, which
+        ``write_if_absent`` relies on: write a probe (a dot name, the store's own) twice.
+        A server that ignores the header raises S3StoreError here, before two writers
+        can both win."""
+        probe = f".nkd-probe-{secrets.token_hex(8)}"
+        key = self._root() + probe
+        try:
+            self._put(probe, key, b"1", IfNoneMatch="*")
+            try:
+                self._put(probe, key, b"2", IfNoneMatch="*")
+            except ObjectExistsError:
+                return
+            raise S3StoreError(
+                f"the S3 server at {self._endpoint()} replaced an object written with "
+                f"If-None-Match: * ({self.describe(probe)})",
+                hint="nkdaemon needs conditional writes to keep objects immutable; use a "
+                "server that supports them (AWS S3, MinIO, SeaweedFS, Cloudflare R2...)",
+            )
+        finally:
+            with self._translated("delete", probe):
+                self._client().delete_object(Bucket=self.bucket, Key=key)
+
+    def abort_stale_uploads(self, older_than: timedelta = timedelta(days=1)) -> _Names:
+        """Abort the multipart uploads under the prefix begun more than ``older_than``
+        ago, which writers killed mid-upload left (never objects, but stored and billed);
+        younger ones may still be running and are left alone. Returns the names they were
+        for. A lifecycle rule AbortIncompleteMultipartUpload does the same, where the
+        server has one."""
+        client, root = self._client(), self._root()
+        cutoff = datetime.now(UTC) - older_than
+        aborted: _Names = []
+        with self._translated("clean up", ""):
+            pages = client.get_paginator("list_multipart_uploads")
+            for page in pages.paginate(Bucket=self.bucket, Prefix=root):
+                for upload in page.get("Uploads", ()):
+                    if upload["Initiated"] < cutoff:
+                        key, upload_id = upload["Key"], upload["UploadId"]
+                        client.abort_multipart_upload(
+                            Bucket=self.bucket, Key=key, UploadId=upload_id
+                        )
+                        aborted.append(key[len(root) :])
+        return sorted(aborted)
+
     # --- the client and its errors -----------------------------------------------------
 
     def _client(self) -> Any:
@@ -277,14 +322,11 @@ class S3Store:
 
     def _check_bucket(self, client: Any) -> None:
         """Once per store: some servers create a missing bucket on a first put, which
-        would hide a misspelt bucket name behind a new, empty repository."""
+        would hide a misspelt bucket name behind a new, empty repository. A listing of
+        the prefix asks only for what ``list`` needs anyway (HeadBucket would need the
+        right to list the whole bucket, which a policy scoped to the prefix refuses)."""
         with self._translated("open", ""):
-            try:
-                client.head_bucket(Bucket=self.bucket)
-            except ClientError as exc:
-                if _code(exc) in {"404", "NoSuchBucket", "NotFound"}:
-                    raise self._no_bucket() from None
-                raise
+            client.list_objects_v2(Bucket=self.bucket, Prefix=self._root(), MaxKeys=1)
         self._bucket_checked = True
 
     def _no_bucket(self) -> S3StoreError:
@@ -396,8 +438,8 @@ def _code(exc: ClientError) -> str:
 
 
 def _is_name(name: str) -> bool:
-    """Keys under the prefix that are no object names (written by hand, or a folder
-    marker some tools make) are not the store's: listing skips them."""
+    """Whether ``name`` is an object name (see RepositoryStore). Keys under the prefix
+    that are not (dot names, a folder marker some tools make) are not listed."""
     return all(p and p not in (".", "..") and not p.startswith(".") for p in name.split("/"))
 
 

@@ -17,13 +17,15 @@ import socket
 import threading
 import traceback
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 from botocore.exceptions import ClientError
 
 from nkdaemon.core.errors import RepositoryError
-from nkdaemon.core.ports import ObjectExistsError
+from nkdaemon.core.ports import ObjectExistsError, ObjectMissingError
 from nkdaemon.repository.s3_store import MIN_PART_SIZE, S3Store, S3StoreError, S3Unavailable
+from tests.integration.test_store_contract import killed_while, stall
 from tests.s3 import FaultProxy, S3Server, fault_proxy
 
 PART = MIN_PART_SIZE
@@ -130,6 +132,47 @@ def test_a_stream_that_fails_after_a_part_was_sent_leaves_no_upload_behind(
         store.write_if_absent("broken", FailsLater())
     assert store.list() == []
     assert _uploads_left(s3_server, s3_bucket) == []
+
+
+def test_a_writer_killed_mid_upload_leaves_no_object_and_its_upload_is_cleaned_up(
+    s3_server: S3Server, s3_bucket: str
+) -> None:
+    """SIGKILL after a part was sent: no object, the name free, and the unfinished upload
+    (which no abort could remove) is found and aborted once it is old enough."""
+
+    class StallsAfterOnePart:
+        def __init__(self, ready: int) -> None:
+            self.ready, self.given = ready, 0
+
+        def read(self, size: int = -1, /) -> bytes:
+            if self.given >= PART:
+                stall(self.ready)
+            self.given += size
+            return b"k" * size
+
+    store = _store(s3_server, s3_bucket)
+    killed_while(lambda ready: store.write_if_absent("torn", StallsAfterOnePart(ready)))
+    assert store.list() == []
+    with pytest.raises(ObjectMissingError):
+        store.read("torn")
+    assert _uploads_left(s3_server, s3_bucket) == ["repo/torn"]
+    assert store.abort_stale_uploads(older_than=timedelta(hours=1)) == [], "may still run"
+    assert store.abort_stale_uploads(older_than=timedelta(0)) == ["torn"]
+    assert _uploads_left(s3_server, s3_bucket) == []
+    store.write_if_absent("torn", b"whole")
+    assert store.read("torn") == b"whole"
+
+
+def test_the_conditional_write_check_passes_here_and_fails_where_writes_are_not_refused(
+    s3_server: S3Server, s3_bucket: str, proxy: FaultProxy
+) -> None:
+    _store(s3_server, s3_bucket).check_conditional_writes()
+    assert s3_server.client().list_objects_v2(Bucket=s3_bucket).get("Contents") is None
+    store = _store(proxy, s3_bucket)
+    proxy.pretend_puts = True
+    with pytest.raises(S3StoreError, match="If-None-Match") as caught:
+        store.check_conditional_writes()
+    assert caught.value.hint and "conditional writes" in caught.value.hint
 
 
 # --- checksums ------------------------------------------------------------------------------

@@ -54,17 +54,17 @@ class _Stalling:
         self._reads += 1
         if self._reads == 1:
             return b"x" * BLOCK
-        _stall(self._ready)
+        stall(self._ready)
         return b""
 
 
-def _stall(ready: int) -> None:
+def stall(ready: int) -> None:
     os.write(ready, b"w")  # what came before is with the store now
     while True:
         signal.pause()  # until SIGKILL
 
 
-def _killed_while(work: Callable[[int], None]) -> None:
+def killed_while(work: Callable[[int], None]) -> None:
     """Run ``work(ready)`` in a child process; SIGKILL it once it writes to ``ready``."""
     ready_r, ready_w = os.pipe()
     pid = os.fork()
@@ -222,7 +222,7 @@ class StoreContract:
         self, store: RepositoryStore
     ) -> None:
         store.write_if_absent("kept", b"before")
-        _killed_while(lambda ready: store.write_if_absent("torn/object", _Stalling(ready)))
+        killed_while(lambda ready: store.write_if_absent("torn/object", _Stalling(ready)))
         assert store.list() == ["kept"]
         with pytest.raises(ObjectMissingError):
             store.read("torn/object")
@@ -339,7 +339,7 @@ class StoreContract:
 
         def stalled_rows(ready: int) -> Iterator[dict[str, Any]]:
             yield from rows[:250]
-            _stall(ready)
+            stall(ready)
             yield from rows[250:]
 
         def write(ready: int) -> None:
@@ -347,7 +347,7 @@ class StoreContract:
             writer.write_table(1, "whole", iter(rows))
             writer.write_table(2, "torn", stalled_rows(ready))
 
-        _killed_while(write)
+        killed_while(write)
         assert list_snapshots(store) == []
         assert store.list(), "the first table was written: the manifest is what is missing"
         writer = SnapshotWriter(store, time=moment, position=9)

@@ -17,7 +17,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -185,7 +185,10 @@ class FaultProxy:
     ``corrupt_uploads`` flips one byte of every PUT body on its way to the server;
     ``corrupt_downloads`` flips one byte of every GET answer on its way back;
     ``pretend_puts`` answers every PUT with success itself, as a server that ignores
-    If-None-Match would (echoing the SHA-256 it was sent), storing nothing.
+    If-None-Match would (echoing the SHA-256 it was sent), storing nothing;
+    ``lose_answers`` forwards that many next requests for which ``lose_if`` holds, then
+    hangs up instead of passing their answers back (the server did the work; the client
+    does not know).
     """
 
     def __init__(self, upstream: str) -> None:
@@ -195,6 +198,8 @@ class FaultProxy:
         self.corrupt_uploads = False
         self.corrupt_downloads = False
         self.pretend_puts = False
+        self.lose_answers = 0
+        self.lose_if: Callable[[Exchange], bool] = lambda exchange: True
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -230,6 +235,9 @@ class FaultProxy:
                 else:
                     status, headers, body = proxy._forward(exchange)
                 exchange.status = status
+                if not throttled and proxy._lose(exchange):
+                    self.close_connection = True
+                    return
                 self.send_response(status)
                 for name, value in headers:
                     if name.lower() not in {"transfer-encoding", "connection"}:
@@ -241,6 +249,12 @@ class FaultProxy:
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any
 
         return Handler
+
+    def _lose(self, exchange: Exchange) -> bool:
+        with self._lock:
+            lose = self.lose_answers > 0 and self.lose_if(exchange)
+            self.lose_answers -= lose
+        return lose
 
     def _forward(self, exchange: Exchange) -> tuple[int, list[tuple[str, str]], bytes]:
         body = exchange.body

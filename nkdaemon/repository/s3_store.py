@@ -1,26 +1,21 @@
 """The repository store on an S3-compatible bucket: the RepositoryStore port (core/ports.py).
 
-An object is the key ``PREFIX/NAME`` in the bucket. Every write carries a SHA-256 checksum
-that the server checks against the bytes it received (a mismatch stores nothing) and
-echoes back; the echo is compared with what was sent, so no write counts as done without a
-checksum-confirmed answer. ``write_if_absent`` is a put with ``If-None-Match: *``, which
-the server refuses with 412 when the key exists: of two writers, exactly one wins, without
-a lock. A stream longer than one part is a multipart upload whose completion carries
-``If-None-Match: *`` as well; an upload that fails (the stream, the network, or the name
-taken) is aborted, so its parts are not left behind. Only a writer killed outright leaves
-an unfinished upload: invisible, never an object, and removed by ``abort_stale_uploads``
-or the bucket's lifecycle rule ``AbortIncompleteMultipartUpload``.
+An object is the key ``PREFIX/NAME``. Every write carries a SHA-256 that the server checks
+against the bytes it received and echoes back; the echo must match what was sent, so no
+write is done without a checksum-confirmed answer. ``write_if_absent`` is a put with
+``If-None-Match: *`` (412 when the key exists: of two writers exactly one wins, no lock);
+a stream longer than one part is a multipart upload whose completion carries it too, and
+an upload that fails is aborted. Only a writer killed outright leaves an unfinished upload
+(never an object) for ``abort_stale_uploads`` or a lifecycle rule to remove.
 
 Driver errors are translated here and nowhere else: a missing key is ObjectMissingError,
-a taken one ObjectExistsError, and anything else an S3StoreError (a RepositoryError that
-is also the OSError the port promises) naming the bucket and what to do. Throttling (503
-SlowDown), 5xx answers and dropped connections are retried by botocore's "standard" retry
-mode, with exponential backoff and jitter, before any of that is raised; what still fails
-is S3Unavailable. Messages never carry credentials: they are built from the error code,
-the bucket and the key, never from the request.
+a taken one ObjectExistsError, anything else an S3StoreError (a RepositoryError that is
+also the OSError the port promises) naming the bucket and what to do. Throttling (503
+SlowDown), 5xx answers and dropped connections are first retried by botocore's "standard"
+mode, with backoff and jitter; what still fails is S3Unavailable. Messages are built from
+error codes, the bucket and the key: never from the request, so never with credentials.
 
-boto3 clients are thread-safe but not fork-safe: a store that made its own client makes a
-new one in a forked child (a client passed in is the caller's to manage).
+boto3 clients are thread-safe, not fork-safe: a forked child makes its own.
 """
 
 from __future__ import annotations
@@ -60,6 +55,7 @@ _Parts = list[dict[str, Any]]  # CompleteMultipartUpload's parts: number, ETag, 
 PART_SIZE = 8 << 20  # S3's smallest part is 5 MiB (the last one excepted)
 MIN_PART_SIZE = 5 << 20
 _MISSING = {"NoSuchKey", "404", "NotFound"}
+_TAKEN = {"PreconditionFailed", "412", "NoSuchUpload"}
 _CHANGED_ON_THE_WAY = {"BadDigest", "XAmzContentSHA256Mismatch", "InvalidDigest"}
 _REFUSED = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
 _REFUSED |= {"InvalidToken", "ExpiredToken"}  # temporary credentials (a role, SSO)
@@ -186,11 +182,8 @@ class S3Store:
 
     def _put(self, name: str, key: str, data: bytes, **conditions: str) -> None:
         checksum = _sha256(data)
-        with self._translated("write", name):
-            answer = self._client().put_object(
-                Bucket=self.bucket, Key=key, Body=data, ChecksumSHA256=checksum, **conditions
-            )
-        self._confirm(name, checksum, answer)
+        sent = {"Body": data, "ChecksumSHA256": checksum, **conditions}
+        self._claim(name, key, checksum, "put_object", **sent)
 
     def _multipart(self, name: str, key: str, first: bytes, stream: ReadableBytes) -> None:
         client = self._client()
@@ -201,18 +194,34 @@ class S3Store:
         try:
             parts = self._upload_parts(name, key, upload, first, stream)
             digests = b"".join(base64.b64decode(p["ChecksumSHA256"]) for p in parts)
-            with self._translated("write", name):
-                answer = client.complete_multipart_upload(
-                    Bucket=self.bucket,
-                    Key=key,
-                    UploadId=upload,
-                    MultipartUpload={"Parts": parts},
-                    IfNoneMatch="*",
-                )
-            self._confirm(name, f"{_sha256(digests)}-{len(parts)}", answer)
+            checksum = f"{_sha256(digests)}-{len(parts)}"  # S3's checksum of checksums
+            sent = {"UploadId": upload, "MultipartUpload": {"Parts": parts}, "IfNoneMatch": "*"}
+            self._claim(name, key, checksum, "complete_multipart_upload", **sent)
         except BaseException:
             self._abort(key, upload)
             raise
+
+    def _claim(self, name: str, key: str, checksum: str, operation: str, **sent: Any) -> None:
+        """Make a write (a put, or an upload's completion) and check the SHA-256 the
+        server confirms. When botocore retried it, a refusal (412, or the upload gone)
+        may answer our own first attempt, which succeeded but whose answer was lost on
+        the way back: the object is ours, and the write done, if it has our SHA-256."""
+        with self._translated("write", name):
+            try:
+                answer = getattr(self._client(), operation)(Bucket=self.bucket, Key=key, **sent)
+            except ClientError as exc:
+                retried = exc.response.get("ResponseMetadata", {}).get("RetryAttempts", 0)
+                if retried and _code(exc) in _TAKEN and self._holds(key, checksum):
+                    return
+                raise
+        self._confirm(name, checksum, answer)
+
+    def _holds(self, key: str, checksum: str) -> bool:
+        try:
+            head = self._client().head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+        except ClientError:  # gone, or unreadable: not known to be ours
+            return False
+        return bool(head.get("ChecksumSHA256") == checksum)
 
     def _upload_parts(
         self, name: str, key: str, upload: str, first: bytes, stream: ReadableBytes
@@ -279,11 +288,9 @@ class S3Store:
                 self._client().delete_object(Bucket=self.bucket, Key=key)
 
     def abort_stale_uploads(self, older_than: timedelta = timedelta(days=1)) -> _Names:
-        """Abort the multipart uploads under the prefix begun more than ``older_than``
-        ago, which writers killed mid-upload left (never objects, but stored and billed);
-        younger ones may still be running and are left alone. Returns the names they were
-        for. A lifecycle rule AbortIncompleteMultipartUpload does the same, where the
-        server has one."""
+        """Abort the multipart uploads under the prefix begun over ``older_than`` ago,
+        left by writers killed mid-upload (never objects, but stored and billed); younger
+        ones may still run. Returns their names. A lifecycle rule does the same."""
         client, root = self._client(), self._root()
         cutoff = datetime.now(UTC) - older_than
         aborted: _Names = []
@@ -292,11 +299,9 @@ class S3Store:
             for page in pages.paginate(Bucket=self.bucket, Prefix=root):
                 for upload in page.get("Uploads", ()):
                     if upload["Initiated"] < cutoff:
-                        key, upload_id = upload["Key"], upload["UploadId"]
-                        client.abort_multipart_upload(
-                            Bucket=self.bucket, Key=key, UploadId=upload_id
-                        )
-                        aborted.append(key[len(root) :])
+                        ids = {"Key": upload["Key"], "UploadId": upload["UploadId"]}
+                        client.abort_multipart_upload(Bucket=self.bucket, **ids)
+                        aborted.append(upload["Key"][len(root) :])
         return sorted(aborted)
 
     # --- the client and its errors -----------------------------------------------------
@@ -397,9 +402,7 @@ class _Body(io.RawIOBase):
     """A GetObject body read in blocks, its driver errors translated like every other."""
 
     def __init__(self, body: Any, store: S3Store, name: str) -> None:
-        self._body = body
-        self._store = store
-        self._name = name
+        self._body, self._store, self._name = body, store, name
 
     def readable(self) -> bool:
         return True

@@ -269,6 +269,28 @@ def test_throttling_that_outlasts_the_retries_is_reported_as_unavailable(
     assert store.list() == []
 
 
+def test_a_write_whose_answer_was_lost_is_retried_and_found_done_not_taken(
+    s3_bucket: str, proxy: FaultProxy
+) -> None:
+    """The first put succeeds but its answer never arrives; botocore's retry meets 412,
+    from our own write: the store finds its SHA-256 there and reports success, not a
+    name taken by another writer. The same for the completion of a multipart upload."""
+    store = _store(proxy, s3_bucket)
+    assert store.list() == []
+    proxy.lose_answers = 1
+    store.write_if_absent("log/1", b"a segment")
+    assert [put.status for put in proxy.requests("PUT")] == [200, 412]
+    assert store.read("log/1") == b"a segment"
+
+    proxy.lose_if = lambda exchange: exchange.method == "POST" and "uploadId=" in exchange.path
+    proxy.lose_answers = 1
+    data = os.urandom(PART + 10)
+    store.write_if_absent("big", io.BytesIO(data))
+    completions = [post for post in proxy.requests("POST") if "uploadId=" in post.path]
+    assert [post.status for post in completions] == [200, 412]
+    assert store.read("big") == data
+
+
 # --- errors that say what to do -------------------------------------------------------------
 
 

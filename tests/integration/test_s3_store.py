@@ -16,11 +16,14 @@ import os
 import socket
 import threading
 import traceback
+import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
 from botocore.exceptions import ClientError
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from nkdaemon.core.errors import RepositoryError
 from nkdaemon.core.ports import ObjectExistsError, ObjectMissingError
@@ -370,6 +373,36 @@ def test_a_prefix_keeps_stores_apart_and_foreign_keys_are_not_listed(
     assert store.read("log/1") == b"mine"
     assert store.describe("log/1") == f"s3://{s3_bucket}/repo/log/1"
     assert S3Store(s3_bucket).describe("log/1") == f"s3://{s3_bucket}/log/1"
+
+
+_PART = st.text("abcxyzABZ0189-_.+=", min_size=1, max_size=12).filter(
+    lambda part: not part.startswith(".")
+)
+_NAME = st.lists(_PART, min_size=1, max_size=3).map("/".join)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    prefix=st.lists(_PART, max_size=2).map("/".join),
+    names=st.lists(_NAME, min_size=1, max_size=6, unique=True),
+)
+def test_any_names_under_any_prefix_list_and_read_back_as_written(
+    s3_server: S3Server, s3_bucket: str, prefix: str, names: list[str]
+) -> None:
+    """Each example under a prefix of its own in the test's bucket: the names come back
+    exactly, sorted, filtered by any prefix of theirs, and each reads as written."""
+    store = S3Store(
+        s3_bucket, f"{uuid.uuid4().hex}/{prefix}", endpoint_url=s3_server.endpoint, path_style=True
+    )
+    for name in names:
+        store.write_if_absent(name, name.encode())
+    assert store.list() == sorted(names)
+    for name in names:
+        assert store.read(name) == name.encode()
+        start = name[: len(name) // 2 + 1]
+        assert store.list(start) == sorted(n for n in names if n.startswith(start))
 
 
 def test_a_part_size_below_the_s3_minimum_is_refused() -> None:

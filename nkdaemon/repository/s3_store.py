@@ -2,82 +2,62 @@
 
 An object is the key ``PREFIX/NAME``. Every write carries a SHA-256 that the server checks
 against the bytes it received and echoes back; the echo must match what was sent, so no
-write is done without a checksum-confirmed answer. ``write_if_absent`` is a put with
-``If-None-Match: *`` (412 when the key exists: of two writers exactly one wins, no lock);
-a stream longer than one part is a multipart upload whose completion carries it too, and
-an upload that fails is aborted. Only a writer killed outright leaves an unfinished upload
-(never an object) for ``abort_stale_uploads`` or a lifecycle rule to remove.
+write is done without a checksum-confirmed answer.
 
-Driver errors are translated here and nowhere else: a missing key is ObjectMissingError,
-a taken one ObjectExistsError, anything else an S3StoreError (a RepositoryError that is
-also the OSError the port promises) naming the bucket and what to do. Throttling (503
-SlowDown), 5xx answers and dropped connections are first retried by botocore's "standard"
-mode, with backoff and jitter; what still fails is S3Unavailable. Messages are built from
-error codes, the bucket and the key: never from the request, so never with credentials.
+``write_if_absent`` is one PutObject with ``If-None-Match: *``: the server refuses it with
+412 when the key exists, so of two writers exactly one wins, with no lock. A stream is
+read into memory up to one part; a longer one is spooled to a temporary file (hashed on
+the way) and still sent in one conditional put, up to S3's limit for one put (5 GiB).
+Only beyond that is it a multipart upload, and that guard is weaker: completion carries
+``If-None-Match: *`` too, and servers honour it one writer after another, but SeaweedFS
+4.x does not make it atomic (two completions racing for one key can both succeed; seen in
+about one race of fifteen), so a store checks the key just before completing as well,
+which narrows that window without closing it. A failed upload is aborted; a writer
+killed mid-upload leaves an unfinished upload (never an object) for
+``abort_stale_uploads`` or the bucket's lifecycle rule.
 
-boto3 clients are thread-safe, not fork-safe: a forked child makes its own.
+Errors are translated in ``repository.s3_errors``. Throttling (503 SlowDown), 5xx
+answers and dropped connections are first retried by botocore's "standard" mode, with
+backoff and jitter. boto3 clients are thread-safe, not fork-safe: a forked child makes its
+own.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import hashlib
 import io
 import os
 import secrets
+import tempfile
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import IO, Any
+from typing import IO, Any, BinaryIO
 
 import boto3  # type: ignore[import-untyped]
 from botocore.config import Config  # type: ignore[import-untyped]
-from botocore.exceptions import (  # type: ignore[import-untyped]
-    BotoCoreError,
-    ClientError,
-    ConnectionError,
-    NoCredentialsError,
-)
+from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
 
-from nkdaemon.core.errors import RepositoryError
-from nkdaemon.core.ports import (
-    ObjectExistsError,
-    ObjectMissingError,
-    ReadableBytes,
-    RepositoryStore,
+from nkdaemon.core.ports import ObjectExistsError, ReadableBytes, RepositoryStore
+from nkdaemon.repository.s3_errors import (
+    TAKEN,
+    S3Location,
+    S3StoreError,
+    S3Unavailable,
+    error_code,
+    translated,
 )
 
 __all__ = ["S3Store", "S3StoreError", "S3Unavailable"]
 
 _Names = list[str]  # in the class, ``list`` is the method
 _Parts = list[dict[str, Any]]  # CompleteMultipartUpload's parts: number, ETag, SHA-256
-PART_SIZE = 8 << 20  # S3's smallest part is 5 MiB (the last one excepted)
-MIN_PART_SIZE = 5 << 20
-_MISSING = {"NoSuchKey", "404", "NotFound"}
-_TAKEN = {"PreconditionFailed", "412", "NoSuchUpload"}
-_CHANGED_ON_THE_WAY = {"BadDigest", "XAmzContentSHA256Mismatch", "InvalidDigest"}
-_REFUSED = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
-_REFUSED |= {"InvalidToken", "ExpiredToken"}  # temporary credentials (a role, SSO)
-_CREDENTIALS_HINT = (
-    "check the AWS credentials nkdaemon finds through the standard chain "
-    "(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, ~/.aws/credentials, AWS_PROFILE, an "
-    "instance role) and that they may list, read, write and delete in {where}"
-)
-
-
-class S3StoreError(RepositoryError, OSError):
-    """The bucket cannot be used: refused credentials, no such bucket, an answer that
-    breaks the store's rules. Retrying as it is will not help."""
-
-    kind = "repository"
-
-
-class S3Unavailable(S3StoreError):
-    """The S3 endpoint did not answer usefully after botocore's retries (down,
-    unreachable, throttling or failing with 5xx); retrying later may help."""
-
-    kind = "repository_unavailable"
+PART_SIZE = 8 << 20
+MIN_PART_SIZE = 5 << 20  # S3's smallest part (the last one excepted)
+SINGLE_PUT_LIMIT = 5 << 30  # S3's largest object written by one PutObject
+_BLOCK = 1 << 20
 
 
 class S3Store:
@@ -86,7 +66,8 @@ class S3Store:
     ``endpoint_url`` selects an S3-compatible server (None: AWS); ``path_style`` sends the
     bucket in the path rather than the host name, which most non-AWS servers need.
     Credentials come from the standard AWS chain. ``client`` replaces the boto3 client
-    the store would make (tests, or a caller with its own session)."""
+    the store would make (a caller with its own session). ``spool_dir`` holds streams
+    being uploaded (None: the system's temporary folder)."""
 
     def __init__(
         self,
@@ -99,13 +80,17 @@ class S3Store:
         client: Any = None,
         max_attempts: int = 6,
         part_size: int = PART_SIZE,
+        single_put_limit: int = SINGLE_PUT_LIMIT,
+        spool_dir: str | None = None,
     ) -> None:
         if part_size < MIN_PART_SIZE:
             raise ValueError(f"part_size {part_size} is below S3's minimum of {MIN_PART_SIZE}")
-        self.bucket = bucket
-        self.prefix = prefix.strip("/")
-        self.endpoint_url = endpoint_url
+        self.location = S3Location(
+            bucket=bucket, prefix=prefix.strip("/"), endpoint_url=endpoint_url
+        )
         self.part_size = part_size
+        self.single_put_limit = single_put_limit
+        self.spool_dir = spool_dir
         self._config = Config(
             region_name=region,
             retries={"mode": "standard", "total_max_attempts": max_attempts},
@@ -121,32 +106,32 @@ class S3Store:
     def __repr__(self) -> str:
         return f"S3Store({self.describe()!r})"
 
+    @property
+    def bucket(self) -> str:
+        return self.location.bucket
+
     def key(self, name: str) -> str:
         """The key of object ``name`` (which is checked: see RepositoryStore)."""
         if not _is_name(name):
             raise ValueError(f"{name!r} is not a repository object name")
-        return f"{self.prefix}/{name}" if self.prefix else name
-
-    def _root(self) -> str:
-        return f"{self.prefix}/" if self.prefix else ""
+        return self.location.root + name
 
     def describe(self, name: str = "") -> str:
-        path = "/".join(p for p in (self.prefix, name) if p)
-        return f"s3://{self.bucket}/{path}"
+        return self.location.describe(name)
 
     # --- reading ---------------------------------------------------------------------
 
-    def list(self, prefix: str = "") -> list[str]:
-        root = self._root()
+    def list(self, prefix: str = "") -> _Names:
+        root = self.location.root
         paginator = self._client().get_paginator("list_objects_v2")
-        names: list[str] = []
-        with self._translated("list", prefix):
+        names: _Names = []
+        with translated(self.location, "list", prefix):
             for page in paginator.paginate(Bucket=self.bucket, Prefix=root + prefix):
                 names.extend(item["Key"][len(root) :] for item in page.get("Contents", ()))
         return sorted(n for n in names if _is_name(n))
 
     def size(self, name: str) -> int:
-        with self._translated("size", name):
+        with translated(self.location, "size", name):
             answer = self._client().head_object(Bucket=self.bucket, Key=self.key(name))
         return int(answer["ContentLength"])
 
@@ -155,29 +140,35 @@ class S3Store:
             return handle.read()
 
     def open(self, name: str) -> IO[bytes]:
-        with self._translated("read", name):
+        with translated(self.location, "read", name):
             answer = self._client().get_object(
                 Bucket=self.bucket, Key=self.key(name), ChecksumMode="ENABLED"
             )
-        return io.BufferedReader(_Body(answer["Body"], self, name), buffer_size=1 << 16)
+        return io.BufferedReader(_Body(answer["Body"], self.location, name), _BLOCK)
 
     # --- writing ---------------------------------------------------------------------
 
     def write_if_absent(self, name: str, data: bytes | ReadableBytes) -> None:
         key = self.key(name)
-        stream = io.BytesIO(data) if isinstance(data, bytes) else data
-        first = _read_part(stream, self.part_size)
-        if len(first) < self.part_size:
+        first = data if isinstance(data, bytes) else _read_part(data, self.part_size)
+        if isinstance(data, bytes) or len(first) < self.part_size:
             self._put(name, key, first, IfNoneMatch="*")
-        else:
-            self._multipart(name, key, first, stream)
+            return
+        with tempfile.TemporaryFile(dir=self.spool_dir) as spool:
+            size, checksum = _spool(first, data, spool)
+            spool.seek(0)
+            if size > self.single_put_limit:
+                self._multipart(name, key, spool)
+                return
+            sent = {"Body": spool, "ContentLength": size, "ChecksumSHA256": checksum}
+            self._claim(name, key, checksum, "put_object", IfNoneMatch="*", **sent)
 
     def replace(self, name: str, data: bytes) -> None:
         self._put(name, self.key(name), data)
 
     def delete(self, name: str) -> None:
         # S3 answers a delete of a missing key with success: the port's rule as it is
-        with self._translated("delete", name):
+        with translated(self.location, "delete", name):
             self._client().delete_object(Bucket=self.bucket, Key=self.key(name))
 
     def _put(self, name: str, key: str, data: bytes, **conditions: str) -> None:
@@ -185,70 +176,71 @@ class S3Store:
         sent = {"Body": data, "ChecksumSHA256": checksum, **conditions}
         self._claim(name, key, checksum, "put_object", **sent)
 
-    def _multipart(self, name: str, key: str, first: bytes, stream: ReadableBytes) -> None:
-        client = self._client()
-        with self._translated("write", name):
-            upload = client.create_multipart_upload(
+    def _claim(self, name: str, key: str, checksum: str, operation: str, **sent: Any) -> None:
+        """Make a write (a put, or an upload's completion) and check the SHA-256 the
+        server confirms. When botocore retried it, a refusal (412, or the upload gone)
+        may answer our own first attempt, which succeeded but whose answer was lost on
+        the way back: the object is ours, and the write done, if it has our SHA-256."""
+        with translated(self.location, "write", name):
+            try:
+                answer = getattr(self._client(), operation)(Bucket=self.bucket, Key=key, **sent)
+            except ClientError as exc:
+                retried = exc.response.get("ResponseMetadata", {}).get("RetryAttempts", 0)
+                gone = TAKEN | {"NoSuchUpload"}
+                if retried and error_code(exc) in gone and self._holds(key, checksum):
+                    return
+                raise
+        self._confirm(name, checksum, answer)
+
+    def _holds(self, key: str, checksum: str | None = None) -> bool:
+        """Whether ``key`` exists (with that SHA-256, when one is given)."""
+        try:
+            head = self._client().head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+        except ClientError as exc:  # gone, or unreadable: not known to be there
+            if error_code(exc) in {"404", "NoSuchKey", "NotFound"}:
+                return False
+            raise
+        return checksum is None or head.get("ChecksumSHA256") == checksum
+
+    def _multipart(self, name: str, key: str, spool: BinaryIO) -> None:
+        with translated(self.location, "write", name):
+            upload = self._client().create_multipart_upload(
                 Bucket=self.bucket, Key=key, ChecksumAlgorithm="SHA256"
             )["UploadId"]
         try:
-            parts = self._upload_parts(name, key, upload, first, stream)
+            parts = self._upload_parts(name, key, upload, spool)
             digests = b"".join(base64.b64decode(p["ChecksumSHA256"]) for p in parts)
             checksum = f"{_sha256(digests)}-{len(parts)}"  # S3's checksum of checksums
+            with translated(self.location, "write", name):
+                taken = self._holds(key)  # the weaker guard: see the module docstring
+            if taken:
+                raise ObjectExistsError(errno.EEXIST, f"object {name} exists", self.describe(name))
             sent = {"UploadId": upload, "MultipartUpload": {"Parts": parts}, "IfNoneMatch": "*"}
             self._claim(name, key, checksum, "complete_multipart_upload", **sent)
         except BaseException:
             self._abort(key, upload)
             raise
 
-    def _claim(self, name: str, key: str, checksum: str, operation: str, **sent: Any) -> None:
-        """Make a write (a put, or an upload's completion) and check the SHA-256 the
-        server confirms. When botocore retried it, a refusal (412, or the upload gone)
-        may answer our own first attempt, which succeeded but whose answer was lost on
-        the way back: the object is ours, and the write done, if it has our SHA-256."""
-        with self._translated("write", name):
-            try:
-                answer = getattr(self._client(), operation)(Bucket=self.bucket, Key=key, **sent)
-            except ClientError as exc:
-                retried = exc.response.get("ResponseMetadata", {}).get("RetryAttempts", 0)
-                if retried and _code(exc) in _TAKEN and self._holds(key, checksum):
-                    return
-                raise
-        self._confirm(name, checksum, answer)
-
-    def _holds(self, key: str, checksum: str) -> bool:
-        try:
-            head = self._client().head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
-        except ClientError:  # gone, or unreadable: not known to be ours
-            return False
-        return bool(head.get("ChecksumSHA256") == checksum)
-
-    def _upload_parts(
-        self, name: str, key: str, upload: str, first: bytes, stream: ReadableBytes
-    ) -> _Parts:
+    def _upload_parts(self, name: str, key: str, upload: str, spool: BinaryIO) -> _Parts:
         parts: _Parts = []
-        block = first
-        while block:
-            checksum = _sha256(block)
-            with self._translated("write", name):
+        while block := _read_part(spool, self.part_size):
+            checksum, number = _sha256(block), len(parts) + 1
+            with translated(self.location, "write", name):
                 answer = self._client().upload_part(
                     Bucket=self.bucket,
                     Key=key,
                     UploadId=upload,
-                    PartNumber=len(parts) + 1,
+                    PartNumber=number,
                     Body=block,
                     ChecksumSHA256=checksum,
                 )
             self._confirm(name, checksum, answer)
-            parts.append(
-                {"PartNumber": len(parts) + 1, "ETag": answer["ETag"], "ChecksumSHA256": checksum}
-            )
-            block = _read_part(stream, self.part_size)
+            parts.append({"PartNumber": number, "ETag": answer["ETag"], "ChecksumSHA256": checksum})
         return parts
 
     def _abort(self, key: str, upload: str) -> None:
-        """Abort an upload that will not complete; a failure to abort leaves it to the
-        lifecycle rule rather than hide the error that brought us here."""
+        """Abort an upload that will not complete; a failure to abort leaves it to
+        ``abort_stale_uploads`` rather than hide the error that brought us here."""
         with contextlib.suppress(BotoCoreError, ClientError):
             self._client().abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload)
 
@@ -270,7 +262,7 @@ class S3Store:
         A server that ignores the header raises S3StoreError here, before two writers
         can both win."""
         probe = f".nkd-probe-{secrets.token_hex(8)}"
-        key = self._root() + probe
+        key = self.location.root + probe
         try:
             self._put(probe, key, b"1", IfNoneMatch="*")
             try:
@@ -278,23 +270,23 @@ class S3Store:
             except ObjectExistsError:
                 return
             raise S3StoreError(
-                f"the S3 server at {self._endpoint()} replaced an object written with "
-                f"If-None-Match: * ({self.describe(probe)})",
+                f"the S3 server at {self.location.endpoint} replaced an object written "
+                f"with If-None-Match: * ({self.describe(probe)})",
                 hint="nkdaemon needs conditional writes to keep objects immutable; use a "
                 "server that supports them (AWS S3, MinIO, SeaweedFS, Cloudflare R2...)",
             )
         finally:
-            with self._translated("delete", probe):
+            with translated(self.location, "delete", probe):
                 self._client().delete_object(Bucket=self.bucket, Key=key)
 
     def abort_stale_uploads(self, older_than: timedelta = timedelta(days=1)) -> _Names:
         """Abort the multipart uploads under the prefix begun over ``older_than`` ago,
         left by writers killed mid-upload (never objects, but stored and billed); younger
         ones may still run. Returns their names. A lifecycle rule does the same."""
-        client, root = self._client(), self._root()
+        client, root = self._client(), self.location.root
         cutoff = datetime.now(UTC) - older_than
         aborted: _Names = []
-        with self._translated("clean up", ""):
+        with translated(self.location, "clean up", ""):
             pages = client.get_paginator("list_multipart_uploads")
             for page in pages.paginate(Bucket=self.bucket, Prefix=root):
                 for upload in page.get("Uploads", ()):
@@ -304,7 +296,7 @@ class S3Store:
                         aborted.append(upload["Key"][len(root) :])
         return sorted(aborted)
 
-    # --- the client and its errors -----------------------------------------------------
+    # --- the client ------------------------------------------------------------------
 
     def _client(self) -> Any:
         if self._given is not None:
@@ -320,9 +312,9 @@ class S3Store:
         return client
 
     def _new_client(self) -> Any:
-        with self._translated("connect", ""):
+        with translated(self.location, "connect", ""):
             return boto3.session.Session().client(
-                "s3", endpoint_url=self.endpoint_url, config=self._config
+                "s3", endpoint_url=self.location.endpoint_url, config=self._config
             )
 
     def _check_bucket(self, client: Any) -> None:
@@ -330,85 +322,22 @@ class S3Store:
         would hide a misspelt bucket name behind a new, empty repository. A listing of
         the prefix asks only for what ``list`` needs anyway (HeadBucket would need the
         right to list the whole bucket, which a policy scoped to the prefix refuses)."""
-        with self._translated("open", ""):
-            client.list_objects_v2(Bucket=self.bucket, Prefix=self._root(), MaxKeys=1)
+        with translated(self.location, "open", ""):
+            client.list_objects_v2(Bucket=self.bucket, Prefix=self.location.root, MaxKeys=1)
         self._bucket_checked = True
-
-    def _no_bucket(self) -> S3StoreError:
-        return S3StoreError(
-            f"the S3 bucket {self.bucket!r} does not exist (at {self._endpoint()})",
-            hint="create the bucket, or correct [repository] url (and endpoint_url)",
-        )
-
-    def _endpoint(self) -> str:
-        return self.endpoint_url or "AWS"
-
-    @contextlib.contextmanager
-    def _translated(self, operation: str, name: str) -> Iterator[None]:
-        """Turn boto's exceptions into the port's (see the module docstring)."""
-        try:
-            yield
-        except ClientError as exc:
-            raise self._client_error(operation, name, exc) from exc
-        except NoCredentialsError:
-            raise S3StoreError(
-                f"no AWS credentials found for {self.describe()}",
-                hint=_CREDENTIALS_HINT.format(where=self.describe()),
-            ) from None
-        except ConnectionError as exc:
-            raise S3Unavailable(
-                f"cannot reach the S3 endpoint {self._endpoint()} for {self.describe(name)}: "
-                f"{type(exc).__name__}",
-                hint="check that the endpoint runs and [repository] endpoint_url is right; "
-                "the daemon keeps retrying",
-            ) from exc
-        except BotoCoreError as exc:  # a checksum that failed on a read, a bad setting
-            raise S3StoreError(
-                f"S3 {operation} of {self.describe(name)} failed: {type(exc).__name__}: {exc}"
-            ) from exc
-
-    def _client_error(self, operation: str, name: str, exc: ClientError) -> OSError:
-        code = _code(exc)
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        where = self.describe(name)
-        if code in _MISSING and name:
-            return ObjectMissingError(2, f"object {name} is missing", where)
-        if code in {"PreconditionFailed", "412"} and name:
-            return ObjectExistsError(17, f"object {name} exists", where)
-        if code == "NoSuchBucket":
-            return self._no_bucket()
-        if code in _REFUSED:
-            return S3StoreError(
-                f"S3 refused {operation} of {where}: {code}",
-                hint=_CREDENTIALS_HINT.format(where=self.describe()),
-            )
-        if code in _CHANGED_ON_THE_WAY:
-            return S3Unavailable(
-                f"S3 {operation} of {where}: the bytes the server received do not match "
-                f"their SHA-256 ({code}); nothing was stored",
-                hint="something between nkdaemon and the endpoint changes data; the write "
-                "is safe to retry, and if this repeats, check proxies and the network",
-            )
-        message = exc.response.get("Error", {}).get("Message", "")
-        if code in {"SlowDown", "ServiceUnavailable", "InternalError"} or status >= 500:
-            return S3Unavailable(
-                f"S3 {operation} of {where} failed after retries: {code} {message}".rstrip(),
-                hint="the server is throttling or failing; the daemon keeps retrying",
-            )
-        return S3StoreError(f"S3 {operation} of {where} failed: {code} {message}".rstrip())
 
 
 class _Body(io.RawIOBase):
     """A GetObject body read in blocks, its driver errors translated like every other."""
 
-    def __init__(self, body: Any, store: S3Store, name: str) -> None:
-        self._body, self._store, self._name = body, store, name
+    def __init__(self, body: Any, location: S3Location, name: str) -> None:
+        self._body, self._location, self._name = body, location, name
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
-        with self._store._translated("read", self._name):
+        with translated(self._location, "read", self._name):
             chunk = self._body.read(len(buffer))
         buffer[: len(chunk)] = chunk
         return len(chunk)
@@ -423,21 +352,26 @@ def _read_part(stream: ReadableBytes, size: int) -> bytes:
     """Up to ``size`` bytes of ``stream``; fewer only at its end."""
     blocks: list[bytes] = []
     left = size
-    while left > 0:
-        block = stream.read(left)
-        if not block:
-            break
+    while left > 0 and (block := stream.read(left)):
         blocks.append(block)
         left -= len(block)
     return b"".join(blocks)
 
 
+def _spool(first: bytes, stream: ReadableBytes, spool: BinaryIO) -> tuple[int, str]:
+    """Write ``first`` and the rest of ``stream`` to ``spool``: (size, SHA-256)."""
+    digest = hashlib.sha256(first)
+    spool.write(first)
+    size = len(first)
+    while block := stream.read(_BLOCK):
+        digest.update(block)
+        spool.write(block)
+        size += len(block)
+    return size, base64.b64encode(digest.digest()).decode("ascii")
+
+
 def _sha256(data: bytes) -> str:
     return base64.b64encode(hashlib.sha256(data).digest()).decode("ascii")
-
-
-def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 def _is_name(name: str) -> bool:

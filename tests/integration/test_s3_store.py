@@ -19,6 +19,7 @@ import traceback
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
@@ -68,31 +69,15 @@ def proxy(s3_server: S3Server) -> Iterator[FaultProxy]:
         yield running
 
 
-# --- multipart uploads ----------------------------------------------------------------------
+# --- long streams: spooled, then one conditional put; multipart beyond that -------------
 
 
-def test_a_long_stream_is_uploaded_in_parts_and_a_second_writer_is_refused_at_completion(
-    s3_server: S3Server, s3_bucket: str
+def test_of_writers_racing_with_long_streams_exactly_one_wins_with_one_put_each(
+    s3_server: S3Server, s3_bucket: str, proxy: FaultProxy
 ) -> None:
-    store = _store(s3_server, s3_bucket)
-    first = os.urandom(2 * PART + 123)
-    store.write_if_absent("snapshots/s1/tables/1", io.BytesIO(first))
-    head = s3_server.client().head_object(
-        Bucket=s3_bucket, Key="repo/snapshots/s1/tables/1", ChecksumMode="ENABLED"
-    )
-    assert head["ChecksumSHA256"].endswith("-3"), "three parts, each with its SHA-256"
-    with pytest.raises(ObjectExistsError):
-        store.write_if_absent("snapshots/s1/tables/1", io.BytesIO(os.urandom(2 * PART)))
-    assert store.read("snapshots/s1/tables/1") == first
-    assert _uploads_left(s3_server, s3_bucket) == [], "the refused upload was aborted"
-
-
-def test_of_multipart_writers_racing_for_one_name_exactly_one_wins(
-    s3_server: S3Server, s3_bucket: str
-) -> None:
-    """The server honours If-None-Match on CompleteMultipartUpload (SeaweedFS does; a
-    server that did not would let two of these win)."""
-    store = _store(s3_server, s3_bucket)
+    """A stream longer than a part is spooled and sent as one PutObject with
+    If-None-Match, which SeaweedFS makes atomic (its multipart completion is not)."""
+    store = _store(proxy, s3_bucket)
     writers = 3
     start = threading.Barrier(writers)
     won: list[bytes] = []
@@ -114,11 +99,52 @@ def test_of_multipart_writers_racing_for_one_name_exactly_one_wins(
         thread.join()
     assert len(won) == 1 and len(lost) == writers - 1
     assert store.read("contended") == won[0]
-    assert _uploads_left(s3_server, s3_bucket) == []
+    assert proxy.requests("POST") == [], "no multipart upload"
+    assert sorted(len(put.body) for put in proxy.requests("PUT")) == [PART + 1000] * writers
 
 
-def test_a_stream_that_fails_after_a_part_was_sent_leaves_no_upload_behind(
+def test_a_stream_beyond_the_single_put_limit_is_uploaded_in_parts_and_never_overwrites(
     s3_server: S3Server, s3_bucket: str
+) -> None:
+    store = _store(s3_server, s3_bucket, single_put_limit=PART)
+    first = os.urandom(2 * PART + 123)
+    store.write_if_absent("snapshots/s1/tables/1", io.BytesIO(first))
+    head = s3_server.client().head_object(
+        Bucket=s3_bucket, Key="repo/snapshots/s1/tables/1", ChecksumMode="ENABLED"
+    )
+    assert head["ChecksumSHA256"].endswith("-3"), "three parts, each with its SHA-256"
+    with pytest.raises(ObjectExistsError):
+        store.write_if_absent("snapshots/s1/tables/1", io.BytesIO(os.urandom(2 * PART)))
+    assert store.read("snapshots/s1/tables/1") == first
+    assert _uploads_left(s3_server, s3_bucket) == [], "the refused upload was aborted"
+
+
+def test_the_server_refuses_a_completion_with_if_none_match_once_the_key_exists(
+    s3_server: S3Server, s3_bucket: str
+) -> None:
+    """What the multipart path relies on (one writer after another; see the race in
+    nkdaemon/repository/s3_store.py's docstring for what SeaweedFS does not promise)."""
+    client = s3_server.client()
+    client.put_object(Bucket=s3_bucket, Key="k", Body=b"first")
+    upload = client.create_multipart_upload(Bucket=s3_bucket, Key="k")["UploadId"]
+    part = client.upload_part(
+        Bucket=s3_bucket, Key="k", UploadId=upload, PartNumber=1, Body=b"second"
+    )
+    with pytest.raises(ClientError) as refused:
+        client.complete_multipart_upload(
+            Bucket=s3_bucket,
+            Key="k",
+            UploadId=upload,
+            MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]},
+            IfNoneMatch="*",
+        )
+    assert refused.value.response["Error"]["Code"] == "PreconditionFailed"
+    assert client.get_object(Bucket=s3_bucket, Key="k")["Body"].read() == b"first"
+    client.abort_multipart_upload(Bucket=s3_bucket, Key="k", UploadId=upload)
+
+
+def test_a_long_stream_that_fails_while_spooled_sends_nothing(
+    s3_bucket: str, proxy: FaultProxy
 ) -> None:
     class FailsLater:
         def __init__(self) -> None:
@@ -130,52 +156,51 @@ def test_a_stream_that_fails_after_a_part_was_sent_leaves_no_upload_behind(
             self.given += size
             return b"z" * size
 
-    store = _store(s3_server, s3_bucket)
+    store = _store(proxy, s3_bucket)
     with pytest.raises(RuntimeError, match="the source broke"):
         store.write_if_absent("broken", FailsLater())
     assert store.list() == []
-    assert _uploads_left(s3_server, s3_bucket) == []
+    assert proxy.requests("PUT") == [] and proxy.requests("POST") == []
 
 
-def test_a_writer_killed_mid_upload_leaves_no_object_and_its_upload_is_cleaned_up(
-    s3_server: S3Server, s3_bucket: str
+def test_a_writer_killed_while_spooling_leaves_nothing_and_the_name_free(
+    s3_server: S3Server, s3_bucket: str, tmp_path: Path
 ) -> None:
-    """SIGKILL after a part was sent: no object, the name free, and the unfinished upload
-    (which no abort could remove) is found and aborted once it is old enough."""
-
     class StallsAfterOnePart:
         def __init__(self, ready: int) -> None:
             self.ready, self.given = ready, 0
 
         def read(self, size: int = -1, /) -> bytes:
-            if self.given >= PART:
+            if self.given > PART:
                 stall(self.ready)
             self.given += size
             return b"k" * size
 
-    store = _store(s3_server, s3_bucket)
+    store = _store(s3_server, s3_bucket, spool_dir=str(tmp_path))
     killed_while(lambda ready: store.write_if_absent("torn", StallsAfterOnePart(ready)))
-    assert store.list() == []
+    assert store.list() == [] and _uploads_left(s3_server, s3_bucket) == []
     with pytest.raises(ObjectMissingError):
         store.read("torn")
-    assert _uploads_left(s3_server, s3_bucket) == ["repo/torn"]
-    assert store.abort_stale_uploads(older_than=timedelta(hours=1)) == [], "may still run"
-    assert store.abort_stale_uploads(older_than=timedelta(0)) == ["torn"]
-    assert _uploads_left(s3_server, s3_bucket) == []
+    assert list(tmp_path.iterdir()) == [], "the spool file had no name to leave behind"
     store.write_if_absent("torn", b"whole")
     assert store.read("torn") == b"whole"
 
 
-def test_the_conditional_write_check_passes_here_and_fails_where_writes_are_not_refused(
-    s3_server: S3Server, s3_bucket: str, proxy: FaultProxy
+def test_uploads_left_by_killed_writers_are_aborted_once_old_enough(
+    s3_server: S3Server, s3_bucket: str
 ) -> None:
-    _store(s3_server, s3_bucket).check_conditional_writes()
-    assert s3_server.client().list_objects_v2(Bucket=s3_bucket).get("Contents") is None
-    store = _store(proxy, s3_bucket)
-    proxy.pretend_puts = True
-    with pytest.raises(S3StoreError, match="If-None-Match") as caught:
-        store.check_conditional_writes()
-    assert caught.value.hint and "conditional writes" in caught.value.hint
+    """As a writer killed between two parts leaves it: one part sent, never completed."""
+    client = s3_server.client()
+    upload = client.create_multipart_upload(Bucket=s3_bucket, Key="repo/torn")["UploadId"]
+    client.upload_part(
+        Bucket=s3_bucket, Key="repo/torn", UploadId=upload, PartNumber=1, Body=b"k" * PART
+    )
+    client.create_multipart_upload(Bucket=s3_bucket, Key="elsewhere/x")  # not the store's
+    store = _store(s3_server, s3_bucket)
+    assert store.list() == []
+    assert store.abort_stale_uploads(older_than=timedelta(hours=1)) == [], "may still run"
+    assert store.abort_stale_uploads(older_than=timedelta(0)) == ["torn"]
+    assert _uploads_left(s3_server, s3_bucket) == ["elsewhere/x"]
 
 
 # --- checksums ------------------------------------------------------------------------------
@@ -188,9 +213,11 @@ def test_every_write_sends_the_sha256_of_its_body_and_the_server_keeps_it(
     small = b"a segment"
     store.write_if_absent("log/1", small)
     store.replace("log/end.json", b'{"end": 1}')
-    store.write_if_absent("big", io.BytesIO(os.urandom(PART + 10)))
+    store.write_if_absent("spooled", io.BytesIO(os.urandom(PART + 10)))
+    multipart = _store(proxy, s3_bucket, single_put_limit=PART)
+    multipart.write_if_absent("in-parts", io.BytesIO(os.urandom(PART + 10)))
     puts = proxy.requests("PUT")
-    assert len(puts) == 4, "two puts and two parts"
+    assert len(puts) == 5, "three puts and two parts"
     for put in puts:
         assert put.headers["x-amz-checksum-sha256"] == _sha256(put.body), put.path
     head = s3_server.client().head_object(
@@ -224,7 +251,10 @@ def test_a_body_corrupted_on_its_way_to_the_server_is_refused_and_nothing_change
     with pytest.raises(S3Unavailable, match="do not match their SHA-256"):
         store.replace("log/end.json", b"new")
     with pytest.raises(S3Unavailable, match="do not match their SHA-256"):
-        store.write_if_absent("big", io.BytesIO(os.urandom(PART + 10)))
+        store.write_if_absent("spooled", io.BytesIO(os.urandom(PART + 10)))
+    multipart = _store(proxy, s3_bucket, single_put_limit=PART)
+    with pytest.raises(S3Unavailable, match="do not match their SHA-256"):
+        multipart.write_if_absent("in-parts", io.BytesIO(os.urandom(PART + 10)))
     proxy.corrupt_uploads = False
     assert store.list() == ["log/end.json"]
     assert store.read("log/end.json") == b"old"
@@ -277,7 +307,8 @@ def test_a_write_whose_answer_was_lost_is_retried_and_found_done_not_taken(
 ) -> None:
     """The first put succeeds but its answer never arrives; botocore's retry meets 412,
     from our own write: the store finds its SHA-256 there and reports success, not a
-    name taken by another writer. The same for the completion of a multipart upload."""
+    name taken by another writer. The same for a spooled stream (the retry sends the
+    file again from its start) and for the completion of a multipart upload."""
     store = _store(proxy, s3_bucket)
     assert store.list() == []
     proxy.lose_answers = 1
@@ -285,10 +316,17 @@ def test_a_write_whose_answer_was_lost_is_retried_and_found_done_not_taken(
     assert [put.status for put in proxy.requests("PUT")] == [200, 412]
     assert store.read("log/1") == b"a segment"
 
-    proxy.lose_if = lambda exchange: exchange.method == "POST" and "uploadId=" in exchange.path
     proxy.lose_answers = 1
     data = os.urandom(PART + 10)
-    store.write_if_absent("big", io.BytesIO(data))
+    store.write_if_absent("spooled", io.BytesIO(data))
+    assert [put.status for put in proxy.requests("PUT")][2:] == [200, 412]
+    assert [len(put.body) for put in proxy.requests("PUT")][2:] == [len(data)] * 2
+    assert store.read("spooled") == data
+
+    proxy.lose_if = lambda exchange: exchange.method == "POST" and "uploadId=" in exchange.path
+    proxy.lose_answers = 1
+    multipart = _store(proxy, s3_bucket, single_put_limit=PART)
+    multipart.write_if_absent("big", io.BytesIO(data))
     completions = [post for post in proxy.requests("POST") if "uploadId=" in post.path]
     assert [post.status for post in completions] == [200, 412]
     assert store.read("big") == data

@@ -1,7 +1,9 @@
 """What only the bucket store has to show, beyond the contract every store passes
-(test_store_contract.py): multipart uploads that never overwrite and never linger, a
-SHA-256 on every write that the server checks, throttling retried, and errors that name the
-bucket and the way out without ever showing a credential.
+(test_store_contract.py): long streams sent as one conditional put, multipart uploads
+that never overwrite and never linger, a SHA-256 on every write that the server checks,
+throttling and lost answers retried, and errors that name the bucket and the way out
+without ever showing a credential. What the store relies on in the server (If-None-Match,
+checksums) is checked here too, not assumed.
 
 Everything runs against a real SeaweedFS server; faults on the wire come from a loopback
 proxy in front of it (tests/s3.py FaultProxy), never from a mocked client.
@@ -276,7 +278,7 @@ def test_a_body_corrupted_on_its_way_back_fails_its_checksum_on_read(
 # --- throttling -----------------------------------------------------------------------------
 
 
-def test_throttling_is_retried_until_the_server_takes_the_write(
+def test_throttling_is_retried_until_the_server_takes_the_write_or_the_read(
     s3_bucket: str, proxy: FaultProxy
 ) -> None:
     store = _store(proxy, s3_bucket)
@@ -284,7 +286,9 @@ def test_throttling_is_retried_until_the_server_takes_the_write(
     proxy.throttle = 3
     store.write_if_absent("log/1", b"a segment")
     assert [put.status for put in proxy.requests("PUT")] == [503, 503, 503, 200]
+    proxy.throttle = 2
     assert store.read("log/1") == b"a segment"
+    assert [get.status for get in proxy.requests("GET")][-3:] == [503, 503, 200]
 
 
 def test_throttling_that_outlasts_the_retries_is_reported_as_unavailable(

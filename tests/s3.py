@@ -7,17 +7,20 @@ installs it through the test extra, so there it runs.
 
 from __future__ import annotations
 
+import http.client
 import os
 import random
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -160,3 +163,149 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
+
+
+@dataclass
+class Exchange:
+    """One request the proxy saw, as the client sent it, and the status it answered."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    status: int = 0
+
+
+class FaultProxy:
+    """A loopback HTTP proxy in front of the S3 server, for faults on the wire.
+
+    Each request is forwarded as it came, Host header included, so its signature still
+    holds. A test sets what to break: ``throttle`` answers that many next requests with
+    503 SlowDown (an S3 error body, as AWS sends it) without forwarding them;
+    ``corrupt_uploads`` flips one byte of every PUT body on its way to the server;
+    ``corrupt_downloads`` flips one byte of every GET answer on its way back;
+    ``pretend_puts`` answers every PUT with success itself, as a server that ignores
+    If-None-Match would (echoing the SHA-256 it was sent), storing nothing;
+    ``lose_answers`` forwards that many next requests for which ``lose_if`` holds, then
+    hangs up instead of passing their answers back (the server did the work; the client
+    does not know).
+    """
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream.removeprefix("http://")
+        self.seen: list[Exchange] = []
+        self.throttle = 0
+        self.corrupt_uploads = False
+        self.corrupt_downloads = False
+        self.pretend_puts = False
+        self.lose_answers = 0
+        self.lose_if: Callable[[Exchange], bool] = lambda exchange: True
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def requests(self, method: str) -> list[Exchange]:
+        with self._lock:
+            return [e for e in self.seen if e.method == method]
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def _any(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                assert "chunked" not in self.headers.get("Transfer-Encoding", ""), "unsupported"
+                exchange = Exchange(
+                    self.command, self.path, dict(self.headers), self.rfile.read(length)
+                )
+                with proxy._lock:
+                    proxy.seen.append(exchange)
+                    throttled = proxy.throttle > 0
+                    proxy.throttle -= throttled
+                if throttled:
+                    status, headers, body = _slow_down()
+                elif proxy.pretend_puts and exchange.method == "PUT":
+                    status, headers, body = _pretended(exchange)
+                else:
+                    status, headers, body = proxy._forward(exchange)
+                exchange.status = status
+                if not throttled and proxy._lose(exchange):
+                    self.close_connection = True
+                    return
+                self.send_response(status)
+                for name, value in headers:
+                    if name.lower() not in {"transfer-encoding", "connection"}:
+                        self.send_header(name, value)
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any
+
+        return Handler
+
+    def _lose(self, exchange: Exchange) -> bool:
+        with self._lock:
+            lose = self.lose_answers > 0 and self.lose_if(exchange)
+            self.lose_answers -= lose
+        return lose
+
+    def _forward(self, exchange: Exchange) -> tuple[int, list[tuple[str, str]], bytes]:
+        body = exchange.body
+        if self.corrupt_uploads and exchange.method == "PUT" and body:
+            body = body[:-1] + bytes([body[-1] ^ 0xFF])
+        connection = http.client.HTTPConnection(self.upstream, timeout=60)
+        try:
+            connection.putrequest(
+                exchange.method, exchange.path, skip_host=True, skip_accept_encoding=True
+            )
+            for name, value in exchange.headers.items():
+                connection.putheader(name, value)
+            connection.endheaders(body)
+            answer = connection.getresponse()
+            data = answer.read()
+        finally:
+            connection.close()
+        if self.corrupt_downloads and exchange.method == "GET" and answer.status == 200 and data:
+            data = bytes([data[0] ^ 0xFF]) + data[1:]
+        headers = [(k, v) for k, v in answer.getheaders() if k.lower() != "content-length"]
+        length = answer.getheader("Content-Length") if exchange.method == "HEAD" else None
+        headers.append(("Content-Length", length or str(len(data))))
+        return answer.status, headers, data
+
+
+def _slow_down() -> tuple[int, list[tuple[str, str]], bytes]:
+    body = (
+        b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+        b"<Message>Please reduce your request rate.</Message></Error>"
+    )
+    headers = [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))]
+    return 503, headers, body
+
+
+def _pretended(exchange: Exchange) -> tuple[int, list[tuple[str, str]], bytes]:
+    headers = [("ETag", '"0"'), ("Content-Length", "0")]
+    checksum = exchange.headers.get("x-amz-checksum-sha256")
+    if checksum:
+        headers.append(("x-amz-checksum-sha256", checksum))
+    return 200, headers, b""
+
+
+@contextmanager
+def fault_proxy(server: S3Server) -> Iterator[FaultProxy]:
+    """A FaultProxy in front of ``server``, stopped after."""
+    proxy = FaultProxy(server.endpoint)
+    thread = threading.Thread(target=proxy._server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield proxy
+    finally:
+        proxy._server.shutdown()
+        proxy._server.server_close()
+        thread.join(timeout=10)

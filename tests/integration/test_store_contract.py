@@ -1,9 +1,10 @@
 """What every RepositoryStore must do, written once (core/ports.RepositoryStore).
 
 ``StoreContract`` holds the cases; each implementation subclasses it once and says how to
-make an empty store (the local directory here; the object-storage store of issue 13 the
-same way). After the contract, what only the local directory has to show: its temporary
-files, folders and modes, and a read-only folder.
+make an empty store: the local directory, and a fresh bucket on a real S3 server
+(SeaweedFS, tests/s3.py) under a prefix. After the contract, what only the local directory
+has to show: its temporary files, folders and modes, and a read-only folder
+(tests/integration/test_s3_store.py has what only the bucket has to show).
 
 Crashes are real: a child process is killed with SIGKILL while it writes, its stream
 stalled after the store has taken a first block.
@@ -29,6 +30,7 @@ from nkdaemon.core.ports import (
     RepositoryStore,
 )
 from nkdaemon.repository.local_store import LocalStore
+from nkdaemon.repository.s3_store import S3Store
 from nkdaemon.repository.snapshots import (
     SnapshotWriter,
     confirm_unchanged,
@@ -36,6 +38,7 @@ from nkdaemon.repository.snapshots import (
     prune_snapshots,
     read_table,
 )
+from tests.s3 import S3Server
 
 BLOCK = 1 << 16
 
@@ -51,17 +54,17 @@ class _Stalling:
         self._reads += 1
         if self._reads == 1:
             return b"x" * BLOCK
-        _stall(self._ready)
+        stall(self._ready)
         return b""
 
 
-def _stall(ready: int) -> None:
+def stall(ready: int) -> None:
     os.write(ready, b"w")  # what came before is with the store now
     while True:
         signal.pause()  # until SIGKILL
 
 
-def _killed_while(work: Callable[[int], None]) -> None:
+def killed_while(work: Callable[[int], None]) -> None:
     """Run ``work(ready)`` in a child process; SIGKILL it once it writes to ``ready``."""
     ready_r, ready_w = os.pipe()
     pid = os.fork()
@@ -90,6 +93,8 @@ def _rows(count: int, table: str) -> list[dict[str, Any]]:
 
 class StoreContract:
     """The cases; a subclass per implementation defines ``make_store``."""
+
+    listings = 2000  # lists raced against deletes; a bucket's round trips make it cost more
 
     def make_store(self, tmp_path: Path) -> RepositoryStore:
         raise NotImplementedError
@@ -217,7 +222,7 @@ class StoreContract:
         self, store: RepositoryStore
     ) -> None:
         store.write_if_absent("kept", b"before")
-        _killed_while(lambda ready: store.write_if_absent("torn/object", _Stalling(ready)))
+        killed_while(lambda ready: store.write_if_absent("torn/object", _Stalling(ready)))
         assert store.list() == ["kept"]
         with pytest.raises(ObjectMissingError):
             store.read("torn/object")
@@ -289,7 +294,7 @@ class StoreContract:
         writer = threading.Thread(target=churn)
         writer.start()
         try:
-            for _ in range(2000):
+            for _ in range(self.listings):
                 try:
                     store.list("s/")
                 except OSError as exc:
@@ -334,7 +339,7 @@ class StoreContract:
 
         def stalled_rows(ready: int) -> Iterator[dict[str, Any]]:
             yield from rows[:250]
-            _stall(ready)
+            stall(ready)
             yield from rows[250:]
 
         def write(ready: int) -> None:
@@ -342,7 +347,7 @@ class StoreContract:
             writer.write_table(1, "whole", iter(rows))
             writer.write_table(2, "torn", stalled_rows(ready))
 
-        _killed_while(write)
+        killed_while(write)
         assert list_snapshots(store) == []
         assert store.list(), "the first table was written: the manifest is what is missing"
         writer = SnapshotWriter(store, time=moment, position=9)
@@ -363,6 +368,29 @@ class StoreContract:
 class TestLocalStore(StoreContract):
     def make_store(self, tmp_path: Path) -> RepositoryStore:
         return LocalStore(tmp_path / "store")
+
+
+class TestS3Store(StoreContract):
+    """A new bucket per test, the store under a prefix; credentials through the standard
+    AWS chain (the environment), as the daemon finds them."""
+
+    server: S3Server
+    listings = 200  # a listing is the server's, not a walk of folders that may vanish
+
+    @pytest.fixture(autouse=True)
+    def _s3(self, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.server = s3_server
+        for variable, value in s3_server.environment().items():
+            monkeypatch.setenv(variable, value)
+
+    def make_store(self, tmp_path: Path) -> RepositoryStore:
+        return S3Store(
+            self.server.new_bucket(),
+            "backups/edms",
+            endpoint_url=self.server.endpoint,
+            region=self.server.region,
+            path_style=True,
+        )
 
 
 # --- what only the local directory has to show ---------------------------------------------

@@ -77,7 +77,7 @@ class Translator:
         inserts of others, deletes of known rows the baseline lacks. Any other (or one the
         index never held) is logged as a truncate and inserts. ``seed``: the baseline only
         gives the index rows the log has (a new table refers to this one); nothing logged."""
-        self._close_baselines()
+        self.close_baselines()
         previous = self._tables.get(table)
         if spec is not None and spec != previous:
             self._tables[table] = spec
@@ -101,7 +101,7 @@ class Translator:
             change.op != "B"
             or (change.table not in self._baselines and change.table not in self._seeding)
         ):
-            self._close_baselines()
+            self.close_baselines()
         if change.op == "B":
             assert change.new is not None
             self._rebase(change.table, spec, change.new)
@@ -119,6 +119,11 @@ class Translator:
             assert change.old is not None
             self._delete(change.table, spec, change.old)
 
+    @property
+    def emitted(self) -> int:
+        """Events made so far and not taken by ``ready`` (some may wait for a reference)."""
+        return len(self._buffer)
+
     def ready(self) -> list[ChangeEvent]:
         """Events fully resolved so far, in order (up to the first one that waits)."""
         if self._pending_count:
@@ -131,7 +136,7 @@ class Translator:
 
     def finish(self) -> list[ChangeEvent]:
         """End the transaction: resolve late references, forget deleted rows."""
-        self._close_baselines()
+        self.close_baselines()
         events = [self._complete(e) if isinstance(e, _Unfinished) else e for e in self._buffer]
         for table, sid in self._tombstones:  # a composite id is kept as a tuple here
             sid = list(sid) if isinstance(sid, tuple) else sid
@@ -206,7 +211,7 @@ class Translator:
         else:
             rows[_hashable(source_id(spec, new))] = new
 
-    def _close_baselines(self) -> None:
+    def close_baselines(self) -> None:
         """The baselines read so far are whole: bring the log's rows to them. Rows the
         index knows that a baseline lacks go first, then updates, then renames (each after
         the one that frees its new key), then inserts, so no key is ever held by two rows

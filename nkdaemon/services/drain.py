@@ -395,6 +395,10 @@ class Drainer:
         changes are read in the shape it gives."""
         definition = self._shapes.apply(change)
         seed = change.kind == "referenced"  # its shape is the same: no definition logged
+        translator.close_baselines()  # a baseline before this change ends before it
+        # Its place among the transaction's events: before what the change itself makes
+        # (a baseline's truncate and inserts are in the new shape).
+        at_event = tx.events + len(tx.pending) + translator.emitted
         translator.schema_changed(
             change.table,
             baseline=change.baseline,
@@ -403,14 +407,13 @@ class Drainer:
         )
         if not tx.append or seed:
             return
-        tx.pending.extend(translator.ready())
         tx.definitions.append(
             Definition(
                 lsn=tx.lsn,
                 table=change.name,
                 definition=definition,
                 change=change.kind,
-                at_event=tx.events + len(tx.pending),
+                at_event=at_event,
                 renamed=change.renamed,
                 command=change.command,
             )

@@ -742,3 +742,25 @@ def test_a_drain_killed_after_a_schema_change_loses_and_doubles_nothing(
     assert [d.change for d in _definitions(settings, "items")] == ["altered"]
     _assert_log_matches_source(settings)
     assert _query(path, "SELECT count(*) FROM _nkd_changes") == [(0,)]
+
+
+def test_history_shows_the_change_inline_and_the_row_continuing_through_its_baseline(
+    tmp_path: Path, drain: Drain
+) -> None:
+    """The DEFINITION record stands before what the change made (a baseline's truncate and
+    inserts are in the new shape), so history shows one row going on through it."""
+    settings, path = _captured(tmp_path)
+    _run(path, "INSERT INTO items (code, qty) VALUES ('a', 1)")
+    drain(settings)
+    _run(path, "ALTER TABLE items ADD COLUMN color TEXT DEFAULT 'grey'")
+    drain(settings)
+    [tx] = [t for t in logged(settings) if t.definitions]
+    [definition] = tx.definitions
+    ops = [e.op for e in tx.events]
+    assert ops[definition.at_event :] == ["T", "I"], (ops, definition.at_event)
+    config = tmp_path / "nkdaemon.toml"
+    shown = run_cli(config, "history", "items", "code=a")
+    assert shown.exit_code == 0, shown.output
+    lines = [line.split()[3] for line in shown.output.splitlines() if line.startswith("  tx")]
+    assert lines == ["insert", "schema", "baseline"], shown.output
+    assert '"color": "grey"' in shown.output and "truncate" not in shown.output

@@ -245,6 +245,10 @@ def _back_to_before_owners(url: str) -> None:
         if url.startswith("sqlite"):
             conn.exec_driver_sql("DELETE FROM _nkd_schema_version WHERE version >= 2")
             conn.exec_driver_sql("DROP TABLE _nkd_owner")
+            # and what later migrations (3: following schema changes) added
+            conn.exec_driver_sql("ALTER TABLE _nkd_tables DROP COLUMN indexes")
+            for table in ("_nkd_layouts", "_nkd_schema_changes", "_nkd_retired"):
+                conn.exec_driver_sql(f"DROP TABLE {table}")
         else:
             conn.exec_driver_sql("DELETE FROM nkdaemon.schema_version WHERE version >= 5")
             conn.exec_driver_sql("DROP TABLE nkdaemon.owner")

@@ -214,10 +214,12 @@ END
 $f$;
 
 -- The event triggers' functions run as their owner (a superuser: only one can create event
--- triggers), so a DDL by a role that may not write nkdaemon's tables still succeeds; no
--- SET clause, because that would undo the queue's transaction-local bookkeeping at exit.
+-- triggers), so a DDL by a role that may not write nkdaemon's tables still succeeds. Their
+-- search_path is fixed, so the DDL's role cannot slip its own functions or operators in;
+-- a SET clause restores only that setting at exit, so the queue's transaction-local
+-- bookkeeping (nkdaemon.open_tx) and nkdaemon.rewritten outlive the call.
 CREATE OR REPLACE FUNCTION nkdaemon.on_ddl() RETURNS event_trigger
-LANGUAGE plpgsql SECURITY DEFINER AS $f$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
 DECLARE
     num integer;
     tag text;
@@ -238,7 +240,7 @@ END
 $f$;
 
 CREATE OR REPLACE FUNCTION nkdaemon.on_drop() RETURNS event_trigger
-LANGUAGE plpgsql SECURITY DEFINER AS $f$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
 DECLARE
     num integer;
 BEGIN
@@ -256,7 +258,7 @@ $f$;
 -- A rewrite can change values without changing the shape (ALTER COLUMN TYPE ... USING to
 -- the same type): noted for on_ddl, which then takes a baseline.
 CREATE OR REPLACE FUNCTION nkdaemon.on_rewrite() RETURNS event_trigger
-LANGUAGE plpgsql SECURITY DEFINER AS $f$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
 DECLARE
     rel oid := pg_catalog.pg_event_trigger_table_rewrite_oid();
 BEGIN

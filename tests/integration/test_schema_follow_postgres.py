@@ -121,6 +121,10 @@ def test_a_write_before_the_ddl_in_its_transaction_lacks_the_column_and_one_afte
         "ALTER TABLE items ADD COLUMN note text",
         "UPDATE items SET note = 'x' WHERE code = 'b'",
     )
+    # one transaction, sealed once: the event trigger's entry joined it like a row change
+    assert (
+        _one(pg_url, "SELECT count(DISTINCT xid) || '/' || count(*) FROM nkdaemon.commits") == "1/1"
+    )
     do_drain(settings)
 
     [tx] = [tx for tx in logged(settings) if tx.definitions]
@@ -318,7 +322,7 @@ def test_truncate_and_uninstall_still_work(pg_url: str, tmp_path: Path) -> None:
     _sql(pg_url, "ALTER TABLE items ADD COLUMN later text")  # DDL works without capture
 
 
-# --- without a superuser: each pass ------------------------------------------------------
+# --- roles ----------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -337,6 +341,21 @@ def app_url(pg_url: str) -> Iterator[str]:
     _sql(pg_url, f"DROP OWNED BY {role} CASCADE")
     with psycopg.connect(conninfo_from_url(pg_url), autocommit=True) as conn:
         conn.execute(f"DROP ROLE {role}")  # type: ignore[arg-type]
+
+
+def test_a_role_that_may_not_touch_capture_still_runs_its_ddl(
+    pg_url: str, app_url: str, tmp_path: Path
+) -> None:
+    # The event triggers fire for every DDL of the database; they run as their owner, so
+    # a role without any right on nkdaemon's schema is not refused its own DDL.
+    _installed(pg_url, tmp_path)
+    _sql(
+        app_url,
+        "CREATE TABLE own (id integer PRIMARY KEY)",
+        "ALTER TABLE own ADD COLUMN v text DEFAULT 'x'",
+        "DROP TABLE own",
+    )
+    assert _queued(pg_url) == 0
 
 
 def test_without_a_superuser_changes_are_followed_on_the_next_pass(
@@ -393,3 +412,17 @@ def test_a_new_table_may_reference_a_table_nothing_referred_to(pg_url: str, tmp_
     )
     do_drain(settings)
     assert [e.key for e in _events(settings, "parts")] == [{"label": "p-a"}, {"label": "p-b"}]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="each pass: the row trigger functions name the key (and json) columns, so until "
+    "the next pass rebuilds them a write meets a column that is gone; only the event "
+    "triggers rebuild them inside the DDL's transaction",
+)
+def test_without_a_superuser_a_renamed_key_column_keeps_the_application_writing(
+    app_url: str, tmp_path: Path
+) -> None:
+    _installed(app_url, tmp_path)
+    _sql(app_url, "ALTER TABLE items RENAME COLUMN code TO sku")
+    _sql(app_url, "UPDATE items SET qty = 2")

@@ -264,14 +264,21 @@ def test_dropping_the_natural_key_stops_the_drain_and_keeps_the_queue(
     pg_url: str, tmp_path: Path
 ) -> None:
     settings = _installed(pg_url, tmp_path, extra='[tables.items]\nnatural_key = ["code"]\n')
-    _sql(pg_url, "UPDATE items SET qty = 9 WHERE code = 'a'")
-    _sql(pg_url, "ALTER TABLE items DROP COLUMN code")
-    _sql(pg_url, "UPDATE items SET qty = 8")  # the application goes on writing
-    queued = _queued(pg_url)
-    with pytest.raises((CaptureError, SchemaError)):
-        do_drain(settings)
+    with Session(settings, writer=True) as s:
+        drainer = s.drainer()  # a running daemon's, which knew the key before the drop
+        _sql(pg_url, "UPDATE items SET qty = 9 WHERE code = 'a'")
+        _sql(pg_url, "ALTER TABLE items DROP COLUMN code")
+        _sql(pg_url, "UPDATE items SET qty = 8")  # the application goes on writing
+        queued = _queued(pg_url)
+        with pytest.raises(CaptureError, match="code"):
+            drainer.drain_once()
+        assert s.state.get_meta("capture_stopped")
     assert _queued(pg_url) == queued > 0
-    assert not _definitions(settings, "items")  # nothing of it was logged
+    assert not _definitions(settings, "items")  # nothing of that transaction was logged
+    # a drain started afresh cannot even reflect the table: it stops too, queue kept
+    with pytest.raises(SchemaError):
+        do_drain(settings)
+    assert _queued(pg_url) == queued
 
 
 def test_ddl_on_a_table_capture_does_not_follow_queues_nothing(pg_url: str, tmp_path: Path) -> None:

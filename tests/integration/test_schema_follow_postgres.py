@@ -8,11 +8,15 @@ Real PostgreSQL, the real drain, the log read back.
 
 from __future__ import annotations
 
+import random
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psycopg
 import pytest
 from sqlalchemy.engine import make_url
@@ -63,10 +67,12 @@ def _events(settings: Settings, table: str) -> list[ChangeEvent]:
     return [e for tx in logged(settings) for e in tx.events if e.table == table]
 
 
-def _rows(events: list[ChangeEvent], key: str = "code") -> dict[str, dict[str, Any]]:
+def _rows(
+    events: list[ChangeEvent], key: str = "code", start: dict[str, dict[str, Any]] | None = None
+) -> dict[str, dict[str, Any]]:
     """The table as the events leave it, by natural key (a baseline of a table nothing
     refers to is a TRUNCATE and an insert of every row)."""
-    rows: dict[str, dict[str, Any]] = {}
+    rows: dict[str, dict[str, Any]] = dict(start or {})
     for event in events:
         if event.op == "T":
             rows.clear()
@@ -433,3 +439,121 @@ def test_without_a_superuser_a_renamed_key_column_keeps_the_application_writing(
     _installed(app_url, tmp_path)
     _sql(app_url, "ALTER TABLE items RENAME COLUMN code TO sku")
     _sql(app_url, "UPDATE items SET qty = 2")
+
+
+# --- under a steady writer ----------------------------------------------------------------
+
+
+class _Writer(threading.Thread):
+    """The application: small transactions on items until told to stop, whatever the shape."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.stop = threading.Event()
+        self.commits = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._write()
+        except BaseException as exc:  # the test fails on it, with the cause
+            self.error = exc
+
+    def _write(self) -> None:
+        rng = random.Random(12)
+        with psycopg.connect(conninfo_from_url(self.url), autocommit=True) as conn:
+            conn.execute("SET lock_timeout = '20s'")
+            while not self.stop.is_set():
+                code = f"w{rng.randrange(40)}"
+                with conn.transaction():
+                    conn.execute(
+                        "INSERT INTO items (code) VALUES (%s) ON CONFLICT (code) DO NOTHING",
+                        (code,),
+                    )
+                    if rng.random() < 0.3:
+                        conn.execute(
+                            "DELETE FROM items WHERE code = %s", (f"w{rng.randrange(40)}",)
+                        )
+                    conn.execute(
+                        "UPDATE items SET code = code WHERE code = %s", (f"w{rng.randrange(40)}",)
+                    )
+                self.commits += 1
+
+
+def _wait_for_commits(writer: _Writer, count: int) -> None:
+    target = writer.commits + count
+    deadline = time.monotonic() + 30
+    while writer.commits < target and writer.error is None:
+        assert time.monotonic() < deadline, "the writer stalled"
+        time.sleep(0.005)
+
+
+def _shaped_rows(settings: Settings, table: str) -> dict[str, dict[str, Any]]:
+    """The table as the log leaves it, its definitions applied where they stand (a rename
+    moves the values, a dropped column leaves the rows)."""
+    rows: dict[str, dict[str, Any]] = {}
+    for tx in logged(settings):
+        events = [e for e in tx.events]
+        for i in range(len(events) + 1):
+            for definition in (d for d in tx.definitions if d.at_event == i):
+                if definition.table != table:
+                    continue
+                renamed = dict(definition.renamed)
+                for code, row in rows.items():
+                    moved = {renamed.get(k, k): v for k, v in row.items()}
+                    rows[code] = {k: v for k, v in moved.items() if k in definition.columns}
+            if i < len(events) and events[i].table == table:
+                rows = _rows([events[i]], start=rows)
+    return rows
+
+
+def _source_rows(url: str) -> dict[str, dict[str, Any]]:
+    with psycopg.connect(conninfo_from_url(url), autocommit=True) as conn:
+        rows = conn.execute("SELECT row_to_json(i)::text FROM items i").fetchall()
+    out = {}
+    for (text,) in rows:
+        row = orjson.loads(text)
+        row.pop("id")
+        out[str(row["code"])] = row
+    return out
+
+
+@pytest.mark.parametrize("mode", ["event trigger", "each pass"])
+def test_schema_changes_under_a_steady_writer_lose_nothing(
+    mode: str, pg_url: str, tmp_path: Path
+) -> None:
+    settings = _installed(pg_url, tmp_path)
+    if mode == "each pass":
+        for name in ("nkdaemon_ddl", "nkdaemon_drop", "nkdaemon_rewrite"):
+            _sql(pg_url, f"ALTER EVENT TRIGGER {name} DISABLE")
+    writer = _Writer(pg_url)
+    steps = (
+        "ALTER TABLE items ADD COLUMN color text NOT NULL DEFAULT 'grey'",
+        "ALTER TABLE items RENAME COLUMN qty TO quantity",
+        "ALTER TABLE items ALTER COLUMN quantity TYPE bigint USING coalesce(quantity, 0) + 1",
+        "ALTER TABLE items DROP COLUMN color",
+    )
+    with Session(settings, writer=True) as s:
+        drainer = s.drainer()
+        assert s.source.capture_mode() == mode
+        writer.start()
+        try:
+            for step in steps:
+                _wait_for_commits(writer, 20)
+                drainer.drain_once()
+                _sql(pg_url, step)
+                _wait_for_commits(writer, 20)
+                drainer.drain_once()
+        finally:
+            writer.stop.set()
+            writer.join()
+        drainer.drain_once()
+    assert writer.error is None
+    assert [d.columns for d in _definitions(settings, "items")] == [
+        ("id", "code", "qty", "color"),
+        ("id", "code", "quantity", "color"),
+        ("id", "code", "quantity", "color"),
+        ("id", "code", "quantity"),
+    ]
+    assert _shaped_rows(settings, "items") == _source_rows(pg_url)

@@ -19,6 +19,8 @@ from typing import Any
 import orjson
 import psycopg
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 from sqlalchemy.engine import make_url
 
 from nkdaemon.core.errors import CaptureError, SchemaError
@@ -26,6 +28,7 @@ from nkdaemon.core.log import ChangeEvent, Definition
 from nkdaemon.runtime.config import Settings
 from nkdaemon.runtime.session import Session
 from nkdaemon.sources.postgres import conninfo_from_url
+from tests import pg
 from tests.helpers import do_drain, do_install, logged, settings_for
 
 
@@ -557,3 +560,42 @@ def test_schema_changes_under_a_steady_writer_lose_nothing(
         ("id", "code", "quantity"),
     ]
     assert _shaped_rows(settings, "items") == _source_rows(pg_url)
+
+
+# --- column names as applications write them --------------------------------------------
+
+_NAMES = st.text(
+    st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="\x00"),
+    min_size=1,
+    max_size=20,
+).filter(lambda n: len(n.encode()) <= 63)
+
+
+@settings(
+    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(added=_NAMES, renamed=_NAMES)
+def test_any_column_name_is_followed_and_renamed(
+    pg_server: str, tmp_path_factory: pytest.TempPathFactory, added: str, renamed: str
+) -> None:
+    assume(added != renamed and {added, renamed}.isdisjoint({"id", "code", "qty"}))
+    url = pg.create_database(pg_server)
+    try:
+        settings = _installed(url, tmp_path_factory.mktemp("names"))
+        old, new = (psycopg.sql.Identifier(n) for n in (added, renamed))
+        with psycopg.connect(conninfo_from_url(url)) as conn:
+            for statement in (
+                "ALTER TABLE items ADD COLUMN {old} jsonb DEFAULT '{{}}'",
+                "ALTER TABLE items RENAME COLUMN {old} TO {new}",
+                "UPDATE items SET {new} = NULL WHERE code = 'a'",
+            ):
+                conn.execute(psycopg.sql.SQL(statement).format(old=old, new=new))
+        do_drain(settings)
+        first, second = _definitions(settings, "items")
+        assert first.columns == ("id", "code", "qty", added)
+        assert second.renamed == ((added, renamed),)
+        rows = _shaped_rows(settings, "items")
+        assert rows["a"][renamed] is None  # SQL NULL, not JSON null
+        assert rows["b"][renamed] == "{}"
+    finally:
+        pg.drop_database(pg_server, url)

@@ -26,6 +26,10 @@ from nkdaemon.sources.postgres_capture import (
 
 EVENT_TRIGGER, EACH_PASS = "event trigger", "each pass"
 
+# A table the application keeps locked delays the pass, never stalls it: the lock times out
+# (a transient error) and the next pass tries again.
+_LOCK_TIMEOUT = "SET LOCAL lock_timeout = '10s'"
+
 # Captured tables whose recorded shape differs from the catalog, or that are gone or
 # renamed: one catalog query for all of them.
 _CHANGED = """
@@ -145,6 +149,7 @@ def _follow_one(conn: Connection, number: int) -> SchemaChange | None:
     """In one transaction that keeps the application's writes out of the table: compare
     again, queue the entry and a baseline (values may have changed unseen), rebuild."""
     with conn.transaction():
+        conn.execute(_LOCK_TIMEOUT)
         row = conn.execute(
             "SELECT t.relid::regclass::text FROM nkdaemon.tables t "
             "JOIN pg_catalog.pg_class c ON c.oid = t.relid WHERE t.number = %s",
@@ -174,6 +179,7 @@ def capture_new_table(conn: Connection, schema: str, name: str) -> SchemaChange 
     table = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(name))
     try:
         with conn.transaction():
+            conn.execute(_LOCK_TIMEOUT)
             conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(table))
             conn.execute("LOCK TABLE nkdaemon.tables IN SHARE ROW EXCLUSIVE MODE")
             if _is_captured(conn, schema, name):

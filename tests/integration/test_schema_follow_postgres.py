@@ -269,6 +269,27 @@ def test_a_dropped_table_is_logged_after_its_last_changes(pg_url: str, tmp_path:
         assert "notes" not in s.source.installed_tables()
 
 
+def test_a_renamed_table_leaves_capture_and_comes_back_under_its_new_name(
+    pg_url: str, tmp_path: Path
+) -> None:
+    settings = _installed(pg_url, tmp_path)
+    with Session(settings, writer=True) as s:
+        drainer = s.drainer()
+        _sql(pg_url, "ALTER TABLE items RENAME TO goods", "UPDATE goods SET qty = 3")
+        assert _one(pg_url, "SELECT count(*) FROM nkdaemon.queue WHERE op = 'U'") == 0
+        drainer.drain_once()
+        _sql(pg_url, "UPDATE goods SET qty = 4 WHERE code = 'a'")
+        drainer.drain_once()
+        numbers = s.source.installed_tables()
+    assert [d.change for d in _definitions(settings, "items")] == ["dropped"]
+    assert [d.change for d in _definitions(settings, "goods")] == ["created"]
+    assert set(numbers) == {"goods"}
+    assert _rows(_events(settings, "goods")) == {
+        "a": {"code": "a", "qty": 4},
+        "b": {"code": "b", "qty": 3},
+    }
+
+
 def test_dropping_the_natural_key_stops_the_drain_and_keeps_the_queue(
     pg_url: str, tmp_path: Path
 ) -> None:

@@ -33,8 +33,35 @@ CREATE TABLE IF NOT EXISTS nkdaemon.shapes (
     attnum smallint NOT NULL,
     name text NOT NULL,
     type text NOT NULL,
+    -- NOT NULL and the default: a change is logged (a new definition), without a baseline
+    detail text NOT NULL,
     PRIMARY KEY (number, attnum)
 );
+-- The table's constraints and unique indexes, as a digest: a change is logged likewise.
+ALTER TABLE nkdaemon.tables ADD COLUMN IF NOT EXISTS constraints text;
+
+-- A table's columns now, as nkdaemon.shapes records them.
+CREATE OR REPLACE FUNCTION nkdaemon.shape_now(rel oid)
+RETURNS TABLE (attnum smallint, name text, type text, detail text, filled boolean)
+LANGUAGE sql STABLE AS $f$
+    SELECT a.attnum, a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod),
+           CASE WHEN a.attnotnull THEN 'NOT NULL' ELSE 'NULL' END
+               || coalesce(' DEFAULT ' || pg_catalog.pg_get_expr(d.adbin, d.adrelid), ''),
+           a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> ''
+    FROM pg_catalog.pg_attribute a
+    LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+    WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped
+$f$;
+
+CREATE OR REPLACE FUNCTION nkdaemon.constraints_of(rel oid) RETURNS text
+LANGUAGE sql STABLE AS $f$
+    SELECT md5(coalesce(string_agg(def, ';' ORDER BY def), ''))
+    FROM (SELECT conname || ' ' || pg_catalog.pg_get_constraintdef(oid) AS def
+          FROM pg_catalog.pg_constraint WHERE conrelid = rel
+          UNION ALL
+          SELECT pg_catalog.pg_get_indexdef(indexrelid)
+          FROM pg_catalog.pg_index WHERE indrelid = rel AND indisunique) c
+$f$;
 
 -- The json columns of a row that are SQL NULL (row_to_json writes SQL NULL and a JSON null
 -- alike); the same expression as nkdaemon/dialects/postgres_rows.py sql_nulls.
@@ -93,10 +120,10 @@ $f$;
 CREATE OR REPLACE FUNCTION nkdaemon.record_shape(num integer) RETURNS void
 LANGUAGE sql AS $f$
     DELETE FROM nkdaemon.shapes WHERE number = num;
-    INSERT INTO nkdaemon.shapes (number, attnum, name, type)
-    SELECT num, a.attnum, a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod)
-    FROM nkdaemon.tables t JOIN pg_catalog.pg_attribute a ON a.attrelid = t.relid
-    WHERE t.number = num AND a.attnum > 0 AND NOT a.attisdropped;
+    INSERT INTO nkdaemon.shapes (number, attnum, name, type, detail)
+    SELECT num, s.attnum, s.name, s.type, s.detail
+    FROM nkdaemon.tables t, nkdaemon.shape_now(t.relid) s WHERE t.number = num;
+    UPDATE nkdaemon.tables SET constraints = nkdaemon.constraints_of(relid) WHERE number = num;
 $f$;
 
 -- Every row of the table now, queued as baseline rows.
@@ -171,15 +198,11 @@ BEGIN
         PERFORM nkdaemon.record_shape(num);  -- installed before version 6: nothing to compare
         RETURN NULL;
     END IF;
-    WITH cur AS (
-        SELECT attnum, attname::text AS name,
-               pg_catalog.format_type(atttypid, atttypmod) AS type,
-               atthasdef OR attidentity <> '' OR attgenerated <> '' AS filled
-        FROM pg_catalog.pg_attribute
-        WHERE attrelid = t.relid AND attnum > 0 AND NOT attisdropped),
-    was AS (SELECT attnum, name, type FROM nkdaemon.shapes WHERE number = num)
-    SELECT coalesce(bool_or(was.attnum IS NULL OR cur.attnum IS NULL
-                            OR was.name <> cur.name OR was.type <> cur.type), false),
+    WITH cur AS (SELECT * FROM nkdaemon.shape_now(t.relid)),
+    was AS (SELECT attnum, name, type, detail FROM nkdaemon.shapes WHERE number = num)
+    SELECT coalesce(bool_or(was.attnum IS NULL OR cur.attnum IS NULL OR was.name <> cur.name
+                            OR was.type <> cur.type OR was.detail <> cur.detail), false)
+           OR t.constraints IS DISTINCT FROM nkdaemon.constraints_of(t.relid),
            coalesce(bool_or((was.attnum IS NULL AND cur.filled) OR was.type <> cur.type), false),
            coalesce(json_agg(json_build_array(was.name, cur.name) ORDER BY attnum)
                     FILTER (WHERE was.name <> cur.name), '[]'::json)
@@ -227,7 +250,8 @@ BEGIN
     FOR num, tag IN
         SELECT DISTINCT ON (t.number) t.number, c.command_tag
         FROM pg_catalog.pg_event_trigger_ddl_commands() c
-        JOIN nkdaemon.tables t ON t.relid = c.objid
+        LEFT JOIN pg_catalog.pg_index i ON i.indexrelid = c.objid
+        JOIN nkdaemon.tables t ON t.relid = coalesce(i.indrelid, c.objid)
         WHERE c.classid = 'pg_catalog.pg_class'::regclass
         ORDER BY t.number
     LOOP
@@ -251,6 +275,16 @@ BEGIN
         ORDER BY t.number
     LOOP
         PERFORM nkdaemon.forget_table(num, tg_tag);
+    END LOOP;
+    -- An index dropped by DROP INDEX no longer says whose it was: look at every captured
+    -- table of its schema (indexes dropped with their table or column are not "original").
+    FOR num IN
+        SELECT DISTINCT t.number FROM pg_catalog.pg_event_trigger_dropped_objects() d
+        JOIN nkdaemon.tables t ON t.schema_name = d.schema_name
+        WHERE d.object_type = 'index' AND d.original
+        ORDER BY t.number
+    LOOP
+        PERFORM nkdaemon.follow_table(num, tg_tag);
     END LOOP;
 END
 $f$;

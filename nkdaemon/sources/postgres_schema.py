@@ -39,16 +39,13 @@ WHERE t.schema_name = %s AND t.relid IS NOT NULL AND (
         SELECT 1 FROM pg_catalog.pg_class c
         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
         WHERE c.oid = t.relid AND c.relname = t.table_name AND n.nspname = t.schema_name)
+    OR t.constraints IS DISTINCT FROM nkdaemon.constraints_of(t.relid)
     OR EXISTS (
-        (SELECT attnum, attname::text, pg_catalog.format_type(atttypid, atttypmod)
-         FROM pg_catalog.pg_attribute
-         WHERE attrelid = t.relid AND attnum > 0 AND NOT attisdropped
-         EXCEPT SELECT attnum, name, type FROM nkdaemon.shapes s WHERE s.number = t.number)
+        (SELECT attnum, name, type, detail FROM nkdaemon.shape_now(t.relid)
+         EXCEPT SELECT attnum, name, type, detail FROM nkdaemon.shapes s WHERE s.number = t.number)
         UNION ALL
-        (SELECT attnum, name, type FROM nkdaemon.shapes s WHERE s.number = t.number
-         EXCEPT SELECT attnum, attname::text, pg_catalog.format_type(atttypid, atttypmod)
-         FROM pg_catalog.pg_attribute
-         WHERE attrelid = t.relid AND attnum > 0 AND NOT attisdropped)))
+        (SELECT attnum, name, type, detail FROM nkdaemon.shapes s WHERE s.number = t.number
+         EXCEPT SELECT attnum, name, type, detail FROM nkdaemon.shape_now(t.relid))))
 ORDER BY t.number
 """
 

@@ -640,3 +640,26 @@ def test_a_running_drain_logs_a_type_change_in_the_new_type(pg_url: str, tmp_pat
     assert definition.definition is not None
     [qty] = [c for c in definition.definition["columns"] if c["name"] == "qty"]
     assert qty["type"] == "text"
+
+
+def test_nullability_defaults_and_keys_are_logged_as_new_definitions(
+    pg_url: str, tmp_path: Path
+) -> None:
+    settings = _installed(pg_url, tmp_path)
+    statements = (
+        "ALTER TABLE items ALTER COLUMN qty SET NOT NULL",
+        "ALTER TABLE items ALTER COLUMN qty SET DEFAULT 0",
+        "CREATE UNIQUE INDEX items_qty ON items (qty)",
+        "DROP INDEX items_qty",
+        "ALTER TABLE items ADD CONSTRAINT qty_positive CHECK (qty > 0)",
+        "COMMENT ON TABLE items IS 'no shape change'",
+    )
+    for statement in statements:
+        _sql(pg_url, statement)
+    entries = _one(pg_url, "SELECT count(*) FROM nkdaemon.queue WHERE op = 'S'")
+    assert entries == len(statements) - 1
+    assert _one(pg_url, "SELECT count(*) FROM nkdaemon.queue WHERE op <> 'S'") == 0  # no baseline
+    do_drain(settings)
+    logged_entries = _definitions(settings, "items")
+    assert [d.change for d in logged_entries] == ["altered"] * entries
+    assert _queued(pg_url) == 0

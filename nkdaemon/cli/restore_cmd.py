@@ -1,5 +1,5 @@
 """`nkdaemon restore --target URL (--at TIME | --latest) [--table T]... [--dry-run]
-[--allow-truncated-log]`."""
+[--create-schema] [--ignore-missing-columns] [--allow-truncated-log]`."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from nkdaemon.runtime.session import Session
 from nkdaemon.services.restore import (
     RestorePlan,
     Restorer,
+    RestoreReport,
     open_restore_target,
     plan_restore,
 )
@@ -58,6 +59,12 @@ def register(cli: click.Group) -> None:
     "that the restored rows refer to and the target lacks.",
 )
 @click.option(
+    "--ignore-missing-columns",
+    is_flag=True,
+    help="Restore into target tables that lack columns the restored instant had, leaving "
+    "those values out (counted by table and column in the report).",
+)
+@click.option(
     "--allow-truncated-log",
     is_flag=True,
     help="If the log is damaged, restore the transactions before the damage (says so loudly).",
@@ -73,6 +80,7 @@ def restore_command(
     create_schema: bool,
     prune_target: bool,
     no_referenced_rows: bool,
+    ignore_missing_columns: bool,
     allow_truncated_log: bool,
 ) -> None:
     """Rebuild the state of any moment into a database whose ids may differ."""
@@ -112,6 +120,7 @@ def restore_command(
             target = open_restore_target(target_url, plan.snapshot.dialect)
             restorer = Restorer(plan=plan, target=target, log_store=log_store, progress=progress)
             restorer.refuse_missing_references = no_referenced_rows
+            restorer.ignore_missing_columns = ignore_missing_columns
             report = restorer.run(
                 dry_run=dry_run, create_schema=create_schema, prune_target=prune_target
             )
@@ -119,6 +128,7 @@ def restore_command(
     rate = (report.rows_loaded + report.events_applied) / report.seconds if report.seconds else 0
     for note in report.schema_notes:
         click.echo(f"note: --create-schema: {note}")
+    _say_shape(report)
     for name, count in report.target_only.items():
         click.echo(f"note: {count} rows of {name} exist only in the target; left alone")
     for name, count in report.referenced_rows_added.items():
@@ -143,6 +153,42 @@ def restore_command(
         f"({report.seconds:.1f} s, {rate:.0f} rows/s)"
     )
     _warn_truncated(log_store, end, plan.last_lsn)
+
+
+def _say_shape(report: RestoreReport) -> None:
+    """What the target's and the instant's shapes made of the values: nothing is left out
+    without a line here."""
+    for name, columns in sorted(report.target_only_columns.items()):
+        click.echo(
+            f"note: {name}: column {', '.join(columns)} is not in the restored instant; "
+            "the target's default filled it"
+        )
+    for name, types in sorted(report.converted_columns.items()):
+        listed = ", ".join(f"{column} ({sql_type})" for column, sql_type in sorted(types.items()))
+        click.echo(
+            f"note: {name}: column {listed} has another type in the target than at the "
+            "restore time; the target converted the values, and validation read them back "
+            "in the backup's type (a value that does not convert exactly counts as different)"
+        )
+    for name, columns in sorted(report.skipped_columns.items()):
+        click.echo(
+            f"warning: --ignore-missing-columns: the target's {name} lacks column "
+            f"{', '.join(columns)}; validation compared the other columns only"
+        )
+    for (name, column), count in sorted(report.dropped_values.items()):
+        click.echo(
+            f"warning: dropped {count} non-NULL values of {name}.{column} (not in the target)"
+        )
+    for (name, column), count in sorted(report.lacking_values.items()):
+        click.echo(
+            f"warning: the log holds no value of {name}.{column} for {count} rows (added "
+            "with a default and no baseline logged): written as NULL"
+        )
+    for (name, column), count in sorted(report.unplaced_values.items()):
+        click.echo(
+            f"warning: the log holds {count} values of {name}.{column}, a column its "
+            "definition did not have then: left out"
+        )
 
 
 def _durable_end(log_store: SegmentLog) -> DurableEnd | None:

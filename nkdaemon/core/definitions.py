@@ -7,6 +7,7 @@ source (and `--create-schema` builds tables from them).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from nkdaemon.core.errors import CaptureError
@@ -40,12 +41,7 @@ def spec_to_json(spec: TableSpec) -> dict[str, Any]:
             for c in spec.columns
         ],
         "primary_key": list(spec.primary_key),
-        "key": [
-            {"column": p.column}
-            if p.column is not None
-            else {"foreign_key": list(p.foreign_key.columns)}  # type: ignore[union-attr]
-            for p in spec.key_parts
-        ],
+        "key": [_key_part_json(p) for p in spec.key_parts],
         "foreign_keys": [
             {
                 "columns": list(fk.columns),
@@ -66,6 +62,21 @@ def spec_to_json(spec: TableSpec) -> dict[str, Any]:
     }
 
 
+def _key_part_json(part: KeyPart) -> dict[str, Any]:
+    """A key part by its column(s); its name only where it is not the usual one (it kept
+    the name it had when its column was renamed, so the log's keys did not change)."""
+    if part.column is not None:
+        out: dict[str, Any] = {"column": part.column}
+        usual = part.column
+    else:
+        assert part.foreign_key is not None
+        out = {"foreign_key": list(part.foreign_key.columns)}
+        usual = part.foreign_key.part_name
+    if part.name != usual:
+        out["name"] = part.name
+    return out
+
+
 def spec_from_json(data: dict[str, Any]) -> TableSpec:
     fks = tuple(
         ForeignKeySpec(
@@ -81,10 +92,10 @@ def spec_from_json(data: dict[str, Any]) -> TableSpec:
     parts = []
     for part in data["key"]:
         if "column" in part:
-            parts.append(KeyPart(name=part["column"], column=part["column"]))
+            parts.append(KeyPart(name=part.get("name", part["column"]), column=part["column"]))
         else:
             fk = next(f for f in fks if list(f.columns) == part["foreign_key"])
-            parts.append(KeyPart(name=fk.part_name, foreign_key=fk))
+            parts.append(KeyPart(name=part.get("name", fk.part_name), foreign_key=fk))
     return make_table_spec(
         number=int(data["number"]),
         name=data["name"],
@@ -145,3 +156,64 @@ def restricted_spec(spec: TableSpec, columns: Sequence[str]) -> TableSpec:
         indexes=tuple(i for i in spec.indexes if set(i.columns) <= kept),
         checks=spec.checks if kept >= set(index) else (),
     )
+
+
+def spec_after_change(
+    previous: TableSpec | None,
+    current: TableSpec | None,
+    columns: Sequence[str],
+    renamed: Sequence[tuple[str, str]] = (),
+) -> TableSpec:
+    """The spec a table has from a schema change on, when it then had exactly ``columns``.
+
+    ``previous`` is the spec the change's earlier rows were read with (None: new to
+    capture), ``current`` the table as reflected now (None: gone since). Columns keep their
+    types from ``current`` where it has them (the change may have been a type change),
+    else from ``previous``, following ``renamed`` (old, new) pairs; a column neither knows
+    is typed 'other'. The natural key and primary key are the ones the rows were named by,
+    their columns renamed: a key part keeps its name, so the log names a row the same
+    way before and after its key column was renamed. Raises CaptureError when a key
+    column is gone, as ``restricted_spec`` does.
+    """
+    base = current if previous is None else previous
+    if base is None:
+        raise ValueError("a schema change of a table known neither before nor now")
+    rename = dict(renamed)
+    known: dict[str, ColumnSpec] = {}
+    if previous is not None:
+        for column in previous.columns:
+            name = rename.get(column.name, column.name)
+            known[name] = replace(column, name=name) if name != column.name else column
+    if current is not None:
+        known.update((c.name, c) for c in current.columns)
+    for name in columns:
+        known.setdefault(name, ColumnSpec(name=name, logical_type="other", nullable=True))
+    later = current if current is not None else base
+
+    def moved(names: Sequence[str]) -> tuple[str, ...]:
+        return tuple(rename.get(n, n) for n in names)
+
+    key_parts = tuple(
+        KeyPart(
+            name=part.name,
+            column=None if part.column is None else rename.get(part.column, part.column),
+            foreign_key=None
+            if part.foreign_key is None
+            else replace(part.foreign_key, columns=moved(part.foreign_key.columns)),
+        )
+        for part in base.key_parts
+    )
+    candidate = make_table_spec(
+        number=base.number,
+        name=base.name,
+        schema=base.schema,
+        columns=tuple(known.values()),
+        primary_key=moved(base.primary_key),
+        key_parts=key_parts,
+        foreign_keys=later.foreign_keys,
+        full_row_identity=base.full_row_identity,
+        referenced=base.referenced or later.referenced,
+        indexes=later.indexes,
+        checks=later.checks,
+    )
+    return restricted_spec(candidate, columns)

@@ -9,8 +9,33 @@ from datetime import datetime
 from typing import IO, Any, Protocol, TypeVar
 
 from nkdaemon.core.events import RawChange
-from nkdaemon.core.keys import TableSpec
+from nkdaemon.core.keys import Sid, TableSpec
 from nkdaemon.core.ownership import CaptureClaim, CaptureOwner
+
+ShallowKey = tuple[Any, ...]
+
+
+class KeyLookup(Protocol):
+    """The id -> shallow natural key index, per captured table.
+
+    Writes are visible to later reads at once, and become durable only when the caller
+    commits the index together with the log; they are discarded if it rolls back.
+    """
+
+    def get(self, table: int, sid: Sid) -> ShallowKey | None:
+        """The shallow key of the row with this source id, or None if unknown."""
+
+    def put(self, table: int, sid: Sid, key: ShallowKey) -> None:
+        """Record (or replace) the key of a row."""
+
+    def delete(self, table: int, sid: Sid) -> None:
+        """Forget a row."""
+
+    def clear_table(self, table: int) -> None:
+        """Forget every row of a table (TRUNCATE)."""
+
+    def entries(self, table: int) -> Iterator[tuple[Sid, ShallowKey]]:
+        """Every (source id, shallow key) the index holds for a table."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -266,6 +291,10 @@ class TargetTableView(Protocol):
     @property
     def columns(self) -> Collection[str]:
         """The columns the table has in the target."""
+
+    @property
+    def types(self) -> Mapping[str, str]:
+        """The SQL type each column is declared with in the target."""
 
     @property
     def primary_key(self) -> tuple[str, ...]:

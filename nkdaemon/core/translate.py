@@ -9,17 +9,18 @@ inserted later in the same transaction (deferred foreign keys) is resolved at it
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Protocol
+from typing import Any
 
 from nkdaemon.core.errors import CaptureError
 from nkdaemon.core.events import RawChange
 from nkdaemon.core.keys import ForeignKeySpec, NaturalKey, Ref, Sid, TableSpec
 from nkdaemon.core.log import ChangeEvent
+from nkdaemon.core.ports import KeyLookup as KeyLookup
+from nkdaemon.core.ports import ShallowKey as ShallowKey
 
-ShallowKey = tuple[Any, ...]
 RESOLVED_CACHE = 50_000
 
 
@@ -28,29 +29,6 @@ def source_id(spec: TableSpec, row: Mapping[str, Any]) -> Sid:
     if len(spec.primary_key) == 1:
         return row.get(spec.primary_key[0])
     return [row.get(c) for c in spec.primary_key] if spec.primary_key else None
-
-
-class KeyLookup(Protocol):
-    """The id -> shallow natural key index, per captured table.
-
-    Writes are visible to later reads at once, and become durable only when the caller
-    commits the index together with the log; they are discarded if it rolls back.
-    """
-
-    def get(self, table: int, sid: Sid) -> ShallowKey | None:
-        """The shallow key of the row with this source id, or None if unknown."""
-
-    def put(self, table: int, sid: Sid, key: ShallowKey) -> None:
-        """Record (or replace) the key of a row."""
-
-    def delete(self, table: int, sid: Sid) -> None:
-        """Forget a row."""
-
-    def clear_table(self, table: int) -> None:
-        """Forget every row of a table (TRUNCATE)."""
-
-    def entries(self, table: int) -> Iterator[tuple[Sid, ShallowKey]]:
-        """Every (source id, shallow key) the index holds for a table."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,37 +50,57 @@ class Translator:
         # Resolved nested keys of referenced rows, shared by the events that name them.
         # Dropped when a row whose key others' keys contain is renamed or deleted.
         self._resolved: dict[tuple[int, Any], NaturalKey] = {}
-        self._nested = {
-            self._numbers[p.foreign_key.ref_table]
-            for spec in tables.values()
-            for p in spec.key_parts
-            if p.foreign_key is not None and not p.foreign_key.by_natural_key
-        }
+        self._nested = self._nested_tables()
         self._tombstones: dict[tuple[int, Sid], ShallowKey] = {}
         self._buffer: list[ChangeEvent | _Unfinished] = []
         self._pending_count = 0
         # Referenced tables whose baseline is being read: its rows by source id (held until
         # it is whole, since what it lacks must be deleted before anything else is written).
         self._baselines: dict[int, dict[Any, dict[str, Any]]] = {}
+        # Tables whose baseline only seeds the index (the log has their rows already).
+        self._seeding: set[int] = set()
 
-    def schema_changed(self, table: int, *, baseline: bool) -> None:
-        """A table changed shape here; with ``baseline``, every row of it follows as a "B"
-        change. A table nothing refers to is logged as a truncate and the rows' inserts;
-        a referenced one (whose rows others' keys may name) as an update of each row the
-        index knows, an insert of each it does not, and a delete of each it knows that the
-        baseline lacks, so its rows keep their identity through the change."""
+    def _nested_tables(self) -> set[int]:
+        return {
+            self._numbers[p.foreign_key.ref_table]
+            for spec in self._tables.values()
+            for p in spec.key_parts
+            if p.foreign_key is not None and not p.foreign_key.by_natural_key
+        }
+
+    def schema_changed(
+        self, table: int, *, baseline: bool, spec: TableSpec | None = None, seed: bool = False
+    ) -> None:
+        """A table changed shape here (rows read with ``spec`` from now on); with
+        ``baseline``, its every row follows as a "B" change. A referenced table (rows
+        others' keys may name) keeps its rows' identity: updates of rows the index knows,
+        inserts of others, deletes of known rows the baseline lacks. Any other (or one the
+        index never held) is logged as a truncate and inserts. ``seed``: the baseline only
+        gives the index rows the log has (a new table refers to this one); nothing logged."""
         self._close_baselines()
+        previous = self._tables.get(table)
+        if spec is not None and spec != previous:
+            self._tables[table] = spec
+            self._numbers[spec.name] = table
+            self._skip.pop(table, None)
+            self._nested = self._nested_tables()
         if not baseline:
             return
         spec = self._tables[table]
-        if spec.referenced and not spec.full_row_identity:
+        keyed = spec.referenced and not spec.full_row_identity
+        if seed and keyed:
+            self._seeding.add(table)
+        elif keyed and (previous is None or previous.referenced):
             self._baselines[table] = {}
         else:
             self._truncate(table, spec)
 
     def translate(self, change: RawChange) -> None:
         spec = self._tables[change.table]
-        if self._baselines and (change.op != "B" or change.table not in self._baselines):
+        if (self._baselines or self._seeding) and (
+            change.op != "B"
+            or (change.table not in self._baselines and change.table not in self._seeding)
+        ):
             self._close_baselines()
         if change.op == "B":
             assert change.new is not None
@@ -197,6 +195,11 @@ class Translator:
 
     def _rebase(self, number: int, spec: TableSpec, new: dict[str, Any]) -> None:
         """One row of a baseline: as it is now."""
+        if number in self._seeding:
+            shallow = self.shallow_key(spec, new)
+            if shallow is not None:
+                self._put(number, source_id(spec, new), shallow)
+            return
         rows = self._baselines.get(number)
         if rows is None:  # a table nothing refers to: truncated at the change, so insert
             self._insert(number, spec, new)
@@ -209,6 +212,7 @@ class Translator:
         the one that frees its new key), then inserts, so no key is ever held by two rows
         at once (a swap of keys between rows, which no order can show, is the exception:
         replaying it fails loudly)."""
+        self._seeding.clear()
         baselines, self._baselines = self._baselines, {}
         for number, rows in baselines.items():
             spec = self._tables[number]

@@ -203,6 +203,27 @@ def pg_decoder(logical_type: str) -> Callable[[Any], Any]:
 # --- SQLite: values as the sqlite3 module returns them -------------------------------------
 
 
+def lossless_as(logical_type: str, value: Any) -> Any:
+    """A canonical value read back from a column of another numeric type, in
+    ``logical_type`` where the conversion loses nothing (2.0 or "2.00" as an int: 2);
+    anything else as it was, so a real difference stays one."""
+    if logical_type not in ("int", "float") or value is None:
+        return value
+    raw = value["v"] if isinstance(value, dict) and "$type" in value else value
+    if isinstance(raw, bool) or not isinstance(raw, int | float | str | Decimal):
+        return value
+    try:
+        number = Decimal(repr(raw)) if isinstance(raw, float) else Decimal(raw)
+    except ArithmeticError:
+        return value
+    if not number.is_finite():
+        return value
+    if logical_type == "int":
+        return int(number) if number == number.to_integral_value() else value
+    as_float = float(number)
+    return as_float if Decimal(repr(as_float)) == number else value
+
+
 def _tagged(storage: str, value: Any) -> dict[str, Any]:
     return {"$type": storage, "v": value}
 

@@ -98,7 +98,7 @@ class Drainer:
         self._source = source
         self._log = log_store
         self._state = state
-        self._shapes = TableShapes(tables)
+        self._shapes = TableShapes(tables, state)
         self._batch_transactions = batch_transactions
         # Which tables capture follows as they appear (None: only the installed ones).
         self._selects: CaptureSelector = selects or (lambda names: [])
@@ -117,6 +117,7 @@ class Drainer:
         self._pass: tuple[int, str] = (0, "")  # this pass's fence and the time before it
         self._gap: tuple[int, int] | None = None
         self._opened = False
+        self._stopped = False
 
     # --- opening: recovery --------------------------------------------------------------
 
@@ -140,6 +141,8 @@ class Drainer:
         )
         if end.last_lsn < checkpoint.lsn:
             self._record_gap(end.last_lsn + 1, checkpoint)
+        # Read once: kept in memory, written only when it changes (not on every pass).
+        self._stopped = bool(self._state.get_meta("capture_stopped"))
         self._opened = True
 
     def _record_gap(self, first_lost: int, checkpoint: Checkpoint) -> None:
@@ -169,7 +172,11 @@ class Drainer:
         # (never earlier than a time already recorded, should the clock step back).
         now = datetime.now(UTC).isoformat(timespec="microseconds")
         started = _later(now, self._complete_through) or now
-        self._follow_schema()
+        try:
+            self._follow_schema()
+        except CaptureError as exc:
+            self._stopped_by(exc)
+            raise
         with self._fence_guard():
             fence = self._source.fence()
             self._cuts = self._cuts_of()
@@ -182,8 +189,9 @@ class Drainer:
             after = self._stream(after, self._log_position, result)
         while after < fence:
             after = self._stream(after, fence, result)
-        if self._state.get_meta("capture_stopped"):
+        if self._stopped:
             self._state.set_meta("capture_stopped", "")
+            self._stopped = False
         if self._complete_through != started:  # a quiet pass: nothing flushed it
             self._commit(dataclasses.replace(self._state.checkpoint(), complete_through=started))
             self._complete_through = started
@@ -213,13 +221,17 @@ class Drainer:
                 self._shapes.refresh(drift)
             except CaptureError as exc:
                 self._abort()
-                # Kept for `status` (another process) until a pass gets through again.
-                self._state.set_meta("capture_stopped", f"{exc.message} ({exc.hint})")
+                self._stopped_by(exc)
                 raise
             except BaseException:
                 self._abort()
                 raise
         raise AssertionError("unreachable")
+
+    def _stopped_by(self, exc: CaptureError) -> None:
+        # Kept for `status` (another process) until a pass gets through again.
+        self._state.set_meta("capture_stopped", f"{exc.message} ({exc.hint})")
+        self._stopped = True
 
     def _abort(self) -> int:
         """Forget the batch in hand; return the position the repository has made durable."""
@@ -227,6 +239,7 @@ class Drainer:
             self._log.rollback()
         finally:  # the key index must never keep a failed batch's keys
             self._state.rollback()
+            self._shapes.rollback()  # nor the shapes the batch moved tables to
             self._log_position = self._flushed_log_position
         return self._state.checkpoint().position
 
@@ -378,10 +391,17 @@ class Drainer:
         self._shapes.refresh(None)
 
     def _schema_change(self, tx: _Tx, translator: Translator, change: SchemaChange) -> None:
-        """Log the table's definition from this point of the transaction on."""
-        definition = self._shapes.definition_of(change)
-        translator.schema_changed(change.table, baseline=change.baseline)
-        if not tx.append:
+        """Log the table's definition from this point of the transaction on; its later
+        changes are read in the shape it gives."""
+        definition = self._shapes.apply(change)
+        seed = change.kind == "referenced"  # its shape is the same: no definition logged
+        translator.schema_changed(
+            change.table,
+            baseline=change.baseline,
+            spec=self._shapes.tables.get(change.table),
+            seed=seed,
+        )
+        if not tx.append or seed:
             return
         tx.pending.extend(translator.ready())
         tx.definitions.append(

@@ -1,7 +1,9 @@
 """`export`: the state at a time as a Django fixture that `manage.py loaddata` accepts.
 
 The state is read the way a restore validates it: the chosen snapshot, and the log after
-it up to the time folded over it (core.replay.fold_state). When no logged change
+it up to the time folded over it (core.replay.fold_state; core.shapes.fold_in_shape when
+tables changed shape on the way: the rows come in the shape they had at the time,
+renamed columns under their names then, dropped ones gone). When no logged change
 follows the snapshot, its tables are streamed as they are, without a fold. Objects carry
 natural foreign keys and natural primary keys (no ``pk``: loaddata finds or creates each
 row by its natural key), models come parents first (restore_plan.insert_order; a cycle's
@@ -12,7 +14,7 @@ written as it is made.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -24,6 +26,7 @@ from nkdaemon.core.legacy import FieldPlan, ModelMap, field_name, flatten_key, t
 from nkdaemon.core.legacy_values import RawJson, fixture_converter
 from nkdaemon.core.replay import fold_state
 from nkdaemon.core.restore_plan import insert_order
+from nkdaemon.core.shapes import fold_in_shape
 from nkdaemon.core.table_diff import key_text
 from nkdaemon.repository.segments import SegmentLog
 from nkdaemon.repository.snapshots import read_table
@@ -139,22 +142,34 @@ class _Exporter:
                     yield item["k"], item["r"]
             return
         if self._state is None:
-            self._state = fold_state(
-                self.plan.context,
-                self._snapshot_rows(),
-                replay_range(self.log_store, self.plan.snapshot, self.plan.at),
-            )
+            self._state = self._fold()
         for key, row, count in self._state.rendered(name):
             for _ in range(count):
                 yield key, row
 
-    def _snapshot_rows(self) -> Iterator[tuple[str, NaturalKey, dict[str, Any]]]:
+    def _fold(self) -> LogFold:
+        """The state at T; in T's shape when tables changed shape on the way (a column
+        the log gave no value is exported as null, as a restore writes it)."""
+        transactions = replay_range(self.log_store, self.plan.snapshot, self.plan.at)
+        if self.plan.shapes is None or not self.plan.shapes.changed:
+            return fold_state(self.plan.context, self._snapshot_rows(), transactions)
+        shapes = self.plan.shapes
+        state, _walk = fold_in_shape(
+            shapes, self._snapshot_rows(shapes.start), transactions, fill_lacking=True
+        )
+        return state
+
+    def _snapshot_rows(
+        self, tables: Iterable[str] | None = None
+    ) -> Iterator[tuple[str, NaturalKey, dict[str, Any]]]:
+        """The snapshot's rows of ``tables`` (those of the plan's context by default)."""
         snapshot = self.plan.snapshot
-        for spec in self.plan.context:
-            file = snapshot.table(spec.name)
+        names = [s.name for s in self.plan.context] if tables is None else list(tables)
+        for name in names:
+            file = snapshot.table(name)
             if file is not None:
                 for item in read_table(snapshot, file):
-                    yield spec.name, item["k"], item["r"]
+                    yield name, item["k"], item["r"]
 
     def _members(self, through: str, m2m: _M2M) -> dict[str, list[Any]]:
         """Owner key text -> the target keys of its many-to-many field, as fixture lists."""

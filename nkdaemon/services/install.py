@@ -25,6 +25,11 @@ from nkdaemon.repository.segments import SegmentLog
 from nkdaemon.repository.snapshots import SnapshotWriter
 from nkdaemon.repository.state import Checkpoint, StateStore
 from nkdaemon.services.snapshot import collect_keys, natural_rows
+from nkdaemon.services.table_shapes import (
+    remember_tables,
+    remembered_numbers,
+    remembered_tables,
+)
 from nkdaemon.sources.registry import reflect_registry
 
 log = structlog.get_logger("nkdaemon.install")
@@ -42,8 +47,11 @@ class InstallResult:
 
 
 def known_table_numbers(state: StateStore, source: CaptureSource) -> dict[str, int]:
+    """Table numbers in use or used before (a dropped table's number must never be given
+    to another table: the key index may still hold its rows' keys)."""
+    numbers = remembered_numbers(state)
     raw = state.get_meta("tables")
-    numbers: dict[str, int] = orjson.loads(raw) if raw else {}
+    numbers.update(orjson.loads(raw) if raw else {})
     numbers.update(source.installed_tables())
     return numbers
 
@@ -51,6 +59,8 @@ def known_table_numbers(state: StateStore, source: CaptureSource) -> dict[str, i
 def load_registry(engine: Engine, settings: Settings, source: CaptureSource) -> Registry:
     """The registry of the tables capture is installed on (numbers as the triggers know them)."""
     installed = source.installed_tables()
+    if not installed and source.installation_id() is not None:
+        return Registry(tables={})  # every captured table was dropped: capture goes on
     if not installed:
         raise NotInstalledError(
             "capture is not installed in the source database", hint="run `nkdaemon install` first"
@@ -108,6 +118,9 @@ def install(
     point: SnapshotPoint = snapshot["point"]
     state.set_meta("tables", orjson.dumps({s.name: n for n, s in registry.tables.items()}).decode())
     state.set_meta("installation_id", installation)
+    # The drain reads the queue with these specs from here on; tables no longer captured
+    # stay known (their changes queued before may still be drained).
+    remember_tables(state, {**remembered_tables(state), **registry.tables})
     if rebaseline:
         log_lsn = _write_epoch(state, log_store, installation, point)
         source.delete_through(baseline)

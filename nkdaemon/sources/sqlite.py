@@ -20,7 +20,7 @@ import orjson
 from sqlalchemy.engine import make_url
 
 from nkdaemon.core.errors import NotInstalledError, SourceError, SourceUnavailable
-from nkdaemon.core.events import RawChange
+from nkdaemon.core.events import RawChange, RawOp
 from nkdaemon.core.keys import TableSpec
 from nkdaemon.core.ownership import CaptureClaim, CaptureOwner, not_ours
 from nkdaemon.core.ports import (
@@ -43,6 +43,16 @@ from nkdaemon.sources.sqlite_capture import (
     read_installation_id,
     read_owner,
     refuse_if_pending,
+    retire,
+    shadow_width,
+)
+from nkdaemon.sources.sqlite_follow import (
+    Layouts,
+    follow,
+    forget_through,
+    retired_numbers,
+    schema_changes,
+    table_indexes,
 )
 
 WINDOW = 5000
@@ -73,6 +83,9 @@ class SqliteSource:
         self._conn: sqlite3.Connection | None = None
         self._bound = False
         self._installation: str | None = None
+        # PRAGMA schema_version when capture last matched the tables, and the selector
+        # it was checked with: a pass that finds both unchanged has nothing to follow.
+        self._schema_seen: tuple[int, CaptureSelector] | None = None
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -140,6 +153,8 @@ class SqliteSource:
             for name in set(known) - wanted:
                 drop_capture(conn, known[name][0])
                 conn.execute("DELETE FROM _nkd_tables WHERE table_name = ?", (name,))
+                retire(conn, known[name][0], name)
+            _refuse_retired_numbers(conn, tables, {name: n for name, (n, _) in known.items()})
             for spec in tables.values():
                 columns = [c.name for c in spec.columns]
                 previous = known.get(spec.name)
@@ -147,6 +162,8 @@ class SqliteSource:
                     if previous is not None:
                         refuse_if_pending(conn, previous[0], spec.name)
                         drop_capture(conn, previous[0])
+                        if previous[0] != spec.number:
+                            retire(conn, previous[0], spec.name)
                     create_capture(conn, spec, columns)
                     conn.execute(
                         "INSERT INTO _nkd_tables (number, table_name, columns) VALUES (?, ?, ?) "
@@ -154,6 +171,10 @@ class SqliteSource:
                         "columns = excluded.columns",
                         (spec.number, spec.name, orjson.dumps(columns).decode()),
                     )
+                conn.execute(
+                    "UPDATE _nkd_tables SET indexes = ? WHERE number = ?",
+                    (table_indexes(conn, spec.name), spec.number),
+                )
             point = self._point(conn)
             seed(point, lambda spec: self._table_rows(conn, spec))
         return installation, point.position
@@ -235,10 +256,7 @@ class SqliteSource:
             # The first read fixes what the transaction sees: a take-over (and the new
             # owner's deletes) is either seen here or comes after every change read.
             self._check_bound(conn)
-            layout = {
-                int(number): orjson.loads(columns)
-                for number, columns in conn.execute("SELECT number, columns FROM _nkd_tables")
-            }
+            layout = Layouts(conn)
             low = after
             for high in bounds:
                 yield from self._group(conn, tables, layout, low, high)
@@ -248,7 +266,7 @@ class SqliteSource:
         self,
         conn: sqlite3.Connection,
         tables: dict[int, TableSpec],
-        layout: dict[int, list[str]],
+        layout: Layouts,
         after: int,
         upto: int,
     ) -> Iterator[QueuedChange]:
@@ -268,7 +286,7 @@ class SqliteSource:
         self,
         conn: sqlite3.Connection,
         tables: dict[int, TableSpec],
-        layout: dict[int, list[str]],
+        layout: Layouts,
         low: int,
         high: int,
         position: int,
@@ -278,48 +296,45 @@ class SqliteSource:
             "SELECT seq, tbl, op FROM _nkd_changes WHERE seq > ? AND seq <= ? ORDER BY seq",
             (low, high),
         ).fetchall()
-        values: dict[int, dict[int, tuple[object, ...]]] = {}
-        for number in {tbl for _, tbl, _ in changes}:
-            shadow = quote(f"_nkd_rows_{number}")
-            values[number] = {
-                r[0]: r[1:]
-                for r in conn.execute(
-                    f"SELECT * FROM {shadow} WHERE seq > ? AND seq <= ?", (low, high)
-                )
-            }
+        schema = schema_changes(conn, low, high) if any(op == "S" for _, _, op in changes) else {}
+        values = _shadow_rows(conn, {tbl for _, tbl, op in changes if op != "S"}, low, high)
         for seq, tbl, op in changes:
-            spec = tables.get(tbl)
-            if spec is None or tbl not in layout:
-                raise SourceError(
-                    f"the queue holds a change of table number {tbl}, which the registry does "
-                    "not know",
-                    hint="run `nkdaemon install` to bring capture up to date",
-                )
-            columns = layout[tbl]
-            slots = values[tbl][seq]
-            width = len(columns)
-            old = _decode(spec, columns, slots[:width]) if op in ("U", "D") else None
-            new = _decode(spec, columns, slots[width:]) if op in ("I", "U") else None
-            yield QueuedChange(
-                position=position,
-                txid=None,
-                commit_time=commit_time,
-                change=RawChange(table=tbl, op=op, old=old, new=new),
-            )
+            change = schema[seq] if op == "S" else _raw_change(tables, layout, values, seq, tbl, op)
+            yield QueuedChange(position=position, txid=None, commit_time=commit_time, change=change)
 
     def delete_through(self, upto: int) -> None:
         with self._transaction("removing drained changes", write=True) as conn:
-            numbers = [int(r[0]) for r in conn.execute("SELECT number FROM _nkd_tables")]
+            numbers = {int(r[0]) for r in conn.execute("SELECT number FROM _nkd_tables")}
+            numbers |= retired_numbers(conn)
             conn.execute("DELETE FROM _nkd_changes WHERE seq <= ?", (upto,))
-            for number in numbers:
-                conn.execute(f"DELETE FROM {quote(f'_nkd_rows_{number}')} WHERE seq <= ?", (upto,))
+            for number in sorted(numbers):
+                if has_table(conn, f"_nkd_rows_{number}"):
+                    shadow = quote(f"_nkd_rows_{number}")
+                    conn.execute(f"DELETE FROM {shadow} WHERE seq <= ?", (upto,))
+            forget_through(conn, upto)
 
     def follow_schema(self, selects: CaptureSelector) -> list[SchemaChange]:
-        # Issue 12 in progress: schema changes are not followed yet on this source.
-        return []
+        """See sources/sqlite_follow.py. Nothing is read but the schema version while it
+        stays as it was when capture last matched the tables."""
+        conn = self._connection()
+        with translate_errors("reading the schema version"):
+            version = int(conn.execute("PRAGMA schema_version").fetchone()[0])
+        seen = self._schema_seen
+        if seen is not None and seen[0] == version and seen[1] is selects:
+            return []
+        with self._transaction("following schema changes", write=True) as conn:
+            if not has_table(conn, "_nkd_changes"):
+                return []  # not installed: fence() says so
+            self._check_bound(conn)
+            migrate(conn)
+            queued = follow(conn, selects)
+            # Read while the write lock is held: no other DDL can come between.
+            version = int(conn.execute("PRAGMA schema_version").fetchone()[0])
+        self._schema_seen = (version, selects)
+        return queued
 
     def capture_mode(self) -> str:
-        return "not followed"
+        return "each pass"
 
     def queue_depth(self) -> int:
         conn = self._connection()
@@ -332,6 +347,72 @@ class SqliteSource:
         with translate_errors("measuring the queue"):
             row = conn.execute("SELECT min(at) FROM _nkd_changes").fetchone()
             return None if row[0] is None else datetime.fromisoformat(row[0])
+
+
+def _shadow_rows(
+    conn: sqlite3.Connection, numbers: set[int], low: int, high: int
+) -> dict[int, tuple[int, dict[int, tuple[object, ...]]]]:
+    """Per table: its shadow's width (slots per side) and its rows in (low, high] by seq."""
+    out: dict[int, tuple[int, dict[int, tuple[object, ...]]]] = {}
+    for number in numbers:
+        width = shadow_width(conn, number) or 0
+        slots = [f"o{i}" for i in range(width)] + [f"n{i}" for i in range(width)]
+        rows = conn.execute(
+            f"SELECT seq, {', '.join(slots)} FROM {quote(f'_nkd_rows_{number}')} "
+            "WHERE seq > ? AND seq <= ?",
+            (low, high),
+        )
+        out[number] = (width, {r[0]: r[1:] for r in rows})
+    return out
+
+
+def _raw_change(
+    tables: dict[int, TableSpec],
+    layout: Layouts,
+    values: dict[int, tuple[int, dict[int, tuple[object, ...]]]],
+    seq: int,
+    tbl: int,
+    op: RawOp,
+) -> RawChange:
+    """One queued row change, decoded with the columns its table had when it was queued."""
+    spec = tables.get(tbl)
+    if spec is None and layout.knows(tbl):
+        # Capture stopped following the table (dropped, renamed) before this drain saw it.
+        raise SourceError(
+            f"the queue holds changes of table number {tbl}, which was dropped or renamed "
+            "before this drain process learnt its columns",
+            hint="the source no longer describes the table, so these changes cannot be "
+            "named; to go on without them, run `nkdaemon uninstall --force` and then "
+            "`nkdaemon install` (a new baseline)",
+        )
+    if spec is None or not layout.knows(tbl):
+        raise SourceError(
+            f"the queue holds a change of table number {tbl}, which the registry does not know",
+            hint="run `nkdaemon install` to bring capture up to date",
+        )
+    columns = layout.at(tbl, seq)
+    width, rows = values[tbl]
+    slots = rows[seq]
+    count = len(columns)
+    old = _decode(spec, columns, slots[:count]) if op in ("U", "D") else None
+    new = _decode(spec, columns, slots[width : width + count]) if op in ("I", "U", "B") else None
+    return RawChange(table=tbl, op=op, old=old, new=new)
+
+
+def _refuse_retired_numbers(
+    conn: sqlite3.Connection, tables: Mapping[int, TableSpec], installed: Mapping[str, int]
+) -> None:
+    """Install never gives a table a number capture retired: the key index and the log
+    know tables by number, and the retired table's history would become this one's."""
+    retired = retired_numbers(conn)
+    reused = sorted(n for n, s in tables.items() if n in retired and installed.get(s.name) != n)
+    if reused:
+        names = ", ".join(f"{tables[n].name} ({n})" for n in reused)
+        raise SourceError(
+            f"table numbers retired by capture would be given again: {names}",
+            hint="the repository's table numbers are behind the source's; drain first, "
+            "then run `nkdaemon install` again",
+        )
 
 
 def _decode(spec: TableSpec, columns: list[str], values: tuple[object, ...]) -> dict[str, Any]:

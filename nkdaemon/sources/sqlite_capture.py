@@ -12,6 +12,8 @@ import sqlite3
 import uuid
 from datetime import datetime
 
+import orjson
+
 from nkdaemon.core.errors import SourceError
 from nkdaemon.core.keys import TableSpec
 from nkdaemon.core.ownership import CaptureClaim, CaptureOwner, changed_during_install
@@ -137,12 +139,17 @@ def refuse_if_pending(conn: sqlite3.Connection, number: int, name: str) -> None:
 
 
 def create_capture(conn: sqlite3.Connection, spec: TableSpec, columns: list[str]) -> None:
-    """The shadow table and the INSERT, UPDATE and DELETE triggers of one table."""
-    n = spec.number
-    shadow = quote(f"_nkd_rows_{n}")
-    slots = [f"o{i}" for i in range(len(columns))] + [f"n{i}" for i in range(len(columns))]
-    conn.execute(f"CREATE TABLE {shadow} (seq INTEGER PRIMARY KEY, {', '.join(slots)})")
-    table = quote(spec.name)
+    """The shadow table, triggers and layout of one table being installed."""
+    capture_table(conn, spec.number, spec.name, columns)
+    conn.execute("DELETE FROM _nkd_layouts WHERE number = ?", (spec.number,))
+    record_layout(conn, spec.number, queue_position(conn), columns)
+
+
+def capture_table(conn: sqlite3.Connection, number: int, table: str, columns: list[str]) -> None:
+    """The shadow table (created, or grown to enough slots) and the INSERT, UPDATE and
+    DELETE triggers that copy ``columns`` (in order) into its slots."""
+    grow_shadow(conn, number, len(columns))
+    shadow = quote(f"_nkd_rows_{number}")
     old_slots = ", ".join(f"o{i}" for i in range(len(columns)))
     new_slots = ", ".join(f"n{i}" for i in range(len(columns)))
     old_values = ", ".join(f"OLD.{quote(c)}" for c in columns)
@@ -155,15 +162,63 @@ def create_capture(conn: sqlite3.Connection, spec: TableSpec, columns: list[str]
     events = {"I": "INSERT", "U": "UPDATE", "D": "DELETE"}
     for op, (slot_list, values) in bodies.items():
         conn.execute(
-            f"CREATE TRIGGER {quote(f'_nkd_{n}_{op}')} AFTER {events[op]} ON {table} BEGIN "
-            f"INSERT INTO _nkd_changes (tbl, op) VALUES ({n}, '{op}'); "
+            f"CREATE TRIGGER {quote(f'_nkd_{number}_{op}')} AFTER {events[op]} ON "
+            f"{quote(table)} BEGIN "
+            f"INSERT INTO _nkd_changes (tbl, op) VALUES ({number}, '{op}'); "
             f"INSERT INTO {shadow} (seq, {slot_list}) VALUES (last_insert_rowid(), {values}); "
             "END"
         )
 
 
-def drop_capture(conn: sqlite3.Connection, number: int) -> None:
-    """One table's triggers and shadow table."""
+def shadow_width(conn: sqlite3.Connection, number: int) -> int | None:
+    """How many columns' values a shadow table's rows hold (None: it does not exist)."""
+    names = [str(r[1]) for r in conn.execute(f"PRAGMA table_info({quote(f'_nkd_rows_{number}')})")]
+    return sum(1 for n in names if n.startswith("o")) if names else None
+
+
+def grow_shadow(conn: sqlite3.Connection, number: int, width: int) -> None:
+    """A shadow table with at least ``width`` old and new slots. Grown in place, never
+    rebuilt: rows queued under a narrower layout keep their slots."""
+    shadow = quote(f"_nkd_rows_{number}")
+    have = shadow_width(conn, number)
+    if have is None:
+        slots = [f"o{i}" for i in range(width)] + [f"n{i}" for i in range(width)]
+        conn.execute(f"CREATE TABLE {shadow} (seq INTEGER PRIMARY KEY, {', '.join(slots)})")
+        return
+    for i in range(have, width):
+        conn.execute(f"ALTER TABLE {shadow} ADD COLUMN o{i}")
+        conn.execute(f"ALTER TABLE {shadow} ADD COLUMN n{i}")
+
+
+def queue_position(conn: sqlite3.Connection) -> int:
+    """The highest seq the change list has ever given (0: none yet)."""
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = '_nkd_changes'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def record_layout(conn: sqlite3.Connection, number: int, since: int, columns: list[str]) -> None:
+    """Changes of the table queued after ``since`` hold ``columns`` in their slots."""
+    conn.execute(
+        "INSERT OR REPLACE INTO _nkd_layouts (number, since_seq, columns) VALUES (?, ?, ?)",
+        (number, since, orjson.dumps(columns).decode()),
+    )
+
+
+def retire(conn: sqlite3.Connection, number: int, name: str) -> None:
+    """Capture stops using a table number for good (its queued changes stay readable)."""
+    conn.execute(
+        "INSERT OR IGNORE INTO _nkd_retired (number, table_name, since_seq) VALUES (?, ?, ?)",
+        (number, name, queue_position(conn)),
+    )
+
+
+def drop_triggers(conn: sqlite3.Connection, number: int) -> None:
     for op in ("I", "U", "D"):
         conn.execute(f"DROP TRIGGER IF EXISTS {quote(f'_nkd_{number}_{op}')}")
+
+
+def drop_capture(conn: sqlite3.Connection, number: int) -> None:
+    """One table's triggers, shadow table and layouts."""
+    drop_triggers(conn, number)
     conn.execute(f"DROP TABLE IF EXISTS {quote(f'_nkd_rows_{number}')}")
+    conn.execute("DELETE FROM _nkd_layouts WHERE number = ?", (number,))

@@ -8,6 +8,7 @@ or constraints the table did not have at that instant.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,12 +16,25 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nkdaemon.core.definitions import restricted_spec, spec_from_json, spec_to_json
+from nkdaemon.core.definitions import (
+    restricted_spec,
+    spec_after_change,
+    spec_from_json,
+    spec_to_json,
+)
 from nkdaemon.core.errors import CaptureError
 from nkdaemon.core.events import RawChange
 from nkdaemon.core.fold import LogFold, ReplayError
 from nkdaemon.core.history import HistoryTracker, describe_change
-from nkdaemon.core.keys import ColumnSpec, ForeignKeySpec, IndexSpec, KeyPart, make_table_spec
+from nkdaemon.core.keys import (
+    ColumnSpec,
+    ForeignKeySpec,
+    IndexSpec,
+    KeyPart,
+    TableSpec,
+    make_table_spec,
+    replace_spec,
+)
 from nkdaemon.core.log import (
     KIND_DEFINITION,
     ChangeEvent,
@@ -331,3 +345,73 @@ def test_describe_change_names_drops_and_table_drops() -> None:
     assert (
         describe_change(("id", "code"), _definition(6, None, change="dropped")) == "table dropped"
     )
+
+
+# --- the spec a table is read with after a change ---------------------------------------
+
+
+def _typed(spec: TableSpec, **types: str) -> TableSpec:
+    return replace_spec(
+        spec,
+        columns=tuple(
+            dataclasses.replace(c, logical_type=types.get(c.name, c.logical_type))
+            for c in spec.columns
+        ),
+    )
+
+
+def test_a_renamed_key_column_keeps_naming_rows_the_same_way() -> None:
+    """Rows queued before the rename carry `code`, rows after it `ref`: both name the row
+    by the key part `code`, so the log's keys do not change at the rename."""
+    today = replace_spec(
+        PARENTS,
+        columns=_columns("id", "ref", "colour"),
+        key_parts=(KeyPart(name="ref", column="ref"),),
+        indexes=(),
+    )
+    after = spec_after_change(PARENTS, today, ("id", "ref", "colour"), (("code", "ref"),))
+    assert [c.name for c in after.columns] == ["id", "ref", "colour"]
+    assert after.key_parts == (KeyPart(name="code", column="ref"),)
+    translator = Translator({1: after}, MemoryKeyIndex())
+    assert translator.shallow_key(after, {"id": 1, "ref": "a", "colour": None}) == ("a",)
+
+
+def test_a_type_change_reads_later_rows_in_the_new_type_and_keeps_earlier_ones() -> None:
+    today = _typed(PARENTS, colour="integer")
+    after = spec_after_change(PARENTS, today, ("id", "code", "colour"))
+    assert after.column("colour").logical_type == "integer"
+    assert PARENTS.column("colour").logical_type == "text"
+
+
+def test_a_dropped_key_column_stops_capture_loudly() -> None:
+    with pytest.raises(CaptureError, match="lost column"):
+        spec_after_change(PARENTS, replace_spec(PARENTS, indexes=()), ("id", "colour"))
+
+
+def test_a_new_table_takes_its_reflected_spec_and_unknown_columns_are_other() -> None:
+    assert spec_after_change(None, CHILDREN, [c.name for c in CHILDREN.columns]) == CHILDREN
+    after = spec_after_change(PARENTS, None, ("id", "code", "colour", "extra"))
+    assert after.column("extra").logical_type == "other"
+    assert after.key_parts == PARENTS.key_parts
+
+
+@given(
+    st.lists(st.sampled_from(["a", "b", "c", "d"]), unique=True, max_size=4),
+    st.sampled_from([(), (("colour", "hue"),), (("code", "sku"),)]),
+)
+def test_the_spec_after_a_change_has_exactly_its_columns(
+    extra: list[str], renamed: tuple[tuple[str, str], ...]
+) -> None:
+    rename = dict(renamed)
+    columns = [rename.get(c, c) for c in ("id", "code", "colour")] + extra
+    after = spec_after_change(PARENTS, None, columns, renamed)
+    assert [c.name for c in after.columns] == columns
+    assert set(after.key_column_names) <= set(columns)
+    assert [p.name for p in after.key_parts] == ["code"]
+
+
+def test_a_key_part_that_kept_its_name_round_trips_through_a_definition() -> None:
+    today = replace_spec(PARENTS, columns=_columns("id", "ref", "colour"), indexes=())
+    after = spec_after_change(PARENTS, today, ("id", "ref", "colour"), (("code", "ref"),))
+    assert spec_from_json(spec_to_json(after)) == after
+    assert spec_to_json(PARENTS)["key"] == [{"column": "code"}]  # as format 1 wrote it

@@ -27,6 +27,7 @@ from nkdaemon.core.values import (
     decode_canonical,
     dump_json_exact,
     is_valid_logical_type,
+    lossless_as,
     parse_json_exact,
     pg_decoder,
     sqlite_decoder,
@@ -578,3 +579,18 @@ def test_property_json_round_trip(value: Any) -> None:
     canonical = from_pg("json", text)
     assert canonical == text
     assert dump_json_exact(decode_canonical("json", through_log(canonical))) == text
+
+
+@given(st.integers(min_value=-(2**53), max_value=2**53))
+def test_an_int_read_back_from_a_real_or_numeric_column_is_the_int(number: int) -> None:
+    assert lossless_as("int", {"$type": "float", "v": float(number)}) == number
+    assert lossless_as("int", f"{number}.00") == number
+    assert lossless_as("float", number) == float(number)
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False).filter(lambda f: not f.is_integer()))
+def test_a_value_that_does_not_convert_exactly_stays_different(number: float) -> None:
+    tagged = {"$type": "float", "v": number}
+    assert lossless_as("int", tagged) == tagged
+    assert lossless_as("text", "2") == "2"
+    assert lossless_as("int", {"$type": "text", "v": "two"}) == {"$type": "text", "v": "two"}

@@ -7,12 +7,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Generic
 
+from nkdaemon.core.fold import LogFold
 from nkdaemon.core.keys import ForeignKeySpec, NaturalKey
 from nkdaemon.core.log import LoggedTransaction
 from nkdaemon.core.ports import Address, RestoreTarget, TableT
 from nkdaemon.core.replay import fold_state
 from nkdaemon.core.restore_plan import InsertOrder
 from nkdaemon.core.restore_runs import Keyed, Row, in_column_order, show_key
+from nkdaemon.core.shapes import fold_in_shape, missing_values, project_row
 from nkdaemon.repository.segments import SegmentLog
 from nkdaemon.repository.snapshots import SnapshotInfo, TableFile, read_table, read_table_batches
 from nkdaemon.services.restore.plan import (
@@ -63,6 +65,7 @@ class Loader(Generic[TableT]):
         self.report = report
         self.progress = progress
         self.refuse_missing_references = False
+        self.shaped = False  # fold in the instant's shape (core/shapes.py)
 
     # --- a snapshot into empty tables ---------------------------------------------------
 
@@ -144,7 +147,7 @@ class Loader(Generic[TableT]):
     def load_state(self, order: InsertOrder) -> None:
         """Write the state at T, folded from the snapshot and the log, over the target's
         rows by natural key; rows of the closure are only added where missing."""
-        state = fold_state(self.plan.context, self._snapshot_events(), self._counted_log())
+        state = self._state()
         needed = state.referenced_closure(self.selected)
         if self.refuse_missing_references:
             self._refuse_missing(needed)
@@ -154,7 +157,11 @@ class Loader(Generic[TableT]):
             if name not in self.selected:
                 self._add_missing(table, needed.get(name, []), deferred)
             elif table.spec.full_row_identity:
-                rows = [row for _k, row, count in state.rendered(name) for _ in range(count)]
+                rows = [
+                    project_row(table.spec, row)
+                    for _k, row, count in state.rendered(name)
+                    for _ in range(count)
+                ]
                 self._claim_whole_rows(table, rows)
             else:
                 items = [(key, row) for key, row, _count in state.rendered(name)]
@@ -164,6 +171,47 @@ class Loader(Generic[TableT]):
                     self.progress("load", len(chunk))
             self.writer.apply_deferred(partial=True)
         self.writer.apply_deferred()
+
+    def _state(self) -> LogFold:
+        """The state at T: folded in T's shape when shapes changed or the target is
+        narrower (what cannot be written is counted into the report), else as it is."""
+        if not self.shaped:
+            return fold_state(self.plan.context, self._snapshot_events(), self._counted_log())
+        assert self.plan.shapes is not None
+        state, walk = fold_in_shape(self.plan.shapes, self._snapshot_events(), self._counted_log())
+        narrowed = {
+            name: [
+                c.name for c in spec.columns if c.name not in self.tables[name].spec.column_index
+            ]
+            for name, spec in ((s.name, s) for s in self.plan.context)
+            if name in self.tables
+        }
+        written = [s for s in self.plan.context if s.name in self.tables]
+        lacking, dropped = missing_values(state, written, narrowed)
+        report = self.report
+        report.lacking_values = {k: n for k, n in lacking.items() if k[0] in self.selected}
+        report.dropped_values = {k: n for k, n in dropped.items() if k[0] in self.selected}
+        report.unplaced_values = {k: n for k, n in walk.unplaced.items() if k[0] in self.selected}
+        self._refuse_lacking_required(report.lacking_values)
+        return state
+
+    def _refuse_lacking_required(self, lacking: Mapping[tuple[str, str], int]) -> None:
+        """Rows the log gave no value of a NOT NULL column: no value to write, and NULL
+        is not one; say which, before the target refuses in its own words."""
+        required = [
+            (name, column, count)
+            for (name, column), count in sorted(lacking.items())
+            if column in self.tables[name].spec.column_index
+            and not self.tables[name].spec.column(column).nullable
+        ]
+        if required:
+            raise RestoreError(
+                "the log holds no value of a NOT NULL column for some rows (the column was "
+                "added with a default and no baseline was logged):\n  "
+                + "\n  ".join(f"{n}.{c}: {k} rows" for n, c, k in required),
+                hint="restore to a time before the column was added, or from a snapshot "
+                "taken after it",
+            )
 
     def _snapshot_events(self) -> Iterator[tuple[str, NaturalKey, Row]]:
         snapshot = self.plan.snapshot

@@ -16,6 +16,7 @@ from nkdaemon.core.errors import NkdError, UsageError
 from nkdaemon.core.keys import TableSpec
 from nkdaemon.core.log import LoggedTransaction
 from nkdaemon.core.restore_plan import SnapshotChoice, choose_snapshot
+from nkdaemon.core.shapes import ColumnRef, ShapeHistory
 from nkdaemon.core.table_diff import TableDiff
 from nkdaemon.repository.reader import AtMarker, CrossedGap, transactions_between
 from nkdaemon.repository.segments import SegmentLog
@@ -43,6 +44,13 @@ class RestorePlan:
     last_lsn: int | None
     snapshot_rows: int
     warnings: tuple[str, ...] = ()
+    # the snapshot's definitions and the log's up to ``at``; ``context`` is their end
+    shapes: ShapeHistory | None = None
+
+    @property
+    def shape_changed(self) -> bool:
+        """True when some table changed shape between the snapshot and the instant."""
+        return self.shapes is not None and self.shapes.changed
 
     def describe(self) -> list[str]:
         when = "the latest logged state" if self.at is None else self.at.isoformat()
@@ -59,6 +67,11 @@ class RestorePlan:
         else:
             lines.append("  no logged transaction after the snapshot")
         lines.append(f"  tables: {', '.join(s.name for s in self.tables)}")
+        if self.shapes is not None and self.shapes.changed:
+            changed = ", ".join(f"{t} ({n})" for t, n in sorted(self.shapes.changes().items()))
+            lines.append(
+                f"  schema changes on the way (restored in the shape at the end): {changed}"
+            )
         return lines
 
 
@@ -76,6 +89,15 @@ class RestoreReport:
     seconds: float = 0.0
     stages: dict[str, float] = field(default_factory=dict)
     cross_checked: str | None = None  # the snapshot whose digests the restored rows matched
+    # the target's shape against the instant's (see core/shapes.py)
+    skipped_columns: dict[str, list[str]] = field(default_factory=dict)  # the target lacks
+    target_only_columns: dict[str, list[str]] = field(default_factory=dict)  # its default
+    # of another type in the target than at the instant: compared read back in the
+    # instant's type where that is lossless (an int column now REAL)
+    converted_columns: dict[str, dict[str, str]] = field(default_factory=dict)
+    dropped_values: dict[ColumnRef, int] = field(default_factory=dict)  # non-NULL, left out
+    lacking_values: dict[ColumnRef, int] = field(default_factory=dict)  # the log never gave
+    unplaced_values: dict[ColumnRef, int] = field(default_factory=dict)  # no column held them
 
 
 def _choices(snapshots: Sequence[SnapshotInfo]) -> list[SnapshotChoice]:
@@ -112,24 +134,32 @@ def plan_restore(
     tables: Sequence[str] = (),
 ) -> RestorePlan:
     chosen = _chosen_snapshot(list_snapshots(snapshots_dir), at, last_logged)
-    definitions = [spec_from_json(d) for d in chosen.definitions]
+    shapes = ShapeHistory(spec_from_json(d) for d in chosen.definitions)
+    count = events = 0
+    first = last = None
+    per_table: dict[str, int] = {}
+    for tx in replay_range(log_store, chosen, at):
+        count += 1
+        for definition in tx.definitions:
+            shapes.add(definition)
+        for event in tx.events:
+            per_table[event.table] = per_table.get(event.table, 0) + 1
+        first = first or tx.lsn
+        last = tx.lsn
+    # the tables as they are at the instant (the snapshot's, unless the log changed them)
+    definitions = shapes.specs_at_end()
     by_name = {s.name: s for s in definitions}
     unknown = [t for t in tables if t not in by_name]
     if unknown:
+        where = f"snapshot {chosen.id}" + (" nor at the restore time" if shapes.changed else "")
         raise UsageError(
-            f"--table {', '.join(unknown)}: not captured in snapshot {chosen.id}",
+            f"--table {', '.join(unknown)}: not captured in {where}",
             hint=f"tables there: {', '.join(sorted(by_name))}",
         )
     selected = tuple(by_name[t] for t in tables) if tables else tuple(definitions)
     names = {s.name for s in selected}
-    count = events = 0
-    first = last = None
-    for tx in replay_range(log_store, chosen, at):
-        count += 1
-        events += sum(1 for e in tx.events if e.table in names)
-        first = first or tx.lsn
-        last = tx.lsn
-    rows = sum(t.rows for t in chosen.tables if t.name in {s.name for s in selected})
+    events = sum(n for name, n in per_table.items() if name in names)
+    rows = sum(t.rows for t in chosen.tables if t.name in names)
     return RestorePlan(
         snapshot=chosen,
         at=at,
@@ -140,6 +170,7 @@ def plan_restore(
         first_lsn=first,
         last_lsn=last,
         snapshot_rows=rows,
+        shapes=shapes,
     )
 
 

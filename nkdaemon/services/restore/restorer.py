@@ -9,10 +9,12 @@ from typing import TYPE_CHECKING, Generic
 
 import structlog
 
+from nkdaemon.core.definitions import restricted_spec
 from nkdaemon.core.keys import TableSpec
 from nkdaemon.core.ports import Address, RestoreTarget, TableT
 from nkdaemon.core.restore_plan import InsertOrder, insert_order
 from nkdaemon.core.restore_runs import referenced_tables
+from nkdaemon.core.shapes import ShapeWalk
 from nkdaemon.repository.segments import SegmentLog
 from nkdaemon.services.restore.load import Loader, WholeRows
 from nkdaemon.services.restore.plan import (
@@ -24,13 +26,15 @@ from nkdaemon.services.restore.plan import (
 )
 from nkdaemon.services.restore.replay import Replayer
 from nkdaemon.services.restore.resolve import Resolver
-from nkdaemon.services.restore.validate import expectation_of, validate
+from nkdaemon.services.restore.validate import expectation_of, shaped_expectation, validate
 from nkdaemon.services.restore.write import RowWriter
 
 if TYPE_CHECKING:
     from nkdaemon.targets.table import TargetTable
 
 log = structlog.get_logger("nkdaemon.restore")
+
+_PSEUDO = ("rowid", "ctid")  # addresses, not columns
 
 
 class Restorer(Generic[TableT]):
@@ -50,6 +54,9 @@ class Restorer(Generic[TableT]):
         self.progress = progress or (lambda stage, n: None)
         self.report = RestoreReport(plan=plan)
         self.refuse_missing_references = False
+        # a column the instant has and the target lacks: refused, unless this is set (then
+        # its values are left out and counted in the report)
+        self.ignore_missing_columns = False
         self._tables: dict[str, TableT] = {}
         self._selected = {s.name for s in plan.tables}
         # only rows other tables refer to are worth remembering the address of
@@ -95,6 +102,7 @@ class Restorer(Generic[TableT]):
     def _finish(self, dry_run: bool) -> None:
         failed = [d for d in self.report.diffs if not d.ok]
         if failed:
+            self._refuse_unplaced(failed_tables={d.table for d in failed})
             raise RestoreError(
                 "the restored data does not match what the log says; nothing was written:\n  "
                 + "\n  ".join(d.summary() for d in failed),
@@ -106,6 +114,25 @@ class Restorer(Generic[TableT]):
         else:
             self.target.commit()
             self.report.committed = True
+
+    def _refuse_unplaced(self, failed_tables: set[str]) -> None:
+        """A difference explained by values the log holds for columns no definition had
+        (captured across a schema change the log does not record): say that."""
+        if self.plan.shapes is None:
+            return
+        walk = ShapeWalk(self.plan.shapes)
+        for tx in replay_range(self.log_store, self.plan.snapshot, self.plan.at):
+            walk.transaction(tx)
+        found = sorted((t, c, n) for (t, c), n in walk.unplaced.items() if t in failed_tables)
+        if found:
+            raise RestoreError(
+                "the log holds values of columns that the tables' definitions then did not "
+                "have, so they cannot be restored; nothing was written:\n  "
+                + "\n  ".join(f"{t}.{c}: {n} values" for t, c, n in found),
+                hint="the schema changed without the log recording it (a release that did "
+                "not follow schema changes); take a snapshot now and restore from it, or "
+                "restore to a time before the change",
+            )
 
     # --- the target's tables ------------------------------------------------------------
 
@@ -122,11 +149,63 @@ class Restorer(Generic[TableT]):
             self._create(missing)
         elif missing:
             raise RestoreError(
-                f"the target has no table {', '.join(s.name for s in missing)}",
-                hint="create the application's schema first, or pass --create-schema",
+                f"the target has no table {', '.join(s.name for s in missing)}"
+                + (" (as the table was at the restore time)" if self.plan.shape_changed else ""),
+                hint="create the application's schema first, pass --create-schema, or "
+                "restore the other tables only (--table)",
             )
+        for name in self._play_order():
+            self._tables[name] = self._check_columns(self._tables[name])
         for name in self._selected:
             self._check_table(name)
+
+    def _check_columns(self, table: TableT) -> TableT:
+        """Match the instant's columns with the target's by name: a column the target has
+        and the instant lacks gets its default; one the instant has and the target lacks
+        is refused, or with ignore_missing_columns left out (the table's spec narrowed)."""
+        spec = table.spec
+        name = spec.name
+        extra = [c for c in table.columns if c not in spec.column_index and c not in _PSEUDO]
+        if extra:
+            self.report.target_only_columns[name] = extra
+        converted = {
+            c.name: table.types[c.name]
+            for c in spec.columns
+            if c.name in table.types and _type_word(table.types[c.name]) != _type_word(c.sql_type)
+        }
+        if converted:
+            self.report.converted_columns[name] = converted
+        absent = [c.name for c in spec.columns if c.name not in table.columns]
+        if not absent:
+            return table
+        needed = set(spec.primary_key) | set(spec.key_column_names)
+        keys = [c for c in absent if c in needed]
+        if keys:
+            raise RestoreError(
+                f"target table {name} has no column {', '.join(keys)}, which the backup's "
+                "rows are named by",
+                hint="bring the target's schema up to the backup's (migrate it), or use "
+                "--create-schema on an empty database",
+            )
+        if not self.ignore_missing_columns:
+            raise RestoreError(
+                f"target table {name} has no column {', '.join(absent)}, which table {name} "
+                "had at the restore time; its values would be lost",
+                hint="add the column to the target, use --create-schema on an empty "
+                "database, or pass --ignore-missing-columns to restore without those "
+                "values (the report counts them by table and column)",
+            )
+        kept = [c.name for c in spec.columns if c.name in table.columns]
+        narrowed = self.target.inspect(restricted_spec(spec, kept))
+        assert narrowed is not None  # it was there a moment ago, in this transaction
+        self.report.skipped_columns[name] = absent
+        return narrowed
+
+    @property
+    def _shaped(self) -> bool:
+        """Restore through the state at T in T's shape (not the snapshot, then the log):
+        the shapes changed on the way, or the target's tables are narrower."""
+        return self.plan.shape_changed or bool(self.report.skipped_columns)
 
     def _create(self, missing: list[TableSpec]) -> None:
         self.report.schema_notes += self.target.create(missing)
@@ -138,13 +217,6 @@ class Restorer(Generic[TableT]):
 
     def _check_table(self, name: str) -> None:
         table = self._tables[name]
-        absent = [c.name for c in table.spec.columns if c.name not in table.columns]
-        if absent:
-            raise RestoreError(
-                f"target table {name} has no column {', '.join(absent)}",
-                hint="bring the target's schema up to the backup's (migrate it), or use "
-                "--create-schema on an empty database",
-            )
         for fk in table.spec.foreign_keys:
             if fk.ref_table not in self._tables:
                 raise RestoreError(
@@ -182,8 +254,10 @@ class Restorer(Generic[TableT]):
         # A target that holds rows of the restored tables (restored before, or seeded):
         # the state at T is written over it by natural key, not the log replayed onto it,
         # since replaying a rename onto a row that already has the new key cannot work.
-        merging = bool(self._closure) or any(
-            self._tables[name].rows_before for name in self._selected
+        merging = (
+            bool(self._closure)
+            or self._shaped
+            or any(self._tables[name].rows_before for name in self._selected)
         )
         loader = Loader(
             plan=self.plan,
@@ -195,6 +269,7 @@ class Restorer(Generic[TableT]):
             progress=self.progress,
         )
         loader.refuse_missing_references = self.refuse_missing_references
+        loader.shaped = self._shaped
         if merging:
             self._timed("load", lambda: loader.load_state(order))
             return
@@ -226,9 +301,15 @@ class Restorer(Generic[TableT]):
     def _validate(self, order: tuple[str, ...]) -> None:
         snapshot = self.plan.snapshot
         transactions = replay_range(self.log_store, snapshot, self.plan.at)
-        expectation, position = expectation_of(
-            snapshot, order, self._tables, transactions, self._in_play
-        )
+        if self._shaped:
+            assert self.plan.shapes is not None
+            expectation, position = shaped_expectation(
+                snapshot, self.plan.shapes, [self._tables[n].spec for n in order], transactions
+            )
+        else:
+            expectation, position = expectation_of(
+                snapshot, order, self._tables, transactions, self._in_play
+            )
         validate(
             target=self.target,
             tables=self._tables,
@@ -238,7 +319,13 @@ class Restorer(Generic[TableT]):
             snapshot=snapshot,
             position=position,
             report=self.report,
+            # a narrower target's rows cannot fold to the source's digests
+            witness=not self.report.skipped_columns,
         )
+
+
+def _type_word(sql_type: str | None) -> str:
+    return "".join((sql_type or "").lower().split())
 
 
 def open_restore_target(url: str, source_dialect: str) -> RestoreTarget[TargetTable]:

@@ -3,15 +3,17 @@ what the snapshot and the log say (and a snapshot's digests taken at the same po
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Generic
 
 from nkdaemon.core.digest import DigestFold
 from nkdaemon.core.fold import LogFold
-from nkdaemon.core.keys import ForeignKeySpec, NaturalKey
+from nkdaemon.core.keys import ForeignKeySpec, NaturalKey, TableSpec
 from nkdaemon.core.log import LoggedTransaction
 from nkdaemon.core.ports import Address, RestoreTarget, TableT
 from nkdaemon.core.restore_runs import Row
+from nkdaemon.core.shapes import ShapeHistory, fold_in_shape
+from nkdaemon.core.values import lossless_as
 from nkdaemon.repository.snapshots import SnapshotInfo, read_table
 from nkdaemon.services.restore.plan import RestoreReport
 from nkdaemon.services.verify_snapshots import cross_check, digest_witness
@@ -24,9 +26,15 @@ row the target lacks, ``{"$missing": address}``); None when unset."""
 class TargetRenderer(Generic[TableT]):
     """Reads target rows back as (natural key, payload), references named by natural key."""
 
-    def __init__(self, target: RestoreTarget[TableT], tables: Mapping[str, TableT]) -> None:
+    def __init__(
+        self,
+        target: RestoreTarget[TableT],
+        tables: Mapping[str, TableT],
+        converted: Mapping[str, Collection[str]] | None = None,
+    ) -> None:
         self._target = target
         self._tables = tables
+        self._converted = converted or {}
         self._keys: dict[str, dict[Address, NaturalKey | None]] = {}
 
     def _keys_of(self, name: str) -> dict[Address, NaturalKey | None]:
@@ -71,7 +79,14 @@ class TargetRenderer(Generic[TableT]):
         table = self._tables[name]
         spec = table.spec
         fk_columns = {c for fk in spec.foreign_keys for c in fk.columns}
+        converted = [
+            (c, spec.column(c).logical_type)
+            for c in self._converted.get(name, ())
+            if c in spec.column_index
+        ]
         for address, row in self._read_with_address(table):
+            if converted:
+                row = dict(row) | {c: lossless_as(t, row.get(c)) for c, t in converted}
             payload: Row = {
                 c.name: row.get(c.name)
                 for c in spec.columns
@@ -111,6 +126,44 @@ def expectation_of(
     return expectation, position
 
 
+def shaped_expectation(
+    snapshot: SnapshotInfo,
+    shapes: ShapeHistory,
+    specs: Sequence[TableSpec],
+    transactions: Iterator[LoggedTransaction],
+) -> tuple[LogFold, int]:
+    """What the snapshot and the log say the tables hold at the instant, in its shape and
+    narrowed to ``specs`` (the columns the target's tables have, NULL where the log gave
+    none: as the target reads them back), and the source position they reach."""
+    reached = {"position": snapshot.position}
+
+    def counted() -> Iterator[LoggedTransaction]:
+        for tx in transactions:
+            reached["position"] = tx.position
+            yield tx
+
+    expectation, _walk = fold_in_shape(
+        shapes,
+        snapshot_rows(snapshot, shapes.start),
+        counted(),
+        specs=specs,
+        keep_rows=False,
+        fill_lacking=True,
+    )
+    return expectation, reached["position"]
+
+
+def snapshot_rows(
+    snapshot: SnapshotInfo, tables: Iterable[str]
+) -> Iterator[tuple[str, NaturalKey, Row]]:
+    """(table, key, row) of the snapshot's rows of ``tables``."""
+    for name in tables:
+        file = snapshot.table(name)
+        if file is not None:
+            for item in read_table(snapshot, file):
+                yield name, item["k"], item["r"]
+
+
 def validate(
     *,
     target: RestoreTarget[TableT],
@@ -121,21 +174,23 @@ def validate(
     snapshot: SnapshotInfo,
     position: int,
     report: RestoreReport,
+    witness: bool = True,
 ) -> None:
-    """Compare each selected table of the target with the expectation, into the report."""
+    """Compare each selected table of the target with the expectation, into the report
+    (and, with ``witness``, with the digests of a snapshot taken at the same position)."""
     # a snapshot taken at exactly this position: evidence read from the source
-    witness = digest_witness(snapshot, position)
-    renderer = TargetRenderer(target, tables)
+    found = digest_witness(snapshot, position) if witness else None
+    renderer = TargetRenderer(target, tables, report.converted_columns)
     for name in (n for n in order if n in selected):
         fold = DigestFold()
         rows = renderer.rows(name)
-        diff = expectation.compare(name, fold.passing(rows) if witness else rows)
+        diff = expectation.compare(name, fold.passing(rows) if found else rows)
         if diff.unexpected and tables[name].rows_before:
             # rows only the target had: reported, left alone (unless pruned)
             report.target_only[name] = len(diff.unexpected)
             diff.actual -= len(diff.unexpected)
             diff.unexpected = []
-        elif witness is not None:
-            cross_check(diff, witness, fold.result())
-            report.cross_checked = witness.id
+        elif found is not None:
+            cross_check(diff, found, fold.result())
+            report.cross_checked = found.id
         report.diffs.append(diff)

@@ -67,6 +67,19 @@ def translate_errors(action: str, secrets: tuple[str, ...] = ()) -> Iterator[Non
         raise SourceError(f"PostgreSQL error while {action}: {_clean(exc, secrets)}") from None
 
 
+def _decoder(
+    decoders: dict[int, RowDecoder], tables: Mapping[int, TableSpec], number: int
+) -> RowDecoder | None:
+    """The decoder of the table's spec as it is now (rebuilt when the spec moved on)."""
+    spec = tables.get(number)
+    if spec is None:
+        return None
+    decoder = decoders.get(number)
+    if decoder is None or decoder.spec is not spec:
+        decoder = decoders[number] = RowDecoder(spec)
+    return decoder
+
+
 def _identity(spec: TableSpec) -> list[str] | None:
     """The columns whose change makes an UPDATE queue the old row (None: always)."""
     identity = list(dict.fromkeys([*spec.primary_key, *spec.key_column_names]))
@@ -276,7 +289,9 @@ class PostgresSource:
         upto: int,
         cuts: Sequence[int] = (),
     ) -> Iterator[QueuedChange]:
-        decoders = {number: RowDecoder(spec) for number, spec in tables.items()}
+        # The drain moves a table's spec forward in ``tables`` at each schema change it
+        # reads: each change is decoded with the spec current when it is yielded.
+        decoders: dict[int, RowDecoder] = {}
         query = (
             "SELECT c.seq, c.xid::text, c.commit_time, q.tbl, q.op, q.old::text, q.new::text, "
             "q.old_nulls, q.new_nulls "
@@ -302,7 +317,7 @@ class PostgresSource:
                                 change=shapes.schema_change(tbl, new),
                             )
                             continue
-                        decoder = decoders.get(tbl)
+                        decoder = _decoder(decoders, tables, tbl)
                         if decoder is None:
                             raise SourceError(
                                 f"the queue holds a change of table number {tbl}, which the "

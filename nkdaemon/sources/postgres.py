@@ -376,9 +376,7 @@ class PostgresSource:
             if shapes.capture_mode(conn) == shapes.EACH_PASS:
                 queued.extend(shapes.follow_changed_tables(conn, self._schema))
             for name in selects(shapes.uncaptured_tables(conn, self._schema)):
-                change = shapes.capture_new_table(conn, self._schema, name)
-                if change is not None:
-                    queued.append(change)
+                queued.extend(shapes.capture_new_table(conn, self._schema, name))
             return queued
 
     def capture_mode(self) -> str:

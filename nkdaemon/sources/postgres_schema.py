@@ -169,10 +169,12 @@ def uncaptured_tables(conn: Connection, schema: str) -> list[str]:
     return [str(r[0]) for r in conn.execute(_UNCAPTURED, (schema,)).fetchall()]
 
 
-def capture_new_table(conn: Connection, schema: str, name: str) -> SchemaChange | None:
+def capture_new_table(conn: Connection, schema: str, name: str) -> list[SchemaChange]:
     """Take a table into capture: a new number, its triggers, its shape, a "created" entry
-    and every row as a baseline, in one transaction with the table locked. None when the
-    table vanished (or was taken) meanwhile."""
+    and every row as a baseline, in one transaction with the table locked. A captured table
+    it refers to that nothing referred to has no rows in the drain's key index: it is
+    queued first, with a baseline that only seeds the index ("referenced"). Nothing when
+    the table vanished (or was taken) meanwhile."""
     table = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(name))
     try:
         with conn.transaction():
@@ -180,31 +182,61 @@ def capture_new_table(conn: Connection, schema: str, name: str) -> SchemaChange 
             conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(table))
             conn.execute("LOCK TABLE nkdaemon.tables IN SHARE ROW EXCLUSIVE MODE")
             if _is_captured(conn, schema, name):
-                return None
+                return []
+            queued = [_seed_referenced(conn, n, target) for n, target in _unreferred(conn, table)]
             number = _scalar(conn, _NEXT_NUMBER, ())
             identity = _scalar(conn, _IDENTITY, (table.as_string(conn),))
             register_table(conn, number, schema, name, identity)
             create_triggers(conn, table, number)
             record_shape(conn, number)
-            columns = conn.execute(
-                "SELECT array_agg(name ORDER BY attnum) FROM nkdaemon.shapes WHERE number = %s",
-                (number,),
-            ).fetchone()
-            entry = {
-                "name": name,
-                "kind": "created",
-                "columns": list(columns[0]) if columns and columns[0] else [],
-                "renamed": [],
-                "baseline": True,
-                "command": "CREATE TABLE",
-            }
-            conn.execute(
-                "INSERT INTO nkdaemon.queue (tbl, op, new) VALUES (%s, 'S', %s::json)",
-                (number, orjson.dumps(entry).decode()),
-            )
-            conn.execute("SELECT nkdaemon.queue_baseline(%s)", (number,))
+            queued.append(_queue_entry(conn, number, name, "created"))
     except pg_errors.UndefinedTable:
-        return None
+        return []
+    return queued
+
+
+# Captured tables the new table refers to that no captured table refers to (yet).
+_UNREFERRED = """
+SELECT DISTINCT t.number, t.relid::regclass::text FROM pg_catalog.pg_constraint c
+JOIN nkdaemon.tables t ON t.relid = c.confrelid
+WHERE c.conrelid = %s::regclass AND c.contype = 'f' AND NOT EXISTS (
+    SELECT 1 FROM pg_catalog.pg_constraint r JOIN nkdaemon.tables o ON o.relid = r.conrelid
+    WHERE r.confrelid = t.relid AND r.contype = 'f')
+ORDER BY t.number
+"""
+
+
+def _unreferred(conn: Connection, table: sql.Composed) -> list[tuple[int, str]]:
+    rows = conn.execute(_UNREFERRED, (table.as_string(conn),)).fetchall()
+    return [(int(number), str(relation)) for number, relation in rows]
+
+
+def _seed_referenced(conn: Connection, number: int, relation: str) -> SchemaChange:
+    conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(sql.SQL(relation)))
+    name = _scalar(conn, "SELECT table_name FROM nkdaemon.tables WHERE number = %s", (number,))
+    return _queue_entry(conn, number, str(name), "referenced")
+
+
+def _queue_entry(conn: Connection, number: int, name: str, kind: str) -> SchemaChange:
+    """Queue a schema entry with the table's recorded columns, and every row as baseline."""
+    columns = _scalar(
+        conn,
+        "SELECT array_agg(name ORDER BY attnum) FROM nkdaemon.shapes WHERE number = %s",
+        (number,),
+    )
+    entry = {
+        "name": name,
+        "kind": kind,
+        "columns": list(columns or []),
+        "renamed": [],
+        "baseline": True,
+        "command": "CREATE TABLE",
+    }
+    conn.execute(
+        "INSERT INTO nkdaemon.queue (tbl, op, new) VALUES (%s, 'S', %s::json)",
+        (number, orjson.dumps(entry).decode()),
+    )
+    conn.execute("SELECT nkdaemon.queue_baseline(%s)", (number,))
     return schema_change(number, entry)
 
 

@@ -37,6 +37,14 @@ CREATE TABLE IF NOT EXISTS nkdaemon.shapes (
     detail text NOT NULL,
     PRIMARY KEY (number, attnum)
 );
+-- Numbers of tables that left capture (dropped, renamed away): never given again, since the
+-- drain's key index and the log know tables by number.
+CREATE TABLE IF NOT EXISTS nkdaemon.retired (
+    number integer PRIMARY KEY,
+    table_name text NOT NULL,
+    since timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+
 -- The table's constraints and unique indexes, as a digest: a change is logged likewise.
 ALTER TABLE nkdaemon.tables ADD COLUMN IF NOT EXISTS constraints text;
 
@@ -141,7 +149,7 @@ END
 $f$;
 
 -- The table left capture (dropped, or renamed away): queue a "dropped" entry and forget it.
--- Its number stays used (nkdaemon.meta 'table_number_max'), never handed out again.
+-- Its number is retired (nkdaemon.retired), never handed out again.
 CREATE OR REPLACE FUNCTION nkdaemon.forget_table(num integer, command text) RETURNS json
 LANGUAGE plpgsql AS $f$
 DECLARE
@@ -161,6 +169,8 @@ BEGIN
         END LOOP;
     END IF;
     DELETE FROM nkdaemon.shapes WHERE number = num;
+    INSERT INTO nkdaemon.retired (number, table_name) VALUES (num, t.table_name)
+    ON CONFLICT (number) DO NOTHING;
     EXECUTE format('DROP FUNCTION IF EXISTS nkdaemon.%I(), nkdaemon.%I(), nkdaemon.%I()',
         format('capture_%s_i', num), format('capture_%s_u', num), format('capture_%s_d', num));
     entry := json_build_object('name', t.table_name, 'kind', 'dropped', 'columns', NULL,

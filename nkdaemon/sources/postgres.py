@@ -165,6 +165,7 @@ class PostgresSource:
                         (self._schema,),
                     ).fetchall()
                 }
+                shapes.refuse_retired_numbers(conn, tables, known)
                 wanted = {spec.name for spec in tables.values()}
                 for name in sorted(set(known) - wanted):
                     drop_triggers(conn, self._qualified(name))

@@ -23,10 +23,13 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.engine import make_url
 
-from nkdaemon.core.errors import CaptureError
+from nkdaemon.core.errors import CaptureError, SourceError
+from nkdaemon.core.keys import replace_spec
 from nkdaemon.core.log import ChangeEvent, Definition
+from nkdaemon.core.ownership import CaptureClaim
 from nkdaemon.runtime.config import Settings
 from nkdaemon.runtime.session import Session
+from nkdaemon.services.install import load_registry
 from nkdaemon.sources.postgres import conninfo_from_url
 from tests import pg
 from tests.helpers import do_drain, do_install, logged, settings_for
@@ -656,3 +659,28 @@ def test_nullability_defaults_and_keys_are_logged_as_new_definitions(
     logged_entries = _definitions(settings, "items")
     assert [d.change for d in logged_entries] == ["altered"] * entries
     assert _queued(pg_url) == 0
+
+
+def test_the_source_refuses_to_install_a_table_under_a_retired_number(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """A guard under install's own numbering: should a registry ever give a retired number
+    again, the source refuses, changing nothing, rather than mix two tables' histories."""
+    settings = _installed(pg_url, tmp_path)
+    _sql(pg_url, "CREATE TABLE extra (id serial PRIMARY KEY, k text NOT NULL UNIQUE)")
+    do_drain(settings)
+    with Session(settings, writer=True) as s:
+        retired = s.source.installed_tables()["extra"]
+    _sql(
+        pg_url,
+        "DROP TABLE extra",
+        "CREATE TABLE later (id serial PRIMARY KEY, k text NOT NULL UNIQUE)",
+    )
+    assert _one(pg_url, "SELECT array_agg(number) FROM nkdaemon.retired") == [retired]
+    with Session(settings, writer=True) as s:
+        items = load_registry(s.engine, settings, s.source).by_name("items")
+        later = replace_spec(items, number=retired, name="later")
+        claim = CaptureClaim(repository="r", host="h", seen=s.source.installation_id(), new=False)
+        with pytest.raises(SourceError, match=rf"would be given again: later \({retired}\)"):
+            s.source.install({items.number: items, retired: later}, lambda p, r: None, claim)
+    assert _one(pg_url, "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'later'::regclass") == 0

@@ -723,3 +723,33 @@ def test_a_new_table_without_a_natural_key_stops_the_drain_until_configured(
         str((e.row or {}).get("msg")) for e in _events(configured, "logs") if e.op == "I"
     ) == ["one", "two"]
     assert _queued(pg_url) == 0
+
+
+@pytest.mark.parametrize("mode", ["event trigger", "each pass"])
+def test_a_table_rebuilt_under_its_name_is_captured_again_with_its_rows(
+    mode: str, pg_url: str, tmp_path: Path
+) -> None:
+    settings = _installed(pg_url, tmp_path)
+    if mode == "each pass":
+        _each_pass(pg_url)
+    with Session(settings, writer=True) as s:
+        drainer = s.drainer()
+        before = s.source.installed_tables()["items"]
+        _sql(
+            pg_url,
+            "CREATE TABLE items_new (id serial PRIMARY KEY, code text NOT NULL UNIQUE, "
+            "qty integer, extra text DEFAULT 'x')",
+            "INSERT INTO items_new (code, qty) SELECT code, qty FROM items",
+            "DROP TABLE items",
+            "ALTER TABLE items_new RENAME TO items",
+        )
+        drainer.drain_once()
+        _sql(pg_url, "UPDATE items SET extra = 'y' WHERE code = 'b'")
+        drainer.drain_once()
+        after = s.source.installed_tables()["items"]
+    assert after > before
+    assert [d.change for d in _definitions(settings, "items")] == ["dropped", "created"]
+    assert _shaped_rows(settings, "items") == {
+        "a": {"code": "a", "qty": 1, "extra": "x"},
+        "b": {"code": "b", "qty": 2, "extra": "y"},
+    }

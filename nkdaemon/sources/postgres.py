@@ -28,6 +28,7 @@ from nkdaemon.core.ports import (
     SnapshotPoint,
 )
 from nkdaemon.dialects.postgres_rows import RowDecoder, sql_nulls
+from nkdaemon.sources import postgres_schema as shapes
 from nkdaemon.sources.postgres_capture import (
     Connection,
     claim_capture,
@@ -37,7 +38,6 @@ from nkdaemon.sources.postgres_capture import (
     migrate,
     read_installation_id,
     read_owner,
-    row_trigger_functions,
 )
 
 log = structlog.get_logger("nkdaemon.source")
@@ -65,6 +65,25 @@ def translate_errors(action: str, secrets: tuple[str, ...] = ()) -> Iterator[Non
         ) from None
     except psycopg.Error as exc:
         raise SourceError(f"PostgreSQL error while {action}: {_clean(exc, secrets)}") from None
+
+
+def _decoder(
+    decoders: dict[int, RowDecoder], tables: Mapping[int, TableSpec], number: int
+) -> RowDecoder | None:
+    """The decoder of the table's spec as it is now (rebuilt when the spec moved on)."""
+    spec = tables.get(number)
+    if spec is None:
+        return None
+    decoder = decoders.get(number)
+    if decoder is None or decoder.spec is not spec:
+        decoder = decoders[number] = RowDecoder(spec)
+    return decoder
+
+
+def _identity(spec: TableSpec) -> list[str] | None:
+    """The columns whose change makes an UPDATE queue the old row (None: always)."""
+    identity = list(dict.fromkeys([*spec.primary_key, *spec.key_column_names]))
+    return None if spec.full_row_identity or not identity else identity
 
 
 def _clean(exc: BaseException, secrets: tuple[str, ...]) -> str:
@@ -146,6 +165,7 @@ class PostgresSource:
                         (self._schema,),
                     ).fetchall()
                 }
+                shapes.refuse_retired_numbers(conn, tables, known)
                 wanted = {spec.name for spec in tables.values()}
                 for name in sorted(set(known) - wanted):
                     drop_triggers(conn, self._qualified(name))
@@ -154,18 +174,16 @@ class PostgresSource:
                         (self._schema, name),
                     )
                 for spec in tables.values():
-                    create_triggers(
-                        conn,
-                        self._qualified(spec.name),
-                        spec,
-                        row_trigger_functions(spec),
+                    shapes.register_table(
+                        conn, spec.number, self._schema, spec.name, _identity(spec)
                     )
-                    conn.execute(
-                        "INSERT INTO nkdaemon.tables (number, schema_name, table_name) "
-                        "VALUES (%s, %s, %s) ON CONFLICT (number) DO UPDATE "
-                        "SET schema_name = excluded.schema_name, table_name = excluded.table_name",
-                        (spec.number, self._schema, spec.name),
-                    )
+                    create_triggers(conn, self._qualified(spec.name), spec.number)
+                    shapes.record_shape(conn, spec.number)
+                conn.execute(
+                    "DELETE FROM nkdaemon.shapes WHERE number NOT IN "
+                    "(SELECT number FROM nkdaemon.tables)"
+                )
+                shapes.arm_event_triggers(conn)
                 # Every captured table is locked now, so no transaction is between its seal
                 # and its end: the sequence value is a clean baseline.
                 row = conn.execute(
@@ -272,7 +290,9 @@ class PostgresSource:
         upto: int,
         cuts: Sequence[int] = (),
     ) -> Iterator[QueuedChange]:
-        decoders = {number: RowDecoder(spec) for number, spec in tables.items()}
+        # The drain moves a table's spec forward in ``tables`` at each schema change it
+        # reads: each change is decoded with the spec current when it is yielded.
+        decoders: dict[int, RowDecoder] = {}
         query = (
             "SELECT c.seq, c.xid::text, c.commit_time, q.tbl, q.op, q.old::text, q.new::text, "
             "q.old_nulls, q.new_nulls "
@@ -290,7 +310,15 @@ class PostgresSource:
                 cursor.execute(query, (after, upto))
                 while rows := cursor.fetchmany(5000):
                     for seq, xid, commit_time, tbl, op, old, new, old_nulls, new_nulls in rows:
-                        decoder = decoders.get(tbl)
+                        if op == "S":  # a schema entry (migration 0006)
+                            yield QueuedChange(
+                                position=seq,
+                                txid=xid,
+                                commit_time=commit_time,
+                                change=shapes.schema_change(tbl, new),
+                            )
+                            continue
+                        decoder = _decoder(decoders, tables, tbl)
                         if decoder is None:
                             raise SourceError(
                                 f"the queue holds a change of table number {tbl}, which the "
@@ -343,11 +371,18 @@ class PostgresSource:
             log.warning("queue.vacuum_failed", error=_clean(exc, self._secrets))
 
     def follow_schema(self, selects: CaptureSelector) -> list[SchemaChange]:
-        # Issue 12 in progress: schema changes are not followed yet on this source.
-        return []
+        with self._errors("following schema changes"):
+            conn = self._connection()
+            queued: list[SchemaChange] = []
+            if shapes.capture_mode(conn) == shapes.EACH_PASS:
+                queued.extend(shapes.follow_changed_tables(conn, self._schema))
+            for name in selects(shapes.uncaptured_tables(conn, self._schema)):
+                queued.extend(shapes.capture_new_table(conn, self._schema, name))
+            return queued
 
     def capture_mode(self) -> str:
-        return "not followed"
+        with self._errors("reading how schema changes are noticed"):
+            return shapes.capture_mode(self._connection())
 
     def queue_depth(self) -> int:
         with self._errors("measuring the queue"):

@@ -8,15 +8,12 @@ the caller (PostgresSource) translates psycopg's errors.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
 
 import psycopg
 from psycopg import sql
 from psycopg.rows import TupleRow
 
-from nkdaemon.core.keys import TableSpec
 from nkdaemon.core.ownership import CaptureClaim, CaptureOwner, changed_during_install
-from nkdaemon.dialects.postgres_rows import sql_nulls
 from nkdaemon.sources.migrations import pending_migrations
 
 Connection = psycopg.Connection[TupleRow]
@@ -25,15 +22,8 @@ ROW_TRIGGER = "nkdaemon_capture"
 TRUNCATE_TRIGGER = "nkdaemon_capture_truncate"
 TRIGGERS = (f"{ROW_TRIGGER}_i", f"{ROW_TRIGGER}_u", f"{ROW_TRIGGER}_d", TRUNCATE_TRIGGER)
 
-_ROW_FUNCTION = """
-CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $nkd$
-BEGIN
-    INSERT INTO nkdaemon.queue (tbl, op, old, new, old_nulls, new_nulls)
-    VALUES ({number}, '{op}', {old}, {new}, {old_nulls}, {new_nulls});
-    RETURN NULL;
-END
-$nkd$
-"""
+# Event triggers on ddl_command_end, sql_drop and table_rewrite (migration 0006).
+EVENT_TRIGGERS = ("nkdaemon_ddl", "nkdaemon_drop", "nkdaemon_rewrite")
 
 
 # --- who owns capture -----------------------------------------------------------------------
@@ -115,6 +105,8 @@ def drop_capture_schema(conn: Connection) -> None:
         "WHERE t.tgname = ANY(%s)",
         (list(TRIGGERS),),
     ).fetchall()
+    for name in EVENT_TRIGGERS:  # first: they read the schema dropped below
+        conn.execute(sql.SQL("DROP EVENT TRIGGER IF EXISTS {}").format(sql.Identifier(name)))
     for schema, table in sorted(set(triggers)):
         for trigger in TRIGGERS:
             conn.execute(
@@ -132,66 +124,29 @@ def _function_name(number: int, op: str) -> sql.Composed:
     return sql.SQL("nkdaemon.{}").format(sql.Identifier(f"capture_{number}_{op}"))
 
 
-def row_trigger_functions(spec: TableSpec) -> list[sql.Composed]:
-    """The INSERT, UPDATE and DELETE trigger functions of one table."""
-    identity = list(dict.fromkeys([*spec.primary_key, *spec.key_column_names]))
-    if spec.full_row_identity or not identity:
-        old_on_update: sql.Composable = sql.SQL("row_to_json(OLD)")
-    else:
-        changed = sql.SQL("({}) IS DISTINCT FROM ({})").format(
-            sql.SQL(", ").join(sql.SQL("OLD.{}").format(sql.Identifier(c)) for c in identity),
-            sql.SQL(", ").join(sql.SQL("NEW.{}").format(sql.Identifier(c)) for c in identity),
-        )
-        old_on_update = sql.SQL("CASE WHEN {} THEN row_to_json(OLD) END").format(changed)
-    no = sql.SQL("NULL")
-    bodies = {
-        "i": ("I", no, sql.SQL("row_to_json(NEW)"), no, sql_nulls(spec, "NEW")),
-        "u": (
-            "U",
-            old_on_update,
-            sql.SQL("row_to_json(NEW)"),
-            sql_nulls(spec, "OLD"),
-            sql_nulls(spec, "NEW"),
-        ),
-        "d": ("D", sql.SQL("row_to_json(OLD)"), no, sql_nulls(spec, "OLD"), no),
-    }
-    return [
-        sql.SQL(_ROW_FUNCTION).format(
-            name=_function_name(spec.number, op),
-            number=sql.Literal(spec.number),
-            op=sql.SQL(code),
-            old=old,
-            new=new,
-            old_nulls=old_nulls,
-            new_nulls=new_nulls,
-        )
-        for op, (code, old, new, old_nulls, new_nulls) in bodies.items()
-    ]
-
-
-def create_triggers(
-    conn: Connection, table: sql.Composed, spec: TableSpec, functions: Sequence[sql.Composed]
-) -> None:
+def create_triggers(conn: Connection, table: sql.Composed, number: int) -> None:
     """Lock ``table`` (so no transaction writes it between install's seal and its end),
-    then (re)create its row and TRUNCATE triggers over ``functions``."""
+    then (re)create its row and TRUNCATE triggers. The row trigger functions are generated
+    in the database (nkdaemon.capture_functions, migration 0006) from the table's columns
+    and its identity in nkdaemon.tables, which must be recorded first: the event trigger
+    regenerates them the same way when the table changes."""
     conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(table))
     drop_triggers(conn, table)
-    for function in functions:
-        conn.execute(function)
+    conn.execute("SELECT nkdaemon.capture_functions(%s)", (number,))
     for op, event in (("i", "INSERT"), ("u", "UPDATE"), ("d", "DELETE")):
         conn.execute(
             sql.SQL("CREATE TRIGGER {} AFTER {} ON {} FOR EACH ROW EXECUTE FUNCTION {}()").format(
                 sql.Identifier(f"{ROW_TRIGGER}_{op}"),
                 sql.SQL(event),
                 table,
-                _function_name(spec.number, op),
+                _function_name(number, op),
             )
         )
     conn.execute(
         sql.SQL(
             "CREATE TRIGGER {} AFTER TRUNCATE ON {} "
             "FOR EACH STATEMENT EXECUTE FUNCTION nkdaemon.capture_truncate({})"
-        ).format(sql.Identifier(TRUNCATE_TRIGGER), table, sql.Literal(str(spec.number)))
+        ).format(sql.Identifier(TRUNCATE_TRIGGER), table, sql.Literal(str(number)))
     )
 
 

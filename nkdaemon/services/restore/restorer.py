@@ -154,15 +154,25 @@ class Restorer(Generic[TableT]):
                 hint="create the application's schema first, pass --create-schema, or "
                 "restore the other tables only (--table)",
             )
+        lacking: list[str] = []
         for name in self._play_order():
-            self._tables[name] = self._check_columns(self._tables[name])
+            self._tables[name] = self._check_columns(self._tables[name], lacking)
+        if lacking:
+            raise RestoreError(
+                f"the target lacks column(s) {', '.join(lacking)}, which the tables had at "
+                "the restore time; their values would be lost",
+                hint="add the columns to the target, use --create-schema on an empty "
+                "database, or pass --ignore-missing-columns to restore without those "
+                "values (the report counts them by table and column)",
+            )
         for name in self._selected:
             self._check_table(name)
 
-    def _check_columns(self, table: TableT) -> TableT:
+    def _check_columns(self, table: TableT, lacking: list[str]) -> TableT:
         """Match the instant's columns with the target's by name: a column the target has
         and the instant lacks gets its default; one the instant has and the target lacks
-        is refused, or with ignore_missing_columns left out (the table's spec narrowed)."""
+        is listed in ``lacking`` (refused), or with ignore_missing_columns left out (the
+        table's spec narrowed)."""
         spec = table.spec
         name = spec.name
         extra = [c for c in table.columns if c not in spec.column_index and c not in _PSEUDO]
@@ -188,13 +198,8 @@ class Restorer(Generic[TableT]):
                 "--create-schema on an empty database",
             )
         if not self.ignore_missing_columns:
-            raise RestoreError(
-                f"target table {name} has no column {', '.join(absent)}, which table {name} "
-                "had at the restore time; its values would be lost",
-                hint="add the column to the target, use --create-schema on an empty "
-                "database, or pass --ignore-missing-columns to restore without those "
-                "values (the report counts them by table and column)",
-            )
+            lacking.extend(f"{name}.{column}" for column in absent)
+            return table
         kept = [c.name for c in spec.columns if c.name in table.columns]
         narrowed = self.target.inspect(restricted_spec(spec, kept))
         assert narrowed is not None  # it was there a moment ago, in this transaction

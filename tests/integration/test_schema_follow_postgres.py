@@ -753,3 +753,28 @@ def test_a_table_rebuilt_under_its_name_is_captured_again_with_its_rows(
         "a": {"code": "a", "qty": 1, "extra": "x"},
         "b": {"code": "b", "qty": 2, "extra": "y"},
     }
+
+
+def test_a_foreign_key_added_to_a_table_nothing_referred_to_stops_then_install_resumes(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """The referenced table's rows were never in the drain's key index: the first row that
+    uses the new reference stops the drain, loudly and keeping the queue, and `install`
+    (as its hint says) indexes them so draining goes on with the row named by key."""
+    settings = _installed(
+        pg_url,
+        tmp_path,
+        "CREATE TABLE orders (id serial PRIMARY KEY, no text NOT NULL UNIQUE, item_id int)",
+    )
+    _sql(
+        pg_url,
+        "ALTER TABLE orders ADD FOREIGN KEY (item_id) REFERENCES items (id)",
+        "INSERT INTO orders (no, item_id) SELECT 'o1', id FROM items WHERE code = 'a'",
+    )
+    with pytest.raises(CaptureError, match="never seen") as stopped:
+        do_drain(settings)
+    assert "nkdaemon install" in (stopped.value.hint or "")
+    do_install(settings)
+    do_drain(settings)
+    [order] = [e for e in _events(settings, "orders") if e.op == "I"]
+    assert order.row is not None and order.row["item_id"] == {"code": "a"}

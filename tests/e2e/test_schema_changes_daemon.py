@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from nkdaemon.runtime.config import load_settings
 from tests import pg
 from tests.daemon_harness import DaemonProcess, daemon_config, wait_caught_up
-from tests.helpers import do_install, engine_for, run_cli
+from tests.helpers import cli_status, do_install, engine_for, run_cli
 from tests.natural_content import Content, differences, leave_millisecond, natural_content
 
 pytestmark = pytest.mark.slow
@@ -265,4 +265,48 @@ def test_every_instant_restores_in_its_own_shape_across_schema_changes(
         # today's qty is numeric(12, 2) / REAL: the same number, written in today's type
         assert Decimal(str(got["items"][key]["qty"])) == Decimal(str(row["qty"])), key
         assert got["items"][key]["color"] == "none", key  # the target's default
+    engine.dispose()
+
+
+def test_a_lost_natural_key_stops_capture_loudly_and_a_declared_key_resumes_it(
+    tmp_path: Path, daemons: Callable[..., DaemonProcess]
+) -> None:
+    """The key's column dropped (a SQLite table rebuilt without it): /readyz 503 and
+    `status` exit 1 name the table, the changes stay queued; declaring another natural key
+    in the configuration (the daemon reloads it and re-installs) lets draining go on."""
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    engine = engine_for(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TABLE items (id INTEGER PRIMARY KEY, code TEXT NOT NULL UNIQUE, "
+            "sku TEXT NOT NULL UNIQUE, qty INTEGER)"
+        )
+        conn.exec_driver_sql("INSERT INTO items (code, sku, qty) VALUES ('a', 's1', 1)")
+    config = daemon_config(tmp_path, url)
+    do_install(load_settings(config))
+    daemon = daemons(config)
+    daemon.wait_ready()
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TABLE n (id INTEGER PRIMARY KEY, sku TEXT NOT NULL UNIQUE, qty INTEGER)"
+        )
+        conn.exec_driver_sql("INSERT INTO n SELECT id, sku, qty FROM items")
+        conn.exec_driver_sql("DROP TABLE items")
+        conn.exec_driver_sql("ALTER TABLE n RENAME TO items")
+        conn.exec_driver_sql("UPDATE items SET qty = 2")
+    _code, reasons = daemon.wait_for(
+        "/readyz to say capture stopped", lambda: (r := daemon.ready())[0] == 503 and r
+    )
+    assert any("capture stopped" in r and "items" in r for r in reasons), reasons
+    status = cli_status(config, exit_codes=(1,))
+    assert status["queue_depth"] > 0
+    config.write_text(config.read_text() + '\n[tables.items]\nnatural_key = ["sku"]\n')
+    daemon.wait_for("/readyz 200 again", lambda: daemon.ready()[0] == 200, timeout=60)
+    wait_caught_up(daemon, config)
+    target = f"sqlite:///{tmp_path / 'restored.db'}"
+    restored = run_cli(config, "restore", "--target", target, "--latest", "--create-schema")
+    output = restored.output
+    assert restored.exit_code == 0, output
+    got = natural_content(target, tmp_path / "got")
+    assert got == natural_content(url, tmp_path / "truth"), output
     engine.dispose()

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from nkdaemon.core.errors import SchemaError
+from nkdaemon.core.errors import SchemaError, SourceError
 from nkdaemon.core.keys import (
     CheckSpec,
     ColumnSpec,
@@ -396,3 +396,18 @@ def check_key_cycles(specs: Mapping[str, TableSpec]) -> None:
 
     for name in graph:
         visit(name, [])
+
+
+def refuse_retired_numbers(
+    tables: Mapping[int, TableSpec], installed: Mapping[str, int], retired: Collection[int]
+) -> None:
+    """Install never gives a table a number capture retired: the key index and the log
+    know tables by number, and the retired table's history would become this one's."""
+    reused = sorted(n for n, s in tables.items() if n in retired and installed.get(s.name) != n)
+    if reused:
+        names = ", ".join(f"{tables[n].name} ({n})" for n in reused)
+        raise SourceError(
+            f"table numbers retired by capture would be given again: {names}",
+            hint="the repository's table numbers are behind the source's; drain first, "
+            "then run `nkdaemon install` again",
+        )

@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 
 from nkdaemon.core.errors import UNAVAILABLE_HINT, NotInstalledError, SourceError, SourceUnavailable
 from nkdaemon.core.events import RawChange
+from nkdaemon.core.key_rules import refuse_retired_numbers
 from nkdaemon.core.keys import TableSpec
 from nkdaemon.core.ownership import CaptureClaim, CaptureOwner, not_ours
 from nkdaemon.core.ports import (
@@ -165,7 +166,7 @@ class PostgresSource:
                         (self._schema,),
                     ).fetchall()
                 }
-                shapes.refuse_retired_numbers(conn, tables, known)
+                refuse_retired_numbers(tables, known, shapes.retired_numbers(conn))
                 wanted = {spec.name for spec in tables.values()}
                 for name in sorted(set(known) - wanted):
                     drop_triggers(conn, self._qualified(name))

@@ -9,15 +9,13 @@ translates psycopg's errors.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, LiteralString
 
 import orjson
 from psycopg import errors as pg_errors
 from psycopg import sql
 
-from nkdaemon.core.errors import SourceError
-from nkdaemon.core.keys import TableSpec
 from nkdaemon.core.ports import SchemaChange
 from nkdaemon.sources.postgres_capture import (
     EVENT_TRIGGERS,
@@ -107,20 +105,9 @@ def note_numbers(conn: Connection, numbers: Sequence[int]) -> None:
     )
 
 
-def refuse_retired_numbers(
-    conn: Connection, tables: Mapping[int, TableSpec], installed: Mapping[str, int]
-) -> None:
-    """Install never gives a table a number capture retired: the key index and the log
-    know tables by number, and the retired table's history would become this one's."""
-    retired = {int(r[0]) for r in conn.execute("SELECT number FROM nkdaemon.retired")}
-    reused = sorted(n for n, s in tables.items() if n in retired and installed.get(s.name) != n)
-    if reused:
-        names = ", ".join(f"{tables[n].name} ({n})" for n in reused)
-        raise SourceError(
-            f"table numbers retired by capture would be given again: {names}",
-            hint="the repository's table numbers are behind the source's; drain first, "
-            "then run `nkdaemon install` again",
-        )
+def retired_numbers(conn: Connection) -> set[int]:
+    """Numbers capture stopped using (never given to another table)."""
+    return {int(r[0]) for r in conn.execute("SELECT number FROM nkdaemon.retired")}
 
 
 def register_table(

@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 
 from nkdaemon.core.errors import NotInstalledError, SourceError, SourceUnavailable
 from nkdaemon.core.events import RawChange, RawOp
+from nkdaemon.core.key_rules import refuse_retired_numbers
 from nkdaemon.core.keys import TableSpec
 from nkdaemon.core.ownership import CaptureClaim, CaptureOwner, not_ours
 from nkdaemon.core.ports import (
@@ -154,7 +155,9 @@ class SqliteSource:
                 drop_capture(conn, known[name][0])
                 conn.execute("DELETE FROM _nkd_tables WHERE table_name = ?", (name,))
                 retire(conn, known[name][0], name)
-            _refuse_retired_numbers(conn, tables, {name: n for name, (n, _) in known.items()})
+            refuse_retired_numbers(
+                tables, {name: n for name, (n, _) in known.items()}, retired_numbers(conn)
+            )
             for spec in tables.values():
                 columns = [c.name for c in spec.columns]
                 previous = known.get(spec.name)
@@ -397,22 +400,6 @@ def _raw_change(
     old = _decode(spec, columns, slots[:count]) if op in ("U", "D") else None
     new = _decode(spec, columns, slots[width : width + count]) if op in ("I", "U", "B") else None
     return RawChange(table=tbl, op=op, old=old, new=new)
-
-
-def _refuse_retired_numbers(
-    conn: sqlite3.Connection, tables: Mapping[int, TableSpec], installed: Mapping[str, int]
-) -> None:
-    """Install never gives a table a number capture retired: the key index and the log
-    know tables by number, and the retired table's history would become this one's."""
-    retired = retired_numbers(conn)
-    reused = sorted(n for n, s in tables.items() if n in retired and installed.get(s.name) != n)
-    if reused:
-        names = ", ".join(f"{tables[n].name} ({n})" for n in reused)
-        raise SourceError(
-            f"table numbers retired by capture would be given again: {names}",
-            hint="the repository's table numbers are behind the source's; drain first, "
-            "then run `nkdaemon install` again",
-        )
 
 
 def _decode(spec: TableSpec, columns: list[str], values: tuple[object, ...]) -> dict[str, Any]:

@@ -224,17 +224,31 @@ class EncryptedStore:
             self._adopt()
             return
         if names:
-            raise PlaintextRepositoryError(
-                f"{self.inner.describe()} holds objects written without encryption (such as "
-                f"{names[0]}): encryption is chosen when a repository is created",
-                hint=f"start a new repository (an empty folder or bucket prefix) for "
-                f"{_KEY_SETTING}, or remove the setting to go on with this one unencrypted",
-            )
+            raise self._unmarked(names[0])
         marker = EncryptionMarker(key_id=self._key.key_id, salt=self._salt)
         try:
             self.inner.write_if_absent(MARKER, marker.to_json())
         except ObjectExistsError:  # another writer created the repository meanwhile
             self._adopt()
+
+    def _unmarked(self, first: str) -> RepositoryError:
+        """The error for objects found without a marker: plaintext ones, or sealed ones
+        whose marker was lost (a store told of neither must not write beside them)."""
+        with self.inner.open(first) as handle:
+            sealed = handle.read(len(MAGIC)) == MAGIC
+        if sealed:
+            return RepositoryError(
+                f"{self.inner.describe()} holds encrypted objects (such as {first}) but not "
+                f"its {MARKER}, which records the repository's key id",
+                hint=f"put back {MARKER} from a copy of the repository (it holds no secret); "
+                "until then nothing is written here",
+            )
+        return PlaintextRepositoryError(
+            f"{self.inner.describe()} holds objects written without encryption (such as "
+            f"{first}): encryption is chosen when a repository is created",
+            hint=f"start a new repository (an empty folder or bucket prefix) for "
+            f"{_KEY_SETTING}, or remove the setting to go on with this one unencrypted",
+        )
 
     def _adopt(self) -> None:
         """Take the marker another writer wrote: its salt, and the check of its key id."""

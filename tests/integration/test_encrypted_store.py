@@ -180,6 +180,18 @@ def test_a_plaintext_repository_is_written_plain_and_refuses_to_become_encrypted
     assert medium.store.list() == [SEGMENT], "neither the marker nor the object was written"
 
 
+def test_an_encrypted_repository_that_lost_its_marker_is_not_written_into(
+    medium: Medium,
+) -> None:
+    EncryptedStore(medium.store, KEY).write_if_absent(SEGMENT, b"records")
+    medium.store.delete(MARKER)
+    store = EncryptedStore(medium.store, KEY)
+    with pytest.raises(RepositoryError, match=f"put back {MARKER}"):
+        store.write_if_absent("log/0000000000000002.nkdlog", b"more records")
+    assert medium.store.list() == [SEGMENT]
+    assert store.read(SEGMENT) == b"records", "what is there still reads with the key"
+
+
 def test_a_passphrase_is_stretched_with_the_salt_the_repository_records(
     medium: Medium, tmp_path: Path
 ) -> None:

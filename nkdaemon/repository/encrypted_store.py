@@ -55,6 +55,7 @@ from nkdaemon.repository.envelope import (
     key_id_of,
     load_key,
     new_salt,
+    seal,
     unseal,
 )
 
@@ -196,13 +197,13 @@ class EncryptedStore:
     def write_if_absent(self, name: str, data: bytes | ReadableBytes) -> None:
         _own(name)
         key = self._marked_key()
-        source = io.BytesIO(data) if isinstance(data, bytes) else data
-        self.inner.write_if_absent(name, _Sealing(source, key, name))
+        sealed = seal(key, name, data) if isinstance(data, bytes) else _Sealing(data, key, name)
+        self.inner.write_if_absent(name, sealed)
 
     def replace(self, name: str, data: bytes) -> None:
         _own(name)
         key = self._marked_key()
-        self.inner.replace(name, _Sealing(io.BytesIO(data), key, name).read())
+        self.inner.replace(name, seal(key, name, data))
 
     def delete(self, name: str) -> None:
         _own(name)
@@ -278,9 +279,9 @@ def _own(name: str) -> None:
 
 
 class _Sealing:
-    """``source`` as the envelope's stored form, sealed block by block as it is read: the
-    same bytes ``envelope.seal`` gives, but for the zstd frame, which has no content size
-    when the plaintext is compressed here as a stream."""
+    """``source`` as the envelope's stored form, sealed block by block as it is read: what
+    ``envelope.seal`` gives for the whole, but for the zstd frame, which records no content
+    size when the plaintext is compressed here as a stream."""
 
     def __init__(self, source: ReadableBytes, key: EncryptionKey, name: str) -> None:
         self._source, self._key, self._name = source, key, name

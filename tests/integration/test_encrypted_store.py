@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -256,3 +257,30 @@ def test_a_streamed_object_opens_with_the_envelope_too(medium: Medium) -> None:
     store.write_if_absent(SEGMENT, io.BytesIO(plain))
     assert unseal(KEY, SEGMENT, medium.store.read(SEGMENT)) == plain
     assert store.size(SEGMENT) == len(plain) and medium.store.size(SEGMENT) < len(plain) // 10
+
+
+class _Chunks:
+    """A stream that hands out the given chunks, one per read, whatever size is asked."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self._chunks = [c for c in chunks if c]
+
+    def read(self, size: int = -1, /) -> bytes:
+        return self._chunks.pop(0) if self._chunks else b""
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    head=st.sampled_from([b"", ZSTD_MAGIC, ZSTD_MAGIC[:2], MAGIC]),
+    chunks=st.lists(st.binary(max_size=300), max_size=8),
+)
+def test_a_stream_cut_anywhere_reads_back_as_written(head: bytes, chunks: list[bytes]) -> None:
+    """However a stream's reads fall (the first one shorter than zstd's magic, data that
+    starts like compressed data, or nothing at all), the object reads back as it was."""
+    plain = head + b"".join(chunks)
+    with tempfile.TemporaryDirectory() as folder:
+        inner = LocalStore(Path(folder))
+        store = EncryptedStore(inner, KEY)
+        store.write_if_absent("object", _Chunks([head[:2], head[2:], *chunks]))
+        assert store.read("object") == plain and store.size("object") == len(plain)
+        assert unseal(KEY, "object", inner.read("object")) == plain

@@ -167,4 +167,5 @@ def unseal(key: EncryptionKey, name: str, data: bytes) -> bytes:
         raise TamperedObjectError(name) from None
     if version == STORED:
         return body
-    return zstandard.ZstdDecompressor().decompress(body)
+    # a frame compressed as a stream records no content size, which decompress() needs
+    return bytes(zstandard.ZstdDecompressor().decompressobj().decompress(body))

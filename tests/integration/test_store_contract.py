@@ -29,6 +29,8 @@ from nkdaemon.core.ports import (
     ObjectMissingError,
     RepositoryStore,
 )
+from nkdaemon.repository.encrypted_store import EncryptedStore
+from nkdaemon.repository.envelope import EncryptionKey
 from nkdaemon.repository.local_store import LocalStore
 from nkdaemon.repository.s3_store import S3Store
 from nkdaemon.repository.snapshots import (
@@ -482,3 +484,23 @@ def test_a_read_only_local_store_is_read_and_refuses_writes_with_the_os_error(
     finally:
         for folder in (tmp_path / "store", tmp_path / "store" / "a"):
             folder.chmod(0o755)
+
+
+# --- the contract again, through encryption (repository/encrypted_store.py) -----------------
+
+CONTRACT_KEY = EncryptionKey.from_secret(bytes(range(32)))
+
+
+class TestEncryptedLocalStore(StoreContract):
+    """Every object sealed on its way into a local directory (tests/integration/
+    test_encrypted_store.py shows that nothing readable reaches the medium)."""
+
+    def make_store(self, tmp_path: Path) -> RepositoryStore:
+        return EncryptedStore(LocalStore(tmp_path / "store"), CONTRACT_KEY)
+
+
+class TestEncryptedS3Store(TestS3Store):
+    """Every object sealed on its way into a bucket on SeaweedFS."""
+
+    def make_store(self, tmp_path: Path) -> RepositoryStore:
+        return EncryptedStore(super().make_store(tmp_path), CONTRACT_KEY)

@@ -117,7 +117,12 @@ def _endpoint(raw: object) -> str | None:
     if raw is None:
         return None
     parts = urlsplit(raw) if isinstance(raw, str) else None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+    if (
+        not isinstance(raw, str)
+        or parts is None
+        or parts.scheme not in ("http", "https")
+        or not parts.hostname
+    ):
         raise ConfigError(
             f"[repository] endpoint_url: {raw!r} is not an http(s) URL",
             hint='write e.g. endpoint_url = "https://s3.eu-central-1.example.com" '

@@ -95,7 +95,7 @@ class Progress:
         return self.open_offset if segment == self.open_segment else 0
 
     def as_json(self) -> bytes:
-        fields = {f: getattr(self, f) for f in self.__slots__}  # type: ignore[attr-defined]
+        fields = {f: getattr(self, f) for f in self.__slots__}
         return orjson.dumps({"format": PROGRESS_FORMAT, **fields}, option=orjson.OPT_INDENT_2)
 
 

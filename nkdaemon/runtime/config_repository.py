@@ -134,7 +134,7 @@ def _endpoint(raw: object) -> str | None:
             hint="credentials come from the standard AWS chain (AWS_ACCESS_KEY_ID and "
             "AWS_SECRET_ACCESS_KEY, ~/.aws/credentials, an instance role)",
         )
-    return raw
+    return str(raw)
 
 
 def _optional_string(data: Mapping[str, object], key: str) -> str | None:

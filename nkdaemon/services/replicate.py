@@ -52,7 +52,10 @@ __all__ = [
     "ReplicationConflict",
     "Replicator",
     "load_progress",
+    "new_snapshots",
+    "pending_bytes",
     "segment_bytes",
+    "snapshot_bytes",
 ]
 
 log = structlog.get_logger("nkdaemon.replicate")
@@ -131,6 +134,34 @@ def segment_bytes(spool: RepositoryStore, end: DurableEnd | None) -> dict[str, i
     return sizes
 
 
+def pending_bytes(progress: Progress, sizes: dict[str, int]) -> int:
+    """Durable log bytes (``sizes``: see segment_bytes) the bucket lacks by ``progress``."""
+    whole = set(progress.whole)
+    return sum(size - progress.uploaded_of(n) for n, size in sizes.items() if n not in whole)
+
+
+def snapshot_bytes(spool: RepositoryStore, snapshots: list[str]) -> int:
+    """The size of these snapshots' files in the spool (0 for one pruned meanwhile)."""
+    total = 0
+    for snapshot in snapshots:
+        try:
+            total += sum(spool.size(n) for n in spool.list(f"snapshots/{snapshot}/"))
+        except FileNotFoundError:
+            continue
+    return total
+
+
+def new_snapshots(spool: RepositoryStore, progress: Progress) -> list[str]:
+    """The complete snapshots of the spool (manifest written) not yet uploaded."""
+    done = set(progress.snapshots)
+    return [
+        name.split("/")[1]
+        for name in spool.list("snapshots/")
+        if name.count("/") == 2 and name.endswith(f"/{MANIFEST}")
+        if name.split("/")[1] not in done
+    ]
+
+
 @dataclass(kw_only=True)
 class Replicator:
     """Uploads the spool at ``spool`` to ``bucket`` (see the module docstring). One
@@ -166,12 +197,10 @@ class Replicator:
         return self.progress
 
     def pending_bytes(self, sizes: dict[str, int]) -> int:
-        """Durable log bytes of the spool (``sizes``: see segment_bytes) the bucket lacks."""
-        whole = set(self.progress.whole)
-        return sum(
-            size - self.progress.uploaded_of(name)
-            for name, size in sizes.items()
-            if name not in whole
+        """Durable log bytes of the spool (``sizes``: see segment_bytes) the bucket lacks,
+        and the bytes of complete snapshots not yet uploaded."""
+        return pending_bytes(self.progress, sizes) + snapshot_bytes(
+            self.local, self._new_snapshots()
         )
 
     # --- the log -----------------------------------------------------------------------
@@ -231,14 +260,7 @@ class Replicator:
     # --- snapshots ---------------------------------------------------------------------
 
     def _new_snapshots(self) -> list[str]:
-        done = set(self.progress.snapshots)
-        manifests = self.local.list("snapshots/")
-        return [
-            name.split("/")[1]
-            for name in manifests
-            if name.count("/") == 2 and name.endswith(f"/{MANIFEST}")
-            if name.split("/")[1] not in done
-        ]
+        return new_snapshots(self.local, self.progress)
 
     def _upload_snapshot(self, snapshot: str) -> None:
         folder = f"snapshots/{snapshot}/"

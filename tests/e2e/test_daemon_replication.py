@@ -38,7 +38,7 @@ from tests.daemon_harness import (
     logged_notes,
 )
 from tests.helpers import do_install, engine_for
-from tests.s3 import FaultProxy, S3Server, fault_proxy
+from tests.s3 import Exchange, FaultProxy, S3Server, fault_proxy
 from tests.workloads import banking
 
 pytestmark = pytest.mark.slow
@@ -130,9 +130,7 @@ def assert_bucket_is_the_spool(spool: Path, bucket: S3Store) -> None:
 
 def written_twice(proxy: FaultProxy) -> list[str]:
     """Keys the server accepted more than one PUT for (end.json is replaced by design)."""
-    accepted = Counter(
-        e.path.split("?")[0] for e in proxy.requests("PUT") if e.status == 200
-    )
+    accepted = Counter(e.path.split("?")[0] for e in proxy.requests("PUT") if e.status == 200)
     return [k for k, n in accepted.items() if n > 1 and not k.endswith("/log/end.json")]
 
 
@@ -186,6 +184,32 @@ def test_store_down_under_load_spools_reports_and_uploads_the_backlog_once(
     assert daemon.stop() == 0
 
 
+def kill_after_the_server_took_a_piece(
+    daemons,
+    config: Path,
+    server: S3Server,
+    proxy: FaultProxy,  # type: ignore[no-untyped-def]
+) -> None:
+    """SIGKILL the daemon when the server has stored a piece of the open segment but its
+    answer has not reached the daemon: the upload is done, the daemon's record is not."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold(exchange: Exchange) -> bool:
+        if exchange.method == "PUT" and "/pieces/" in exchange.path and exchange.status == 200:
+            held.set()
+            release.wait(30)
+        return False
+
+    proxy.lose_answers, proxy.lose_if = 1, hold
+    daemon = start(daemons, config, server)
+    try:
+        daemon.wait_for("a piece to reach the server", held.is_set)
+        daemon.sigkill()
+    finally:
+        release.set()
+    proxy.lose_answers = 0
+
+
 def test_sigkill_mid_upload_loses_and_doubles_nothing(
     tmp_path: Path, daemons, s3_server: S3Server, proxy: FaultProxy, db_url: str
 ) -> None:
@@ -199,7 +223,8 @@ def test_sigkill_mid_upload_loses_and_doubles_nothing(
     writers = keep_writing(engine, tally, 2, stop)
     rng = random.Random(13)
     try:
-        for _ in range(4):
+        kill_after_the_server_took_a_piece(daemons, config, s3_server, proxy)
+        for _ in range(4):  # and at random moments
             daemon = start(daemons, config, s3_server)
             uploads = len(proxy.requests("PUT"))
             daemon.wait_for("uploads", lambda: len(proxy.requests("PUT")) > uploads + 3)
@@ -216,4 +241,6 @@ def test_sigkill_mid_upload_loses_and_doubles_nothing(
     notes = bucket_notes(store, tmp_path / "from-bucket")
     assert sorted(notes) == sorted(tally.committed)
     assert written_twice(proxy) == []
+    refused = [e for e in proxy.requests("PUT") if e.status == 412 and "/pieces/" in e.path]
+    assert refused, "the restart met the piece the killed daemon had uploaded"
     assert daemon.stop() == 0

@@ -29,7 +29,7 @@ from nkdaemon.services.replicate import (
     segment_bytes,
 )
 from tests.helpers import captured_notes, do_drain, engine_for, run_cli
-from tests.s3 import S3Server
+from tests.s3 import S3Server, fault_proxy
 
 MakeBucket = Callable[[Path], RepositoryStore]
 
@@ -182,3 +182,24 @@ def test_another_repository_in_the_same_prefix_is_refused(
                 Replicator(spool=tmp_path / name / "repo", bucket=bucket).run_once()
         else:
             Replicator(spool=tmp_path / name / "repo", bucket=bucket).run_once()
+
+
+def test_throttling_is_retried_and_the_round_completes(
+    tmp_path: Path, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for variable, value in s3_server.environment().items():
+        monkeypatch.setenv(variable, value)
+    url, config = spool_for(tmp_path)
+    for round_ in range(4):
+        drained(url, config, 10 * round_, 10)
+    with fault_proxy(s3_server) as proxy:
+        bucket = S3Store(s3_server.new_bucket(), "p", endpoint_url=proxy.endpoint, path_style=True)
+        proxy.throttle = 3  # the next three requests: 503 SlowDown
+        Replicator(spool=tmp_path / "repo", bucket=bucket).run_once()
+        slowed = [e for e in proxy.seen if e.status == 503]
+        assert len(slowed) == 3
+    assert_bucket_holds_spool(tmp_path / "repo", bucket_direct(s3_server, bucket.bucket))
+
+
+def bucket_direct(server: S3Server, name: str) -> S3Store:
+    return S3Store(name, "p", endpoint_url=server.endpoint, client=server.client())

@@ -40,10 +40,10 @@ from nkdaemon.core.errors import RepositoryError
 from nkdaemon.core.ports import ObjectExistsError, RepositoryStore
 from nkdaemon.repository.layout import MARKER
 from nkdaemon.repository.local_store import LocalStore
-from nkdaemon.repository.log_end import DurableEnd, read_end, write_end
+from nkdaemon.repository.log_end import DurableEnd, furthest, read_end, write_end
 from nkdaemon.repository.log_format import SUFFIX
 from nkdaemon.repository.snapshots import CHECKED, MANIFEST
-from nkdaemon.repository.state import Checkpoint
+from nkdaemon.repository.state import Checkpoint, read_checkpoint
 
 __all__ = [
     "PIECES",
@@ -56,6 +56,7 @@ __all__ = [
     "pending_bytes",
     "segment_bytes",
     "snapshot_bytes",
+    "spool_end",
 ]
 
 log = structlog.get_logger("nkdaemon.replicate")
@@ -134,6 +135,14 @@ def segment_bytes(spool: RepositoryStore, end: DurableEnd | None) -> dict[str, i
     return sizes
 
 
+def spool_end(spool: Path) -> DurableEnd | None:
+    """Where the spool's durable log ends: the furthest of log/end.json and state.db's
+    checkpoint (a repository of an older release may have only the checkpoint)."""
+    checkpoint = read_checkpoint(spool / "state.db")
+    recorded = None if checkpoint is None else DurableEnd.of(checkpoint, "state.db")
+    return furthest([read_end(LocalStore(spool / "log")), recorded])
+
+
 def pending_bytes(progress: Progress, sizes: dict[str, int]) -> int:
     """Durable log bytes (``sizes``: see segment_bytes) the bucket lacks by ``progress``."""
     whole = set(progress.whole)
@@ -181,7 +190,7 @@ class Replicator:
         """Upload everything durable in the spool that the bucket lacks; return the
         progress, recorded. A failure raises (the store's errors, or ReplicationConflict)
         with what was confirmed before it recorded."""
-        end = read_end(LocalStore(self.spool / "log"))
+        end = spool_end(self.spool)
         sizes = segment_bytes(self.local, end)
         if self.pending_bytes(sizes) and self.progress.behind_since is None:
             self._record(behind_since=self.clock().isoformat())

@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from nkdaemon.repository.local_store import LocalStore
-from nkdaemon.repository.log_end import read_end
 from nkdaemon.services.replicate import (
     load_progress,
     new_snapshots,
     pending_bytes,
     segment_bytes,
     snapshot_bytes,
+    spool_end,
 )
 
 __all__ = ["replication_status", "spool_bytes"]
@@ -33,7 +33,7 @@ def replication_status(spool: Path, *, bucket: str, now: datetime | None = None)
     local = LocalStore(spool)
     progress = load_progress(local)
     waiting = new_snapshots(local, progress)
-    lag_bytes = pending_bytes(progress, segment_bytes(local, read_end(LocalStore(spool / "log"))))
+    lag_bytes = pending_bytes(progress, segment_bytes(local, spool_end(spool)))
     lag_bytes += snapshot_bytes(local, waiting)
     behind = progress.behind_since
     lag = 0.0

@@ -28,7 +28,7 @@ from nkdaemon.services.replicate import (
     read_segment_from,
     segment_bytes,
 )
-from tests.helpers import captured_notes, do_drain, engine_for, run_cli
+from tests.helpers import captured_notes, cli_status, do_drain, engine_for, run_cli
 from tests.s3 import S3Server, fault_proxy
 
 MakeBucket = Callable[[Path], RepositoryStore]
@@ -203,3 +203,26 @@ def test_throttling_is_retried_and_the_round_completes(
 
 def bucket_direct(server: S3Server, name: str) -> S3Store:
     return S3Store(name, "p", endpoint_url=server.endpoint, client=server.client())
+
+
+def test_status_shows_the_replicated_transaction_the_lag_and_the_spool(tmp_path: Path) -> None:
+    url, config = spool_for(tmp_path)
+    text = config.read_text().replace("[repository]\n", '[repository]\nurl = "s3://backups/x"\n')
+    config.write_text(text)
+    spool = tmp_path / "repo"
+    replicator = Replicator(spool=spool, bucket=LocalStore(tmp_path / "bucket"))
+    drained(url, config, 0, 10)
+    replicator.run_once()
+    drained(url, config, 10, 10)
+    behind = cli_status(config, exit_codes=(0, 1))
+    replication = behind["replication"]
+    assert replication["bucket"] == "s3://backups/x"
+    assert 0 < replication["replicated_lsn"] < behind["last_lsn"]
+    assert replication["lag_bytes"] > 0
+    assert replication["spool_bytes"] > replication["lag_bytes"]
+    replicator.run_once()
+    caught_up = cli_status(config, exit_codes=(0, 1))["replication"]
+    assert caught_up["replicated_lsn"] == behind["last_lsn"]
+    assert (caught_up["lag_bytes"], caught_up["lag_seconds"]) == (0, 0.0)
+    shown = run_cli(config, "status").output
+    assert f"replicated   transaction {behind['last_lsn']}, behind by 0.0 s and 0 bytes" in shown

@@ -26,7 +26,6 @@ like the local one: it is a lower bound, written after the bytes it covers.
 from __future__ import annotations
 
 import hashlib
-import io
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -38,6 +37,7 @@ import structlog
 
 from nkdaemon.core.errors import RepositoryError
 from nkdaemon.core.ports import ObjectExistsError, RepositoryStore
+from nkdaemon.repository.bucket_layout import PIECES, Within
 from nkdaemon.repository.layout import MARKER
 from nkdaemon.repository.local_store import LocalStore
 from nkdaemon.repository.log_end import DurableEnd, furthest, read_end, write_end
@@ -63,7 +63,6 @@ log = structlog.get_logger("nkdaemon.replicate")
 
 PROGRESS_FILE = "replication.json"
 PROGRESS_FORMAT = 1
-PIECES = "log/pieces"
 PIECE_LIMIT = 16 << 20  # a longer backlog of the open segment goes up in several pieces
 _BLOCK = 1 << 20
 
@@ -222,7 +221,7 @@ class Replicator:
         while self.progress.uploaded_of(end.segment) < end.offset:
             self._upload_piece(end.segment, end.offset)
         if self.progress.end != _end_fields(end):
-            write_end(_Within(self.bucket, "log/"), _checkpoint(end))
+            write_end(Within(self.bucket, "log/"), _checkpoint(end))
             self._record(end=_end_fields(end))
 
     def _upload_whole(self, segment: str, size: int) -> None:
@@ -333,56 +332,3 @@ def _end_fields(end: DurableEnd) -> dict[str, Any]:
 
 def _checkpoint(end: DurableEnd) -> Checkpoint:
     return Checkpoint(**_end_fields(end))
-
-
-class _Within:
-    """The objects of ``store`` under ``folder`` (ending in "/"), as a store."""
-
-    def __init__(self, store: RepositoryStore, folder: str) -> None:
-        self._store, self._folder = store, folder
-
-    def list(self, prefix: str = "") -> list[str]:
-        names = self._store.list(self._folder + prefix)
-        return [n.removeprefix(self._folder) for n in names]
-
-    def size(self, name: str) -> int:
-        return self._store.size(self._folder + name)
-
-    def read(self, name: str) -> bytes:
-        return self._store.read(self._folder + name)
-
-    def open(self, name: str) -> IO[bytes]:
-        return self._store.open(self._folder + name)
-
-    def write_if_absent(self, name: str, data: bytes | Any) -> None:
-        self._store.write_if_absent(self._folder + name, data)
-
-    def replace(self, name: str, data: bytes) -> None:
-        self._store.replace(self._folder + name, data)
-
-    def delete(self, name: str) -> None:
-        self._store.delete(self._folder + name)
-
-    def describe(self, name: str = "") -> str:
-        return self._store.describe(self._folder + name)
-
-
-_: type[RepositoryStore] = _Within
-
-
-def read_segment_from(bucket: RepositoryStore, segment: str) -> bytes:
-    """The bytes of ``segment`` the bucket holds: the whole object, else its pieces
-    concatenated (each must start where the one before ended)."""
-    if f"log/{segment}" in bucket.list(f"log/{segment}"):
-        return bucket.read(f"log/{segment}")
-    out = io.BytesIO()
-    for piece in bucket.list(f"{PIECES}/{segment}/"):
-        start = int(piece.rsplit("/", 1)[1])
-        if start != out.tell():
-            raise RepositoryError(
-                f"{bucket.describe(piece)} starts at byte {start}, but the pieces before "
-                f"it end at byte {out.tell()}",
-                hint="a piece is missing or doubled; copy the segment from the spool",
-            )
-        out.write(bucket.read(piece))
-    return out.getvalue()

@@ -25,13 +25,14 @@ from pathlib import Path
 import pytest
 
 from nkdaemon.core.log import LoggedTransaction
+from nkdaemon.repository.bucket_layout import PIECES, read_segment
 from nkdaemon.repository.local_store import LocalStore
 from nkdaemon.repository.log_end import read_end
 from nkdaemon.repository.reader import read_log
 from nkdaemon.repository.s3_store import S3Store
 from nkdaemon.repository.segments import SegmentLog
 from nkdaemon.runtime.config import load_settings
-from nkdaemon.services.replicate import PIECES, read_segment_from, segment_bytes
+from nkdaemon.services.replicate import segment_bytes
 from tests.daemon_harness import (
     DaemonProcess,
     daemon_config,
@@ -90,7 +91,7 @@ def bucket_notes(bucket: S3Store, into: Path) -> list[str]:
     names = {n.split("/")[1] for n in bucket.list("log/") if n.endswith(".nkdlog")}
     names |= {n.split("/")[2] for n in bucket.list(f"{PIECES}/")}
     for name in sorted(names):
-        (log_dir / name).write_bytes(read_segment_from(bucket, name))
+        (log_dir / name).write_bytes(read_segment(bucket, name))
     (log_dir / "end.json").write_bytes(bucket.read("log/end.json"))
     return [
         e.row["note"]
@@ -125,7 +126,7 @@ def assert_bucket_is_the_spool(spool: Path, bucket: S3Store) -> None:
     assert end is not None
     sizes = segment_bytes(LocalStore(spool), end)
     for name, size in sizes.items():
-        assert read_segment_from(bucket, name) == (spool / "log" / name).read_bytes()[:size]
+        assert read_segment(bucket, name) == (spool / "log" / name).read_bytes()[:size]
     assert {p.split("/")[2] for p in bucket.list(f"{PIECES}/")} <= {end.segment}
 
 

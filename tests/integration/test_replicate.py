@@ -16,16 +16,19 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from nkdaemon.core.errors import RepositoryError
 from nkdaemon.core.ports import RepositoryStore
+from nkdaemon.repository.bucket_layout import PIECES, bucket_log, bucket_snapshots, read_segment
 from nkdaemon.repository.local_store import LocalStore
 from nkdaemon.repository.log_end import read_end
+from nkdaemon.repository.reader import read_log
 from nkdaemon.repository.s3_store import S3Store
+from nkdaemon.repository.segments import SegmentLog
+from nkdaemon.repository.snapshots import list_snapshots, read_table
 from nkdaemon.services.replicate import (
-    PIECES,
     PROGRESS_FILE,
     ReplicationConflict,
     Replicator,
-    read_segment_from,
     segment_bytes,
 )
 from tests.helpers import captured_notes, cli_status, do_drain, engine_for, run_cli
@@ -83,7 +86,7 @@ def assert_bucket_holds_spool(spool: Path, bucket: RepositoryStore, *, rolled: b
     sizes = segment_bytes(local, end)
     assert len(sizes) >= (2 if rolled else 1), "the test means the log to have rolled"
     for name, size in sizes.items():
-        assert read_segment_from(bucket, name) == local.read(f"log/{name}")[:size], name
+        assert read_segment(bucket, name) == local.read(f"log/{name}")[:size], name
     assert_same_end(bucket, spool)
 
 
@@ -226,3 +229,31 @@ def test_status_shows_the_replicated_transaction_the_lag_and_the_spool(tmp_path:
     assert (caught_up["lag_bytes"], caught_up["lag_seconds"]) == (0, 0.0)
     shown = run_cli(config, "status").output
     assert f"replicated   transaction {behind['last_lsn']}, behind by 0.0 s and 0 bytes" in shown
+
+
+def test_a_reader_of_the_bucket_gets_the_spools_log_and_snapshots(
+    tmp_path: Path, make_bucket: MakeBucket
+) -> None:
+    url, config = spool_for(tmp_path)
+    spool, bucket = tmp_path / "repo", make_bucket(tmp_path)
+    replicator = Replicator(spool=spool, bucket=bucket)
+    for round_ in range(4):
+        drained(url, config, round_ * 10, 10)
+        replicator.run_once()
+    assert run_cli(config, "snapshot").exit_code == 0
+    drained(url, config, 100, 3)  # the open segment: pieces in the bucket
+    replicator.run_once()
+    spool_log = SegmentLog(spool / "log")
+    from_bucket = bucket_log(bucket)
+    assert list(read_log(from_bucket)) == list(read_log(spool_log))
+    theirs, mine = from_bucket.durable_end(), read_end(LocalStore(spool / "log"))
+    assert theirs is not None and mine is not None
+    assert (theirs.lsn, theirs.segment, theirs.offset) == (mine.lsn, mine.segment, mine.offset)
+    snapshots = list_snapshots(bucket_snapshots(bucket))
+    assert [s.id for s in snapshots] == [s.id for s in list_snapshots(spool / "snapshots")]
+    newest = snapshots[-1]
+    assert sum(1 for t in newest.tables for _ in read_table(newest, t)) == sum(
+        t.rows for t in newest.tables
+    )
+    with pytest.raises(RepositoryError, match="never written"):
+        from_bucket.store.write_if_absent("x.nkdlog", b"")

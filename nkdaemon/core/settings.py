@@ -32,6 +32,15 @@ class SourceSettings:
     def __repr__(self) -> str:
         return f"SourceSettings(url={self.redacted_url!r}, schema={self.schema!r})"
 
+    @classmethod
+    def absent(cls) -> SourceSettings:
+        """No [source]: a configuration that names only a bucket, to read it."""
+        return cls(url="", dialect="sqlite", redacted_url="(no [source] configured)")
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.url)
+
 
 @dataclass(frozen=True, kw_only=True)
 class BucketSettings:

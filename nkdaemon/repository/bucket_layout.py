@@ -16,10 +16,19 @@ from typing import IO
 
 from nkdaemon.core.errors import RepositoryError
 from nkdaemon.core.ports import ReadableBytes, RepositoryStore
+from nkdaemon.repository.layout import MARKER
 from nkdaemon.repository.log_format import SUFFIX
 from nkdaemon.repository.segments import SegmentLog
 
-__all__ = ["PIECES", "BucketLog", "Within", "bucket_log", "bucket_snapshots", "read_segment"]
+__all__ = [
+    "PIECES",
+    "BucketLog",
+    "Within",
+    "bucket_log",
+    "bucket_snapshots",
+    "read_segment",
+    "require_bucket_repository",
+]
 
 PIECES = "log/pieces"
 
@@ -130,6 +139,16 @@ def bucket_log(bucket: RepositoryStore) -> SegmentLog:
     log = SegmentLog(Path(bucket.describe("log")))
     log.store = BucketLog(bucket)  # type: ignore[assignment]  # the readers' port
     return log
+
+
+def require_bucket_repository(bucket: RepositoryStore) -> None:
+    """Raise RepositoryError unless the bucket holds a repository (its marker)."""
+    if MARKER not in bucket.list(MARKER):
+        raise RepositoryError(
+            f"{bucket.describe()} holds no nkdaemon repository",
+            hint="check [repository] url (bucket and prefix) and endpoint_url; a daemon "
+            "uploads its marker with its first round",
+        )
 
 
 def bucket_snapshots(bucket: RepositoryStore) -> RepositoryStore:

@@ -206,12 +206,17 @@ def parse_settings(
     data: Mapping[str, object], *, base_dir: Path, file: Path | None = None
 ) -> Settings:
     top = _Section("top level", dict(data), SECTIONS)
-    source = _parse_source(_Section("source", top.get("source", {}), ("url", "schema")))
+    repository = _parse_repository(
+        _Section("repository", top.get("repository", {}), REPOSITORY_KEYS), base_dir
+    )
+    source = (
+        SourceSettings.absent()  # a bucket read on another machine: restore, verify, history
+        if "source" not in data and repository.bucket is not None
+        else _parse_source(_Section("source", top.get("source", {}), ("url", "schema")))
+    )
     return Settings(
         source=source,
-        repository=_parse_repository(
-            _Section("repository", top.get("repository", {}), REPOSITORY_KEYS), base_dir
-        ),
+        repository=repository,
         capture=_parse_capture(
             _Section(
                 "capture",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,20 @@ class Session:
     def snapshots(self) -> Path | RepositoryStore:
         """Where the snapshots are read: the spool's folder, or the bucket's."""
         return bucket_snapshots(self._bucket) if self.from_bucket else self.layout.snapshots_dir
+
+    def logged_position(self) -> int:
+        """The source position the log read holds every transaction up to."""
+        if self.from_bucket:
+            end = self.log_store.durable_end()
+            return 0 if end is None else end.position
+        return self.state.checkpoint().position
+
+    def installed_tables(self) -> list[str]:
+        """The tables capture was installed for, as the spool's state records them (a
+        bucket has no state: its snapshots and log name the tables)."""
+        if self.from_bucket:
+            return []
+        return list(json.loads(self.state.get_meta("tables") or "{}"))
 
     @cached_property
     def _bucket(self) -> RepositoryStore:

@@ -7,16 +7,18 @@ open segment, its snapshot uploaded before them).
 
 from __future__ import annotations
 
+import json
 import textwrap
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from nkdaemon.repository.s3_store import S3Store
 from nkdaemon.services.replicate import Replicator
-from tests.helpers import run_cli
+from tests.helpers import engine_for, run_cli
 from tests.integration.test_replicate import drained, spool_for
 from tests.natural_content import differences, natural_content
 from tests.s3 import S3Server
@@ -75,6 +77,15 @@ def test_restore_reads_the_bucket_with_nothing_but_its_configuration(
         )
         assert result.exit_code == 0, result.output
         assert differences(natural_content(f"sqlite:///{target}", tmp_path / "r"), expected) == []
+    verified = run_cli(fresh, "verify")
+    assert verified.exit_code == 0, verified.output
+    assert "snapshots: 2" in verified.output  # install's and the one taken here
+    with engine_for(url).connect() as conn:
+        body = conn.execute(sa.text("SELECT body FROM notes ORDER BY id LIMIT 1")).scalar_one()
+    history = run_cli(fresh, "history", "notes", f"body={body}", "--json")
+    assert history.exit_code == 0, history.output
+    (row,) = json.loads(history.output)
+    assert [entry["op"] for entry in row] == ["I"], row
     assert sorted(p.name for p in fresh.parent.iterdir()) == [
         "c.toml",
         "restored-1.db",

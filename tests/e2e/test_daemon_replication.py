@@ -164,6 +164,18 @@ def test_store_down_under_load_spools_reports_and_uploads_the_backlog_once(
             writer.join()
     daemon.wait_for("the backlog to go up", lambda: caught_up(daemon), timeout=60)
     daemon.wait_for("/readyz 200", lambda: daemon.ready()[0] == 200)
+    last = daemon.status()["last_lsn"]
+    daemon.wait_for(
+        "/metrics to show the bucket caught up",
+        lambda: (
+            daemon.metric("nkdaemon_replicated_lsn") == last
+            and daemon.metric("nkdaemon_replication_lag_bytes") == 0
+        ),
+    )
+    assert (
+        daemon.metric("nkdaemon_spool_bytes") > daemon.metric("nkdaemon_uploaded_bytes_total") > 0
+    )
+    assert daemon.metric("nkdaemon_errors_total", kind="replication") > 0
     store = bucket_store(s3_server, bucket)
     assert_bucket_is_the_spool(settings.repository.path, store)
     notes = bucket_notes(store)

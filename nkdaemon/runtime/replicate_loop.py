@@ -105,7 +105,7 @@ class ReplicationLoop:
             if self._replicator is None:
                 self._replicator = Replicator(spool=self._spool, bucket=self._store)
             progress = self._replicator.run_once()
-        except (OSError, NkdError) as exc:
+        except Exception as exc:  # a round's failure must not end the job (nor the daemon)
             self._failed(exc)
         else:
             if self.error is not None:
@@ -115,7 +115,7 @@ class ReplicationLoop:
             self._uploaded = progress.uploaded_bytes
         self._observe()
 
-    def _failed(self, exc: OSError | NkdError) -> None:
+    def _failed(self, exc: Exception) -> None:
         message = exc.message if isinstance(exc, NkdError) else f"{type(exc).__name__}: {exc}"
         self.backoff = min(MAX_BACKOFF, max(1.0, self.backoff * 2))
         self._metrics.errors.labels(kind="replication").inc()

@@ -99,11 +99,12 @@ class ReplicationLoop:
     def run_round(self) -> None:
         """One round; a failure is reported and sets the backoff, never raised."""
         try:
+            if self._replicator is None:
+                self._replicator = Replicator(spool=self._spool, bucket=self._store)
+            self._replicator.note_backlog()  # the lag counts even if the store never answers
             if not self._checked:  # a server that ignores If-None-Match is refused first
                 self._store.check_conditional_writes()
                 self._checked = True
-            if self._replicator is None:
-                self._replicator = Replicator(spool=self._spool, bucket=self._store)
             progress = self._replicator.run_once()
         except Exception as exc:  # a round's failure must not end the job (nor the daemon)
             self._failed(exc)

@@ -189,10 +189,7 @@ class Replicator:
         """Upload everything durable in the spool that the bucket lacks; return the
         progress, recorded. A failure raises (the store's errors, or ReplicationConflict)
         with what was confirmed before it recorded."""
-        end = spool_end(self.spool)
-        sizes = segment_bytes(self.local, end)
-        if self.pending_bytes(sizes) and self.progress.behind_since is None:
-            self._record(behind_since=self.clock().isoformat())
+        end, sizes = self.note_backlog()
         if not self.progress.marker:
             self._upload(MARKER, self.local.size(MARKER))
             self._record(marker=True)
@@ -203,6 +200,16 @@ class Replicator:
         if not self.pending_bytes(sizes):
             self._record(behind_since=None)
         return self.progress
+
+    def note_backlog(self) -> tuple[DurableEnd | None, dict[str, int]]:
+        """Record since when the bucket lacks durable bytes, if it does and that is not
+        recorded yet; reads the spool only, so the lag counts while the store is down.
+        Returns the spool's durable end and its segments' durable sizes."""
+        end = spool_end(self.spool)
+        sizes = segment_bytes(self.local, end)
+        if self.pending_bytes(sizes) and self.progress.behind_since is None:
+            self._record(behind_since=self.clock().isoformat())
+        return end, sizes
 
     def pending_bytes(self, sizes: dict[str, int]) -> int:
         """Durable log bytes of the spool (``sizes``: see segment_bytes) the bucket lacks,

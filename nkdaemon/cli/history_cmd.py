@@ -61,7 +61,7 @@ def history_command(app: AppContext, table: str, pairs: tuple[str, ...], as_json
     tracker = HistoryTracker(table)
     logged: set[str] = set()
     with Session(app.settings, writer=False) as session:
-        session.layout.require()
+        session.require_repository()
         for item in read_log(session.log_store):
             if isinstance(item, Gap | Epoch):
                 if isinstance(item, Epoch):
@@ -94,8 +94,8 @@ def _captured(session: Session, logged: set[str]) -> dict[str, dict[str, Any] | 
     """Table name -> its newest stored definition (None if only the log names it): the
     tables of the installation, of every snapshot, and of the log."""
     tables: dict[str, dict[str, Any] | None] = dict.fromkeys(logged)
-    tables.update(dict.fromkeys(json.loads(session.state.get_meta("tables") or "{}")))
-    for snapshot in list_snapshots(session.layout.snapshots_dir):
+    tables.update(dict.fromkeys(session.installed_tables()))
+    for snapshot in list_snapshots(session.snapshots):
         tables.update({d["name"]: d for d in snapshot.definitions if "name" in d})
     return tables
 

@@ -95,7 +95,7 @@ def restore_command(
     target_url = canonical_url(target_url)
     register_secrets(_password(target_url))
     with Session(app.settings, writer=False) as session:
-        session.layout.require()
+        session.require_repository()
         log_store = session.log_store
         if allow_truncated_log:
             log_store = log_store.tolerating_damage()
@@ -211,7 +211,7 @@ def _plan(
     the restore before the target is touched."""
     try:
         return plan_restore(
-            snapshots_dir=session.layout.snapshots_dir,
+            snapshots_dir=session.snapshots,
             log_store=log_store,
             at=at,
             last_logged=None if end is None else end.covered_until(),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from nkdaemon.cli import AppContext, echo_json, pass_app
@@ -19,7 +21,12 @@ def register(cli: click.Group) -> None:
 def status_command(app: AppContext, as_json: bool) -> None:
     """Lag, queue depth, last logged transaction, snapshots, log size."""
     with Session(app.settings, writer=False) as session:
-        status = collect_status(session, source_name=app.settings.source.redacted_url)
+        bucket = app.settings.repository.bucket
+        status = collect_status(
+            session,
+            source_name=app.settings.source.redacted_url,
+            bucket=None if bucket is None else bucket.url,
+        )
     if as_json:
         echo_json(status)
     else:
@@ -37,6 +44,8 @@ def status_command(app: AppContext, as_json: bool) -> None:
         click.echo(f"complete     {'unknown' if complete is None else f'through {complete}'}")
         click.echo(f"log          {status['log_bytes']} bytes in {status['log_segments']} segments")
         click.echo(f"snapshots    {len(status['snapshots'])}")
+        if "replication" in status:
+            _replication_lines(status["replication"])
         mode = status.get("capture_mode")
         if mode:
             click.echo(f"schema       changes followed: {mode}")
@@ -49,3 +58,19 @@ def status_command(app: AppContext, as_json: bool) -> None:
             click.echo(f"problem      {error}", err=True)
     if status["errors"]:
         raise SystemExit(1)
+
+
+def _replication_lines(replication: dict[str, Any]) -> None:
+    click.echo(f"bucket       {replication['bucket']}")
+    if replication.get("lag_seconds") is None:
+        return
+    click.echo(
+        f"replicated   transaction {replication['replicated_lsn']}, behind by "
+        f"{replication['lag_seconds']:.1f} s and {replication['lag_bytes']} bytes"
+        + (
+            f" ({replication['snapshots_waiting']} snapshots waiting)"
+            if replication["snapshots_waiting"]
+            else ""
+        )
+    )
+    click.echo(f"spool        {replication['spool_bytes']} bytes")

@@ -33,13 +33,13 @@ def verify_command(app: AppContext, with_source: bool) -> None:
             message, _hint = permission_message(exc, app)
             click.echo(f"note: not draining first ({message})", err=True)
     with Session(app.settings, writer=False) as session:
-        session.layout.require()
+        session.require_repository()
         verify_log(session.log_store, report)
         snapshots = verify_snapshots(
-            session.layout.snapshots_dir,
+            session.snapshots,
             report,
             log_store=session.log_store,
-            logged_position=session.state.checkpoint().position,
+            logged_position=session.logged_position(),
         )
         if with_source and not report.problems:
             verify_source(
@@ -47,7 +47,7 @@ def verify_command(app: AppContext, with_source: bool) -> None:
                 tables=dict(load_registry(session.engine, session.settings, session.source).tables),
                 snapshots=snapshots,
                 log_store=session.log_store,
-                logged_position=session.state.checkpoint().position,
+                logged_position=session.logged_position(),
                 report=report,
             )
     click.echo(

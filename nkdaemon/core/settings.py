@@ -32,11 +32,38 @@ class SourceSettings:
     def __repr__(self) -> str:
         return f"SourceSettings(url={self.redacted_url!r}, schema={self.schema!r})"
 
+    @classmethod
+    def absent(cls) -> SourceSettings:
+        """No [source]: a configuration that names only a bucket, to read it."""
+        return cls(url="", dialect="sqlite", redacted_url="(no [source] configured)")
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.url)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BucketSettings:
+    """An S3-compatible bucket the repository is replicated to (``[repository] url``).
+    Credentials are not settings: boto3 finds them through the standard AWS chain."""
+
+    url: str  # s3://BUCKET/PREFIX, as written
+    bucket: str
+    prefix: str = ""
+    endpoint_url: str | None = None
+    region: str | None = None
+    path_style: bool = False
+    upload_interval: float = 10.0
+
 
 @dataclass(frozen=True, kw_only=True)
 class RepositorySettings:
+    """``path`` is the repository; with a ``bucket`` it is the local spool the daemon
+    writes and replicates from, and the bucket is the repository off this machine."""
+
     path: Path
     segment_bytes: int = 64 << 20
+    bucket: BucketSettings | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,6 +93,7 @@ class HealthSettings:
     listen: str = "127.0.0.1:8787"
     max_lag_seconds: float = 60.0
     max_snapshot_age_seconds: float | None = None
+    max_replication_lag_seconds: float = 300.0
 
 
 @dataclass(frozen=True, kw_only=True)

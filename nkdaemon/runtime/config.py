@@ -18,6 +18,7 @@ from sqlalchemy.exc import ArgumentError
 
 from nkdaemon.core.errors import ConfigError
 from nkdaemon.core.settings import (
+    BucketSettings,
     CaptureSettings,
     HealthSettings,
     LegacySettings,
@@ -30,12 +31,14 @@ from nkdaemon.core.settings import (
     toml_key,
     toml_string,
 )
+from nkdaemon.runtime.config_repository import REPOSITORY_KEYS, parse_repository
 
 # The settings types live in core (below every layer that takes them); they are named here
 # too for the callers that load a file and use what it holds.
 __all__ = [
     "DEFAULT_FILE",
     "ENV_VAR",
+    "BucketSettings",
     "CaptureSettings",
     "HealthSettings",
     "LegacySettings",
@@ -203,12 +206,17 @@ def parse_settings(
     data: Mapping[str, object], *, base_dir: Path, file: Path | None = None
 ) -> Settings:
     top = _Section("top level", dict(data), SECTIONS)
-    source = _parse_source(_Section("source", top.get("source", {}), ("url", "schema")))
+    repository = _parse_repository(
+        _Section("repository", top.get("repository", {}), REPOSITORY_KEYS), base_dir
+    )
+    source = (
+        SourceSettings.absent()  # a bucket read on another machine: restore, verify, history
+        if "source" not in data and repository.bucket is not None
+        else _parse_source(_Section("source", top.get("source", {}), ("url", "schema")))
+    )
     return Settings(
         source=source,
-        repository=_parse_repository(
-            _Section("repository", top.get("repository", {}), ("path", "segment_size")), base_dir
-        ),
+        repository=repository,
         capture=_parse_capture(
             _Section(
                 "capture",
@@ -228,7 +236,11 @@ def parse_settings(
             _Section("snapshots", top.get("snapshots", {}), ("schedule", "keep"))
         ),
         health=_parse_health(
-            _Section("health", top.get("health", {}), ("listen", "max_lag", "max_snapshot_age"))
+            _Section(
+                "health",
+                top.get("health", {}),
+                ("listen", "max_lag", "max_snapshot_age", "max_replication_lag"),
+            )
         ),
         logging=_parse_logging(_Section("log", top.get("log", {}), ("level", "format"))),
         legacy=_parse_legacy(_Section("legacy", top.get("legacy", {}), ("models",))),
@@ -302,14 +314,8 @@ def _in_memory(parsed: URL) -> bool:
 
 
 def _parse_repository(section: _Section, base_dir: Path) -> RepositorySettings:
-    raw = section.string("path", required=True)
-    assert raw is not None
-    path = Path(raw).expanduser()
-    if not path.is_absolute():
-        path = base_dir / path
-    segment = section.get("segment_size", 64 << 20)
-    return RepositorySettings(
-        path=path, segment_bytes=parse_size(segment, section.key("segment_size"))
+    return parse_repository(
+        section.data, base_dir, parse_size=parse_size, parse_duration=parse_duration
     )
 
 
@@ -401,6 +407,9 @@ def _parse_health(section: _Section) -> HealthSettings:
         max_snapshot_age_seconds=None
         if age is None
         else parse_duration(age, section.key("max_snapshot_age")),
+        max_replication_lag_seconds=parse_duration(
+            section.get("max_replication_lag", 300), section.key("max_replication_lag")
+        ),
     )
 
 

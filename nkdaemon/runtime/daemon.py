@@ -7,6 +7,7 @@ second SIGTERM exits at once, which loses nothing: the queue keeps what the log 
 
 This module owns the lifecycle and the signals; each job it runs has its own module:
 the drain loop and its backoff (drain_loop.py), the snapshot schedule (schedule.py),
+replication to a bucket (replicate_loop.py),
 configuration reload (reload.py), and what is observed for health (observe.py).
 """
 
@@ -28,6 +29,7 @@ from nkdaemon.runtime.metrics import Metrics
 from nkdaemon.runtime.notify import SystemdNotifier
 from nkdaemon.runtime.observe import Observer, new_health_state, status_line
 from nkdaemon.runtime.reload import Reloader, start_config_watch
+from nkdaemon.runtime.replicate_loop import ReplicationLoop
 from nkdaemon.runtime.schedule import SnapshotSchedule
 from nkdaemon.runtime.session import Session
 from nkdaemon.runtime.wakeup import PostgresListener, SqliteWatcher, Waker
@@ -65,6 +67,14 @@ class _Running:
             snapshots_changed=self.schedule.reschedule,
         )
         self.waker: Waker | None = None
+        self.replication: ReplicationLoop | None = None
+        bucket = daemon.settings.repository.bucket
+        if bucket is not None:
+            self.replication = ReplicationLoop(
+                session.layout.root, bucket, self.health, daemon.metrics
+            )
+            replication = self.replication
+            self.health.add_live(lambda: {"replication": replication.status()})
 
 
 class Daemon:
@@ -141,6 +151,8 @@ class Daemon:
         running.waker = self._waker()
         running.waker.start()
         running.schedule.start()
+        if running.replication is not None:
+            running.replication.start()
         self._config_watch = start_config_watch(
             self.config_path, self._events.stop, self.request_reload
         )
@@ -178,6 +190,8 @@ class Daemon:
         if running is not None:
             running.health.update(state="stopping")
             running.schedule.shutdown()
+            if running.replication is not None:  # after the last drain pass: it goes up too
+                running.replication.stop(GRACE_SECONDS)
             if running.waker is not None:
                 running.waker.stop()
             running.server.stop()

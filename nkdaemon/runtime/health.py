@@ -1,8 +1,9 @@
 """Health over HTTP: /healthz (alive), /readyz (the backup is fresh), /metrics, /status.
 
 Readiness means *the data is fresh*, not *the process is up*: the source answers, no
-committed change has waited longer than [health] max_lag, and the newest snapshot is
-younger than max_snapshot_age. A 503 names the reason.
+committed change has waited longer than [health] max_lag, the newest snapshot is
+younger than max_snapshot_age, and (with a bucket) the bucket has lacked none of the
+spool's durable bytes for longer than max_replication_lag. A 503 names the reason.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class HealthState:
         self.settings = settings
         # Fields read afresh for every document: what other processes change (the
         # repository's snapshots) must not be a copy the daemon took earlier.
-        self._live = live or dict
+        self._live: list[Callable[[], dict[str, Any]]] = [live or dict]
         self.status: dict[str, Any] = dict(base_status)
         self.status.update(
             {
@@ -47,6 +48,10 @@ class HealthState:
                 "job_errors": {},
             }
         )
+
+    def add_live(self, fields: Callable[[], dict[str, Any]]) -> None:
+        """Another source of fields read afresh for every document."""
+        self._live.append(fields)
 
     def update(self, **fields: Any) -> None:
         with self._lock:
@@ -64,7 +69,8 @@ class HealthState:
     def document(self) -> dict[str, Any]:
         with self._lock:
             status = dict(self.status)
-        status.update(self._live())
+        for live in self._live:
+            status.update(live())
         copy: dict[str, Any] = json.loads(json.dumps(status, default=str))
         return copy
 
@@ -98,9 +104,25 @@ class HealthState:
                     reasons.append(
                         f"newest snapshot is {age:.0f} s old (max_snapshot_age {limit:.0f} s)"
                     )
+        reasons.extend(self._replication(status.get("replication")))
         for job, message in status.get("job_errors", {}).items():
             reasons.append(f"job {job} failed: {message}")
         return reasons
+
+    def _replication(self, replication: dict[str, Any] | None) -> list[str]:
+        if not replication:
+            return []
+        lag, limit = replication.get("lag_seconds"), self.settings.max_replication_lag_seconds
+        if lag is None:
+            return [f"replication: {replication.get('status_error')}"]
+        if lag <= limit:
+            return []
+        reason = (
+            f"replication lag {lag:.0f} s ({replication['lag_bytes']} bytes) exceeds "
+            f"max_replication_lag {limit:.0f} s"
+        )
+        error = replication.get("error")
+        return [f"{reason}; last upload failed: {error}" if error else reason]
 
 
 class HealthServer:

@@ -57,5 +57,29 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.replication_lag_seconds = Gauge(
+            "nkdaemon_replication_lag_seconds",
+            "How long the bucket has lacked durable bytes of the spool (0 when caught up)",
+            registry=self.registry,
+        )
+        self.replication_lag_bytes = Gauge(
+            "nkdaemon_replication_lag_bytes",
+            "Durable bytes of the spool (log and snapshots) not yet in the bucket",
+            registry=self.registry,
+        )
+        self.replicated_lsn = Gauge(
+            "nkdaemon_replicated_lsn",
+            "The last transaction of the log the bucket holds",
+            registry=self.registry,
+        )
+        self.spool_bytes = Gauge(
+            "nkdaemon_spool_bytes", "Size of the local spool", registry=self.registry
+        )
+        self.uploaded_bytes = Counter(
+            "nkdaemon_uploaded_bytes_total",
+            "Bytes uploaded to the bucket, each confirmed by the store's checksum",
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -105,6 +105,11 @@ class Reloader:
 
 
 def _refuse_fixed_changes(current: Settings, new: Settings) -> None:
+    if new.repository.bucket != current.repository.bucket:  # the upload job keeps its own
+        raise ConfigError(
+            "[repository] url and its bucket settings cannot change while the daemon runs",
+            hint="restart the daemon (systemctl restart nkdaemon) to use them",
+        )
     if new.source.url != current.source.url or new.repository.path != current.repository.path:
         raise ConfigError(
             "[source] url and [repository] path cannot change while the daemon runs",

@@ -12,6 +12,7 @@ from nkdaemon.repository.layout import RepositoryLayout
 from nkdaemon.repository.segments import SegmentLog
 from nkdaemon.repository.snapshots import list_snapshots
 from nkdaemon.repository.state import StateStore
+from nkdaemon.services.replication_status import replication_status
 
 
 class StatusView(Protocol):
@@ -33,11 +34,12 @@ class StatusView(Protocol):
 
 
 def collect_status(
-    session: StatusView, *, source_name: str, now: datetime | None = None
+    session: StatusView, *, source_name: str, bucket: str | None = None, now: datetime | None = None
 ) -> dict[str, Any]:
     """The status document (`status --json`, `/status`). Never raises for a down source.
 
-    ``source_name`` is the source's URL with the password hidden."""
+    ``source_name`` is the source's URL with the password hidden; ``bucket`` the bucket
+    the repository (then the spool) is replicated to, if any."""
     now = now or datetime.now(UTC)
     status: dict[str, Any] = {
         "source": source_name,
@@ -55,6 +57,8 @@ def collect_status(
     }
     if session.layout.exists():
         _repository_part(session, status)
+        if bucket is not None:
+            _replication_part(session.layout, bucket, now, status)
     else:
         status["errors"].append("the repository does not exist yet (run `nkdaemon install`)")
     stopped = session.state.get_meta("capture_stopped") if session.layout.exists() else None
@@ -96,6 +100,18 @@ def _repository_part(session: StatusView, status: dict[str, Any]) -> None:
         for s in snapshots
         if s.imported is not None
     ]
+
+
+def _replication_part(
+    layout: RepositoryLayout, bucket: str, now: datetime, status: dict[str, Any]
+) -> None:
+    """How far the bucket is behind the spool, read from the spool (the bucket is not asked)."""
+    try:
+        status["replication"] = replication_status(layout.root, bucket=bucket, now=now)
+    except (OSError, NkdError) as exc:
+        message = exc.message if isinstance(exc, NkdError) else str(exc)
+        status["replication"] = {"bucket": bucket, "lag_seconds": None}
+        status["errors"].append(f"replication: {message}")
 
 
 def _capture_owner(session: StatusView, status: dict[str, Any]) -> None:

@@ -175,8 +175,8 @@ def verify_snapshots(
     report.snapshots = len(snapshots)
     for snapshot in snapshots:
         for table in snapshot.tables:
-            path = snapshot.path / table.file
-            if not path.exists():
+            name = snapshot.object(table.file)  # through the store: a folder or a bucket
+            if name not in snapshot.store.list(name):
                 report.problems.append(
                     f"snapshot {snapshot.id}: file {table.file} ({table.name}) is missing"
                 )

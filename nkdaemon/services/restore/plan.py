@@ -15,6 +15,7 @@ from nkdaemon.core.definitions import spec_from_json
 from nkdaemon.core.errors import NkdError, UsageError
 from nkdaemon.core.keys import TableSpec
 from nkdaemon.core.log import LoggedTransaction
+from nkdaemon.core.ports import RepositoryStore
 from nkdaemon.core.restore_plan import SnapshotChoice, choose_snapshot
 from nkdaemon.core.shapes import ColumnRef, ShapeHistory
 from nkdaemon.core.table_diff import TableDiff
@@ -127,7 +128,7 @@ def _chosen_snapshot(
 
 def plan_restore(
     *,
-    snapshots_dir: Path,
+    snapshots_dir: Path | RepositoryStore,
     log_store: SegmentLog,
     at: datetime | None,
     last_logged: datetime | None,

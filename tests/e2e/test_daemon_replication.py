@@ -1,0 +1,252 @@
+"""`nkdaemon run` with [repository] url: the daemon replicates its spool to a real bucket
+(SeaweedFS, tests/s3.py) through a FaultProxy that can throttle every request, as a store
+that is down answers, while writers work on the source.
+
+- The store down for a while under load: capture and the spool go on, /readyz turns 503
+  naming the replication lag, and when the store returns the backlog goes up: the
+  bucket's log holds every committed transaction, each object written once.
+- The daemon SIGKILLed at random moments while it uploads, then restarted: nothing lost,
+  nothing doubled (pieces follow one another exactly; no object was written twice).
+
+What the bucket holds is read as a reader of the bucket would: each segment whole, or its
+pieces concatenated, then decoded as a log.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from nkdaemon.core.log import LoggedTransaction
+from nkdaemon.repository.bucket_layout import PIECES, bucket_log, read_segment
+from nkdaemon.repository.local_store import LocalStore
+from nkdaemon.repository.log_end import read_end
+from nkdaemon.repository.reader import read_log
+from nkdaemon.repository.s3_store import S3Store
+from nkdaemon.runtime.config import load_settings
+from nkdaemon.services.replicate import segment_bytes
+from tests.daemon_harness import (
+    DaemonProcess,
+    add_ledger_row,
+    daemon_config,
+    keep_writing,
+    logged_notes,
+)
+from tests.helpers import do_install, engine_for
+from tests.s3 import Exchange, FaultProxy, S3Server, fault_proxy
+from tests.workloads import banking
+
+pytestmark = pytest.mark.slow
+
+PREFIX = "edms/prod"
+DOWN = 10**9  # requests the proxy answers with 503 SlowDown: the store is down
+
+
+@pytest.fixture
+def proxy(s3_server: S3Server) -> Iterator[FaultProxy]:
+    with fault_proxy(s3_server) as proxy:
+        yield proxy
+
+
+def replicated_config(tmp_path: Path, url: str, proxy: FaultProxy, bucket: str) -> Path:
+    config = daemon_config(
+        tmp_path,
+        url,
+        """
+        [snapshots]
+        schedule = "3s"
+        """,
+    )
+    text = config.read_text().replace(
+        "[repository]\n",
+        f'[repository]\nurl = "s3://{bucket}/{PREFIX}"\nendpoint_url = "{proxy.endpoint}"\n'
+        'path_style = true\nupload_interval = "300ms"\nsegment_size = "16KiB"\n',
+    )
+    text = text.replace("[health]\n", '[health]\nmax_replication_lag = "2s"\n')
+    config.write_text(text)
+    return config
+
+
+def environment(server: S3Server) -> dict[str, str]:
+    return {**os.environ, **server.environment()}
+
+
+def bucket_store(server: S3Server, bucket: str) -> S3Store:
+    return S3Store(bucket, PREFIX, endpoint_url=server.endpoint, client=server.client())
+
+
+def bucket_notes(bucket: S3Store) -> list[str]:
+    """The ledger notes of the log the bucket holds, read as a reader of the bucket does."""
+    return [
+        e.row["note"]
+        for t in read_log(bucket_log(bucket))
+        if isinstance(t, LoggedTransaction)
+        for e in t.events
+        if e.table == "ledger" and e.op == "I"
+    ]
+
+
+def caught_up(daemon: DaemonProcess) -> bool:
+    replication = daemon.status().get("replication") or {}
+    last = daemon.status().get("last_lsn")
+    return (
+        replication.get("lag_bytes") == 0
+        and replication.get("replicated_lsn") == last
+        and replication.get("error") is None
+    )
+
+
+def assert_bucket_is_the_spool(spool: Path, bucket: S3Store) -> None:
+    """Every durable byte of the spool is in the bucket; closed segments have no pieces."""
+    end = read_end(LocalStore(spool / "log"))
+    assert end is not None
+    sizes = segment_bytes(LocalStore(spool), end)
+    for name, size in sizes.items():
+        assert read_segment(bucket, name) == (spool / "log" / name).read_bytes()[:size]
+    assert {p.split("/")[2] for p in bucket.list(f"{PIECES}/")} <= {end.segment}
+
+
+def written_twice(proxy: FaultProxy) -> list[str]:
+    """Keys the server accepted more than one PUT for (end.json is replaced by design)."""
+    accepted = Counter(e.path.split("?")[0] for e in proxy.requests("PUT") if e.status == 200)
+    return [k for k, n in accepted.items() if n > 1 and not k.endswith("/log/end.json")]
+
+
+def lagging(daemon: DaemonProcess) -> list[str]:
+    code, reasons = daemon.ready()
+    return [r for r in reasons if "replication lag" in r] if code == 503 else []
+
+
+Daemons = Callable[..., DaemonProcess]
+
+
+def start(daemons: Daemons, config: Path, server: S3Server) -> DaemonProcess:
+    daemon: DaemonProcess = daemons(config, env=environment(server))
+    daemon.wait_ready()
+    return daemon
+
+
+def test_store_down_under_load_spools_reports_and_uploads_the_backlog_once(
+    tmp_path: Path, daemons: Daemons, s3_server: S3Server, proxy: FaultProxy, sqlite_url: str
+) -> None:
+    engine = engine_for(sqlite_url)
+    banking.create(engine)
+    bucket = s3_server.new_bucket()
+    config = replicated_config(tmp_path, sqlite_url, proxy, bucket)
+    settings = load_settings(config)
+    do_install(settings)
+    daemon = start(daemons, config, s3_server)
+    daemon.wait_for("the first upload", lambda: caught_up(daemon))
+    tally, stop = banking.Tally(), threading.Event()
+    writers = keep_writing(engine, tally, 2, stop)
+    try:
+        proxy.throttle = DOWN
+        before = daemon.status()["last_lsn"]
+        reasons = daemon.wait_for(
+            "/readyz to report the replication lag and why",
+            lambda: [r for r in lagging(daemon) if "last upload failed" in r],
+        )
+        assert "SlowDown" in reasons[0], reasons
+        assert daemon.status()["last_lsn"] > before, "capture goes on while the store is down"
+        assert daemon.metric("nkdaemon_replication_lag_bytes") > 0
+        time.sleep(1)
+        proxy.throttle = 0
+    finally:
+        stop.set()
+        for writer in writers:
+            writer.join()
+    daemon.wait_for("the backlog to go up", lambda: caught_up(daemon), timeout=60)
+    daemon.wait_for("/readyz 200", lambda: daemon.ready()[0] == 200)
+    last = daemon.status()["last_lsn"]
+    daemon.wait_for(
+        "/metrics to show the bucket caught up",
+        lambda: (
+            daemon.metric("nkdaemon_replicated_lsn") == last
+            and daemon.metric("nkdaemon_replication_lag_bytes") == 0
+        ),
+    )
+    assert (
+        daemon.metric("nkdaemon_spool_bytes") > daemon.metric("nkdaemon_uploaded_bytes_total") > 0
+    )
+    assert daemon.metric("nkdaemon_errors_total", kind="replication") > 0
+    store = bucket_store(s3_server, bucket)
+    assert_bucket_is_the_spool(settings.repository.path, store)
+    notes = bucket_notes(store)
+    assert sorted(notes) == sorted(tally.committed) == sorted(logged_notes(settings))
+    assert written_twice(proxy) == []
+    # a graceful stop drains what was committed before it, and uploads that too
+    add_ledger_row(engine, "the last one")
+    assert daemon.stop() == 0
+    assert "the last one" in bucket_notes(store)
+
+
+def kill_after_the_server_took_a_piece(
+    daemons: Daemons, config: Path, server: S3Server, proxy: FaultProxy
+) -> str:
+    """SIGKILL the daemon when the server has stored a piece of the open segment but its
+    answer has not reached the daemon: the upload is done, the daemon's record is not.
+    Returns the piece's path."""
+    held, release = threading.Event(), threading.Event()
+    paths: list[str] = []
+
+    def hold(exchange: Exchange) -> bool:
+        if exchange.method == "PUT" and "/pieces/" in exchange.path and exchange.status == 200:
+            paths.append(exchange.path.split("?")[0])
+            held.set()
+            release.wait(30)
+        return False
+
+    proxy.lose_answers, proxy.lose_if = 1, hold
+    daemon = start(daemons, config, server)
+    try:
+        daemon.wait_for("a piece to reach the server", held.is_set)
+        daemon.sigkill()
+    finally:
+        release.set()
+    proxy.lose_answers = 0
+    return paths[0]
+
+
+def test_sigkill_mid_upload_loses_and_doubles_nothing(
+    tmp_path: Path, daemons: Daemons, s3_server: S3Server, proxy: FaultProxy, db_url: str
+) -> None:
+    engine = engine_for(db_url)
+    banking.create(engine)
+    bucket = s3_server.new_bucket()
+    config = replicated_config(tmp_path, db_url, proxy, bucket)
+    settings = load_settings(config)
+    do_install(settings)
+    tally, stop = banking.Tally(), threading.Event()
+    writers = keep_writing(engine, tally, 2, stop)
+    rng = random.Random(13)
+    try:
+        piece = kill_after_the_server_took_a_piece(daemons, config, s3_server, proxy)
+        for _ in range(4):  # and at random moments
+            daemon = start(daemons, config, s3_server)
+            uploads = len(proxy.requests("PUT")) + 3
+            daemon.wait_for("uploads", lambda n=uploads: len(proxy.requests("PUT")) > n)
+            time.sleep(rng.uniform(0, 0.5))
+            daemon.sigkill()
+    finally:
+        stop.set()
+        for writer in writers:
+            writer.join()
+    daemon = start(daemons, config, s3_server)
+    daemon.wait_for("the bucket to catch up", lambda: caught_up(daemon), timeout=90)
+    store = bucket_store(s3_server, bucket)
+    assert_bucket_is_the_spool(settings.repository.path, store)
+    notes = bucket_notes(store)
+    assert sorted(notes) == sorted(tally.committed)
+    assert written_twice(proxy) == []
+    # the restart met the piece the killed daemon had uploaded: it was refused as taken
+    # (and taken as it was), or its segment had closed and went up whole, replacing it
+    met = [e for e in proxy.seen if e.path.split("?")[0] == piece and e.status in (204, 412)]
+    assert met, f"nothing came back to {piece}"
+    assert daemon.stop() == 0

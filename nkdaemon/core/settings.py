@@ -54,6 +54,8 @@ class BucketSettings:
     region: str | None = None
     path_style: bool = False
     upload_interval: float = 10.0
+    # every object in the bucket sealed with this key (repository/encrypted_store.py)
+    encryption_key_file: Path | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -21,9 +21,10 @@ REPOSITORY_KEYS = (
     "region",
     "path_style",
     "upload_interval",
+    "encryption_key_file",
 )
 SPOOL_DEFAULT = "nkdaemon-spool"
-_BUCKET_ONLY = ("endpoint_url", "region", "path_style", "upload_interval")
+_BUCKET_ONLY = ("endpoint_url", "region", "path_style", "upload_interval", "encryption_key_file")
 # S3's rule for bucket names (lower case, digits, dots, hyphens; 3 to 63 characters)
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _URL_HINT = 'write url = "s3://BUCKET/PREFIX" (the prefix may be empty: "s3://BUCKET")'
@@ -44,13 +45,18 @@ def parse_repository(
     if url is None:
         given = [k for k in _BUCKET_ONLY if k in data]
         if given:
+            why = (
+                " (the objects sent off this machine are encrypted; a local repository is not)"
+                if given[0] == "encryption_key_file"
+                else ""
+            )
             raise ConfigError(
-                f"[repository] {given[0]}: only means something with a bucket",
+                f"[repository] {given[0]}: only means something with a bucket{why}",
                 hint=f"add {_URL_HINT}, or remove {given[0]}",
             )
         path = _path(data.get("path"), base_dir, required=True)
         return RepositorySettings(path=path, segment_bytes=segment)
-    bucket = _bucket(url, data, parse_duration)
+    bucket = _bucket(url, data, parse_duration, base_dir)
     spool = _path(data.get("path", SPOOL_DEFAULT), base_dir, required=False)
     return RepositorySettings(path=spool, segment_bytes=segment, bucket=bucket)
 
@@ -67,7 +73,9 @@ def _path(raw: object, base_dir: Path, *, required: bool) -> Path:
     return path if path.is_absolute() else base_dir / path
 
 
-def _bucket(url: object, data: Mapping[str, object], parse_duration: Parse) -> BucketSettings:
+def _bucket(
+    url: object, data: Mapping[str, object], parse_duration: Parse, base_dir: Path
+) -> BucketSettings:
     if not isinstance(url, str) or not url.strip():
         raise ConfigError(f"[repository] url: {url!r} must be a non-empty string", hint=_URL_HINT)
     if "@" in url:  # never echoed: it may hold a credential
@@ -110,7 +118,29 @@ def _bucket(url: object, data: Mapping[str, object], parse_duration: Parse) -> B
         region=_optional_string(data, "region"),
         path_style=_flag(data, "path_style"),
         upload_interval=interval,
+        encryption_key_file=_key_file(data.get("encryption_key_file"), base_dir),
     )
+
+
+def _key_file(raw: object, base_dir: Path) -> Path | None:
+    """The key file, checked now: a daemon must not find out at its first upload."""
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or not raw.strip():
+        raise ConfigError(f"[repository] encryption_key_file: {raw!r} must be a file's path")
+    path = Path(raw).expanduser()
+    path = path if path.is_absolute() else base_dir / path
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"[repository] encryption_key_file: cannot read {path}: {exc.strerror}",
+            hint="a file of 32 random bytes (head -c 32 /dev/urandom > KEY) or a passphrase "
+            "of 12 characters or more, readable by the daemon's user only; keep a copy "
+            "elsewhere: without it nothing in the bucket can be read",
+        ) from None
+    return path
 
 
 def _endpoint(raw: object) -> str | None:

@@ -15,7 +15,9 @@ from typing import Any
 import structlog
 
 from nkdaemon.core.errors import NkdError
+from nkdaemon.core.ports import RepositoryStore
 from nkdaemon.core.settings import BucketSettings
+from nkdaemon.repository.encrypted_store import EncryptedStore, refuse_plaintext
 from nkdaemon.repository.s3_store import S3Store
 from nkdaemon.runtime.health import HealthState
 from nkdaemon.runtime.metrics import Metrics
@@ -25,6 +27,17 @@ from nkdaemon.services.replication_status import replication_status
 log = structlog.get_logger("nkdaemon.replicate")
 
 MAX_BACKOFF = 30.0
+
+
+def sealed(store: S3Store, bucket: BucketSettings) -> RepositoryStore:
+    """The bucket as the repository reads and writes it: with ``encryption_key_file``,
+    every object sealed with the key (a wrong key is refused, naming key ids); without,
+    refused if the repository was created encrypted (it must never get a plaintext
+    object, and nothing in it reads without the key). Reads the bucket's marker."""
+    if bucket.encryption_key_file is not None:
+        return EncryptedStore(store, bucket.encryption_key_file)
+    refuse_plaintext(store)
+    return store
 
 
 def bucket_store(bucket: BucketSettings) -> S3Store:
@@ -104,6 +117,7 @@ class ReplicationLoop:
             self._replicator.note_backlog()  # the lag counts even if the store never answers
             if not self._checked:  # a server that ignores If-None-Match is refused first
                 self._store.check_conditional_writes()
+                self._replicator.bucket = sealed(self._store, self._settings)
                 self._checked = True
             progress = self._replicator.run_once()
         except Exception as exc:  # a round's failure must not end the job (nor the daemon)

@@ -24,7 +24,7 @@ from nkdaemon.runtime.config import Settings
 from nkdaemon.runtime.cuts import CutRegistry
 from nkdaemon.runtime.lock import RepositoryLock
 from nkdaemon.runtime.logging import register_secrets
-from nkdaemon.runtime.replicate_loop import bucket_store
+from nkdaemon.runtime.replicate_loop import bucket_store, sealed
 from nkdaemon.services.drain import Drainer
 from nkdaemon.services.install import load_registry
 from nkdaemon.sources.factory import make_engine, open_source
@@ -78,7 +78,8 @@ class Session:
     @cached_property
     def _bucket(self) -> RepositoryStore:
         assert self.settings.repository.bucket is not None
-        return bucket_store(self.settings.repository.bucket)
+        bucket = self.settings.repository.bucket
+        return sealed(bucket_store(bucket), bucket)
 
     @cached_property
     def engine(self) -> Engine:

@@ -199,7 +199,13 @@ class SegmentLog:
         """The whole records of one segment, checked against the durable end ``end``
         (see ``records``); ``last``: no segment follows it."""
         reached = HEADER.size
-        for item in decode_segment(name, self.store.read(name)):
+        try:
+            data = self.store.read(name)
+        except LogCorruptionError:
+            raise
+        except RepositoryError as exc:  # e.g. an encrypted object failing its tag
+            raise LogCorruptionError(name, 0, exc.message) from None
+        for item in decode_segment(name, data):
             if isinstance(item, Torn):
                 durable = end is not None and end.covers(name, item.offset)
                 if strict or not last or durable:

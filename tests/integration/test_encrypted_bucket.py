@@ -9,6 +9,7 @@ import os
 import textwrap
 import uuid
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -42,14 +43,18 @@ def _machine(home: Path, server: S3Server, bucket: str, key: Path | None) -> Pat
     return config
 
 
-def _raw_objects(server: S3Server, bucket: str) -> dict[str, bytes]:
-    client = boto3.client(
+def _client(server: S3Server) -> Any:
+    return boto3.client(
         "s3",
         endpoint_url=server.endpoint,
         region_name=server.region,
         aws_access_key_id=server.access_key,
         aws_secret_access_key=server.secret_key,
     )
+
+
+def _raw_objects(server: S3Server, bucket: str) -> dict[str, bytes]:
+    client = _client(server)
     keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
     return {k: client.get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys}
 
@@ -99,6 +104,21 @@ def test_an_encrypted_bucket_holds_no_plaintext_and_restores_only_with_its_key(
     assert done.exit_code == 0, done.output
     expected = natural_content(url, tmp_path / "reflect")
     assert differences(natural_content(f"sqlite:///{target}", tmp_path / "r"), expected) == []
+
+    # A changed byte in the bucket is found by verify, named, as a checksum failure is.
+    client = _client(s3_server)
+    for damaged in (
+        next(k for k in objects if "/tables/" in k),
+        next(k for k in objects if "/log/" in k and not k.endswith("end.json")),
+    ):
+        body = bytearray(objects[damaged])
+        body[len(body) // 2] ^= 0x01
+        client.put_object(Bucket=name, Key=damaged, Body=bytes(body))
+        checked = run_cli(fresh, "verify")
+        assert checked.exit_code == 1, checked.output
+        assert damaged.rsplit("/", 1)[-1] in checked.output, checked.output
+        assert "Traceback" not in checked.output
+        client.put_object(Bucket=name, Key=damaged, Body=objects[damaged])
 
     for home, key_file, says in (
         (tmp_path / "no-key", None, "no encryption key is configured"),

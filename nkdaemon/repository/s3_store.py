@@ -54,6 +54,7 @@ __all__ = ["S3Store", "S3StoreError", "S3Unavailable"]
 
 _Names = list[str]  # in the class, ``list`` is the method
 _Parts = list[dict[str, Any]]  # CompleteMultipartUpload's parts: number, ETag, SHA-256
+DEFAULT_ATTEMPTS = 6
 PART_SIZE = 8 << 20
 MIN_PART_SIZE = 5 << 20  # S3's smallest part (the last one excepted)
 SINGLE_PUT_LIMIT = 5 << 30  # S3's largest object written by one PutObject
@@ -78,7 +79,7 @@ class S3Store:
         region: str | None = None,
         path_style: bool = False,
         client: Any = None,
-        max_attempts: int = 6,
+        max_attempts: int | None = None,
         part_size: int = PART_SIZE,
         single_put_limit: int = SINGLE_PUT_LIMIT,
         spool_dir: str | None = None,
@@ -93,7 +94,7 @@ class S3Store:
         self.spool_dir = spool_dir
         self._config = Config(
             region_name=region,
-            retries={"mode": "standard", "total_max_attempts": max_attempts},
+            retries={"mode": "standard", "total_max_attempts": max_attempts or _attempts()},
             s3={"addressing_style": "path" if path_style else "auto"},
             connect_timeout=10,
             read_timeout=60,
@@ -381,3 +382,9 @@ def _is_name(name: str) -> bool:
 
 
 _: type[RepositoryStore] = S3Store  # S3Store implements the port (checked by mypy)
+
+
+def _attempts() -> int:
+    """Attempts per request: AWS_MAX_ATTEMPTS where set (the standard AWS setting), else 6."""
+    raw = os.environ.get("AWS_MAX_ATTEMPTS", "")
+    return int(raw) if raw.isdigit() and int(raw) > 0 else DEFAULT_ATTEMPTS

@@ -128,7 +128,10 @@ Daemons = Callable[..., DaemonProcess]
 
 
 def start(daemons: Daemons, config: Path, server: S3Server) -> DaemonProcess:
-    daemon: DaemonProcess = daemons(config, env=environment(server))
+    # Two attempts per request (the standard AWS setting): a round against a store that is
+    # down ends in seconds, not after six backed-off attempts.
+    down_fast = {**environment(server), "AWS_MAX_ATTEMPTS": "2"}
+    daemon: DaemonProcess = daemons(config, env=down_fast)
     daemon.wait_ready()
     return daemon
 

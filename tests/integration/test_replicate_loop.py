@@ -58,8 +58,9 @@ def test_a_server_that_ignores_if_none_match_is_refused_before_anything_goes_up(
 
 
 def test_readiness_turns_on_the_lag_names_the_error_and_recovers(
-    tmp_path: Path, s3_server: S3Server, proxy: FaultProxy
+    tmp_path: Path, s3_server: S3Server, proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")  # a round against a store that is down ends fast
     loop, health = job(tmp_path, s3_server, proxy)
     proxy.throttle = 10**9  # down: every request answered 503 SlowDown
     loop.run_round()

@@ -52,9 +52,15 @@ class TableShapes:
             self._arrange(dict(self.tables), {})
             return None
         current = self._load_tables().get(change.table)
-        spec = spec_after_change(
-            self.tables.get(change.table), current, change.columns, change.renamed
-        )
+        previous = self.tables.get(change.table)
+        if previous is None and current is None:  # created and gone before any pass read it
+            raise CaptureError(
+                f"table {change.name!r} changed shape in the queue but is no longer in the "
+                "source, and the drain never read its definition",
+                hint="its queued changes cannot be named; restore the table (CREATE it again "
+                "as it was) so the drain can read them, or reinstall capture",
+            )
+        spec = spec_after_change(previous, current, change.columns, change.renamed)
         self.tables[change.table] = spec
         self._live.add(change.table)
         self._remember(in_batch=True)

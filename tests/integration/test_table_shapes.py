@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from nkdaemon.core.definitions import spec_from_json, spec_to_json
@@ -94,3 +95,15 @@ def test_a_dropped_tables_number_is_never_given_again(tmp_path: Path) -> None:
     with Session(settings, writer=False) as s:
         numbers = s.source.installed_tables()
     assert numbers["c"] not in used.values(), (numbers, used)
+
+
+def test_a_change_of_a_table_known_neither_then_nor_now_stops_loudly(tmp_path: Path) -> None:
+    from nkdaemon.core.errors import CaptureError
+    from nkdaemon.core.ports import SchemaChange
+
+    state = StateStore(tmp_path / "state.db")
+    shapes = TableShapes(lambda: {}, state)
+    change = SchemaChange(table=9, name="brief", columns=("id",), kind="created", baseline=True)
+    with pytest.raises(CaptureError, match="brief"):
+        shapes.apply(change)
+    state.close()

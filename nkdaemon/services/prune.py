@@ -44,6 +44,7 @@ from nkdaemon.services.replicate import load_progress, spool_end
 log = structlog.get_logger("nkdaemon.prune")
 
 NOT_IN_BUCKET = "kept in the spool: the bucket does not hold it yet"
+REMAINS = "the files of a snapshot whose removal was interrupted (its manifest is gone)"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,6 +71,8 @@ class PruneResult:
     plan: PrunePlan
     held: tuple[Deletion, ...]
     dry_run: bool
+    # files of snapshots whose removal was interrupted (no manifest), older than the kept
+    remains: tuple[Deletion, ...] = ()
 
 
 def local_side(path: Path, *, replicated: bool, where: str = "repository") -> PruneSide:
@@ -112,11 +115,16 @@ def prune(
     """Plan each copy and, unless ``dry_run``, delete what its plan releases."""
     results = []
     for side in sides:
-        snapshots = [s for s in list_snapshots(side.snapshots) if s.imported is None]
+        listed = list_snapshots(side.snapshots)
+        snapshots = [s for s in listed if s.imported is None]
         plan, held = plan_side(side, snapshots, policy, now)
+        remains = _remains(side, listed, plan)
         if not dry_run:
             _delete(side, plan, snapshots)
-        results.append(PruneResult(where=side.where, plan=plan, held=held, dry_run=dry_run))
+            _delete_remains(side, remains)
+        results.append(
+            PruneResult(where=side.where, plan=plan, held=held, dry_run=dry_run, remains=remains)
+        )
     return results
 
 
@@ -183,6 +191,30 @@ def _delete(side: PruneSide, plan: PrunePlan, snapshots: Sequence[SnapshotInfo])
             name=deletion.name,
             reason=deletion.reason,
         )
+
+
+def _remains(
+    side: PruneSide, listed: Sequence[SnapshotInfo], plan: PrunePlan
+) -> tuple[Deletion, ...]:
+    """Folders without a manifest older than the oldest kept snapshot: what an interrupted
+    removal left (a snapshot being written or uploaded is newer than every whole one)."""
+    if not plan.kept_snapshots:
+        return ()
+    oldest = min(plan.kept_snapshots)
+    whole = {s.id for s in listed}
+    folders = {name.split("/", 1)[0] for name in side.snapshots.list() if "/" in name}
+    return tuple(
+        Deletion(kind="snapshot", name=folder, reason=REMAINS)
+        for folder in sorted(folders - whole)
+        if folder < oldest
+    )
+
+
+def _delete_remains(side: PruneSide, remains: Sequence[Deletion]) -> None:
+    for deletion in remains:
+        for name in side.snapshots.list(f"{deletion.name}/"):
+            side.snapshots.delete(name)
+        log.info("prune.deleted_remains", where=side.where, name=deletion.name)
 
 
 def _in_bucket(spool: LocalStore) -> Callable[[Deletion], bool]:

@@ -239,3 +239,28 @@ def test_a_spool_gives_up_only_what_the_bucket_holds(tmp_path: Path) -> None:
     (done,) = prune([local_side(spool, replicated=True)], policy, datetime.now(UTC), dry_run=False)
     assert {d.name for d in done.plan.deletions} == {d.name for d in held.held}
     assert len(list_snapshots(spool / "snapshots")) == 1
+
+
+def test_the_remains_of_an_interrupted_removal_are_never_a_snapshot_and_go_next_time(
+    tmp_path: Path,
+) -> None:
+    """A removal cut short after its first step (the manifest) leaves files no reader takes
+    for a snapshot; the next prune deletes them, and only them."""
+    history = build_history(tmp_path / "origin", rounds=3, snapshot_after={0, 1})
+    repo = tmp_path / "origin" / "repo"
+    with_retention(history.config, "keep_snapshots = 3")
+    snapshots = list_snapshots(repo / "snapshots")
+    assert len(snapshots) == 3
+    cut_short = snapshots[0]
+    (repo / "snapshots" / cut_short.id / "manifest.json").unlink()
+    assert [s.id for s in list_snapshots(repo / "snapshots")] == [s.id for s in snapshots[1:]]
+    assert list((repo / "snapshots" / cut_short.id).iterdir()), "its table files are left"
+
+    dry = run_cli(history.config, "prune", "--dry-run")
+    assert f"would delete snapshot {cut_short.id}: the files of a snapshot whose removal" in (
+        dry.output
+    )
+    assert (repo / "snapshots" / cut_short.id).exists()
+    pruned = run_cli(history.config, "prune")
+    assert pruned.exit_code == 0, pruned.output
+    assert sorted(p.name for p in (repo / "snapshots").iterdir()) == [s.id for s in snapshots[1:]]

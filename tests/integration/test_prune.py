@@ -8,6 +8,7 @@ with the range the repository covers; `--dry-run` deletes nothing and lists why.
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from collections.abc import Callable
@@ -190,6 +191,14 @@ def test_prune_keeps_every_instant_of_the_window_restorable_and_refuses_older(
     assert_window_restores(history, config, oldest_kept.moment, tmp_path)
     verified = run_cli(config, "verify")
     assert verified.exit_code == 0, verified.output
+    assert "the log before it was pruned" in verified.output
+    recent = run_cli(config, "history", "docs", "code=D-5-1", "--json")
+    assert recent.exit_code == 0, recent.output
+    older = run_cli(config, "history", "docs", "code=D-0-5", "--json")
+    assert older.exit_code == 0, older.output
+    (row,) = json.loads(older.output[older.output.index("[") :])
+    assert {e["op"] for e in row} == {"U"}, "its insert was pruned; its updates after are kept"
+    assert all(e["lsn"] >= first_left for e in row)
     again = run_cli(config, "prune")
     assert "repository: deleted 0;" in again.output
 

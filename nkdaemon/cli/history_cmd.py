@@ -62,7 +62,9 @@ def history_command(app: AppContext, table: str, pairs: tuple[str, ...], as_json
     logged: set[str] = set()
     with Session(app.settings, writer=False) as session:
         session.require_repository()
-        for item in read_log(session.log_store):
+        segments = session.log_store.segments()  # a pruned log starts after transaction 1
+        start = int(segments[0].split(".")[0]) if segments else 1
+        for item in read_log(session.log_store, from_lsn=start):
             if isinstance(item, Gap | Epoch):
                 if isinstance(item, Epoch):
                     tracker.new_epoch()

@@ -6,6 +6,7 @@ import click
 
 from nkdaemon.cli import AppContext, is_permission_error, pass_app, permission_message
 from nkdaemon.core.errors import LockHeldError
+from nkdaemon.repository.snapshots import list_snapshots
 from nkdaemon.runtime.session import Session
 from nkdaemon.services.install import load_registry
 from nkdaemon.services.verify import VerifyReport, verify_log, verify_snapshots, verify_source
@@ -34,7 +35,9 @@ def verify_command(app: AppContext, with_source: bool) -> None:
             click.echo(f"note: not draining first ({message})", err=True)
     with Session(app.settings, writer=False) as session:
         session.require_repository()
-        verify_log(session.log_store, report)
+        captured = [s for s in list_snapshots(session.snapshots) if s.imported is None]
+        needed_from = min((s.log_lsn + 1 for s in captured), default=1)
+        verify_log(session.log_store, report, needed_from=needed_from)
         snapshots = verify_snapshots(
             session.snapshots,
             report,

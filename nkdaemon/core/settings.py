@@ -91,6 +91,19 @@ class SnapshotSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class RetentionSettings:
+    """``[retention]``: both None when the section is absent (then nothing may be pruned:
+    core/retention.RetentionPolicy refuses, naming the settings to add)."""
+
+    keep_snapshots: int | None = None
+    keep_days: float | None = None
+
+    @property
+    def configured(self) -> bool:
+        return self.keep_snapshots is not None or self.keep_days is not None
+
+
+@dataclass(frozen=True, kw_only=True)
 class HealthSettings:
     listen: str = "127.0.0.1:8787"
     max_lag_seconds: float = 60.0
@@ -118,6 +131,7 @@ class Settings:
     capture: CaptureSettings = CaptureSettings()
     tables: Mapping[str, TableSettings] = field(default_factory=dict)
     snapshots: SnapshotSettings = SnapshotSettings()
+    retention: RetentionSettings = RetentionSettings()
     health: HealthSettings = HealthSettings()
     logging: LogSettings = LogSettings()
     legacy: LegacySettings = LegacySettings()

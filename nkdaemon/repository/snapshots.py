@@ -392,12 +392,13 @@ def prune_snapshots(directory: Path | RepositoryStore, keep: int) -> list[str]:
     snapshots = [s for s in list_snapshots(directory) if s.imported is None]
     doomed = snapshots[: max(0, len(snapshots) - keep)]
     for snapshot in doomed:
-        _delete(snapshot)
+        delete_snapshot(snapshot)
     return [s.id for s in doomed]
 
 
-def _delete(snapshot: SnapshotInfo) -> None:
-    """The manifest first: from then on the snapshot is gone for every reader, and an
+def delete_snapshot(snapshot: SnapshotInfo) -> None:
+    """Remove one snapshot (for ``prune_snapshots`` and services/prune). The manifest
+    first: from then on the snapshot is gone for every reader, and an
     interrupted removal leaves only files no reader looks at."""
     snapshot.store.delete(snapshot.object(MANIFEST))
     for name in snapshot.store.list(f"{snapshot.folder}/"):

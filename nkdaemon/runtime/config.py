@@ -32,6 +32,7 @@ from nkdaemon.core.settings import (
     toml_string,
 )
 from nkdaemon.runtime.config_repository import REPOSITORY_KEYS, parse_repository
+from nkdaemon.runtime.config_retention import parse_retention
 
 # The settings types live in core (below every layer that takes them); they are named here
 # too for the callers that load a file and use what it holds.
@@ -174,7 +175,17 @@ class _Section:
 
 # --- loading ---------------------------------------------------------------------------
 
-SECTIONS = ("source", "repository", "capture", "tables", "snapshots", "health", "log", "legacy")
+SECTIONS = (
+    "source",
+    "repository",
+    "capture",
+    "tables",
+    "snapshots",
+    "retention",
+    "health",
+    "log",
+    "legacy",
+)
 
 
 def find_config(explicit: str | os.PathLike[str] | None) -> Path:
@@ -235,6 +246,7 @@ def parse_settings(
         snapshots=_parse_snapshots(
             _Section("snapshots", top.get("snapshots", {}), ("schedule", "keep"))
         ),
+        retention=parse_retention(data),
         health=_parse_health(
             _Section(
                 "health",

@@ -23,6 +23,7 @@ from nkdaemon.repository.state import StateStore
 from nkdaemon.runtime.config import parse_duration
 from nkdaemon.runtime.health import HealthState
 from nkdaemon.runtime.metrics import Metrics
+from nkdaemon.runtime.retention import prune_configured
 from nkdaemon.runtime.session import Session
 from nkdaemon.services.install import load_registry
 from nkdaemon.services.snapshot import take_snapshot
@@ -115,7 +116,7 @@ class SnapshotSchedule:
         finally:
             source.close()
             state.close()
-        pruned = prune_snapshots(session.layout.snapshots_dir, settings.snapshots.keep)
+        pruned = self._prune(settings)
         if result.taken:  # an unchanged source keeps its newest snapshot
             self._metrics.snapshots.inc()
         self._metrics.snapshot_duration.observe(time.monotonic() - started)
@@ -127,3 +128,22 @@ class SnapshotSchedule:
             pruned=pruned,
             seconds=round(time.monotonic() - started, 3),
         )
+
+    def _prune(self, settings: Settings) -> list[str]:
+        """After each scheduled snapshot: by [retention] when it is set (the spool and the
+        bucket, snapshots and log), else by the older [snapshots] keep (the spool's
+        snapshots only). A failed prune is reported as its own job; the snapshot stands."""
+        if not settings.retention.configured:
+            return prune_snapshots(self._session.layout.snapshots_dir, settings.snapshots.keep)
+        try:
+            results = prune_configured(settings, dry_run=False)
+        except Exception as exc:  # the snapshot is taken; a failed prune is retried next time
+            message = exc.message if isinstance(exc, NkdError) else f"{type(exc).__name__}: {exc}"
+            self._metrics.errors.labels(kind="prune").inc()
+            self._health.job_error("prune", message)
+            log.error("job.prune_failed", error=message)
+            return []
+        self._health.job_error("prune", None)
+        deleted = [f"{r.where}:{d.kind}:{d.name}" for r in results for d in r.plan.deletions]
+        log.info("job.prune_done", deleted=len(deleted))
+        return deleted

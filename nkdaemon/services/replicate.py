@@ -130,7 +130,10 @@ def segment_bytes(spool: RepositoryStore, end: DurableEnd | None) -> dict[str, i
         segment = name.removeprefix("log/")
         if "/" in segment or not segment.endswith(SUFFIX) or segment > end.segment:
             continue
-        sizes[segment] = end.offset if segment == end.segment else spool.size(name)
+        try:
+            sizes[segment] = end.offset if segment == end.segment else spool.size(name)
+        except FileNotFoundError:  # pruned since listed (services/prune): uploaded already
+            continue
     return sizes
 
 

@@ -62,13 +62,15 @@ class VerifyReport:
         return not self.problems and all(d.ok for d in self.diffs)
 
 
-def verify_log(log_store: SegmentLog, report: VerifyReport) -> None:
+def verify_log(log_store: SegmentLog, report: VerifyReport, *, needed_from: int = 1) -> None:
     """Every record's checksum, lsns without holes, commit times that never run backwards,
-    and every byte up to the durable end present and whole."""
+    and every byte up to the durable end present and whole. ``needed_from``: the first
+    transaction a restore needs (after the oldest snapshot's; prune deletes the log
+    before it), so a log that starts there or earlier is whole."""
     names = log_store.segments()
     report.segments = len(names)
     end = _durable_end(log_store, report)
-    check = _Sequence(report)
+    check = _Sequence(report, needed_from)
     for index, name in enumerate(names):
         check.segment_starts(name)
         try:
@@ -103,8 +105,9 @@ def _durable_end(log_store: SegmentLog, report: VerifyReport) -> DurableEnd | No
 class _Sequence:
     """Numbering and time order across the records of every segment."""
 
-    def __init__(self, report: VerifyReport) -> None:
+    def __init__(self, report: VerifyReport, needed_from: int = 1) -> None:
         self._report = report
+        self._needed_from = needed_from
         self._expected: int | None = None
         self._previous = ""
         self._last_time: datetime | None = None
@@ -112,7 +115,12 @@ class _Sequence:
 
     def segment_starts(self, name: str) -> None:
         first = int(name.split(".")[0])
-        if not self._previous and first != 1:
+        if not self._previous and 1 < first <= self._needed_from:
+            self._report.notes.append(
+                f"the log starts at transaction {first}: the transactions before it are in "
+                "the oldest snapshot (the log before it was pruned)"
+            )
+        elif not self._previous and first != 1:
             self._report.problems.append(
                 f"the log starts with {name}: the segment for transactions 1..{first - 1} "
                 f"({segment_name(1)}) is missing"

@@ -110,6 +110,8 @@ class SqliteTarget:
             if not info:
                 return None
             pk = tuple(r[1] for r in sorted((r for r in info if r[5]), key=lambda r: r[5]))
+            if pk and _nulls_allowed(self.conn, spec.name, info, pk):
+                pk = ()  # rows whose key is NULL cannot be found by it: address them by rowid
             table = TargetTable(
                 spec=spec,
                 columns=[r[1] for r in info],
@@ -292,3 +294,17 @@ class SqliteTarget:
                 if place:
                     row[place] = address
                 yield row
+
+
+def _nulls_allowed(
+    conn: sqlite3.Connection, name: str, info: list[Any], pk: tuple[str, ...]
+) -> bool:
+    """SQLite lets a PRIMARY KEY column hold NULL unless it is the rowid (a single INTEGER
+    key), declared NOT NULL, or the table is WITHOUT ROWID (an old SQLite quirk it keeps)."""
+    types = {r[1]: str(r[2]).upper() for r in info}
+    if len(pk) == 1 and types[pk[0]] == "INTEGER":
+        return False
+    if all(r[3] for r in info if r[1] in pk):
+        return False
+    row = conn.execute("SELECT sql FROM sqlite_master WHERE name = ?", (name,)).fetchone()
+    return not (row and "WITHOUT ROWID" in str(row[0]).upper())

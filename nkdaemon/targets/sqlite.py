@@ -110,8 +110,15 @@ class SqliteTarget:
             if not info:
                 return None
             pk = tuple(r[1] for r in sorted((r for r in info if r[5]), key=lambda r: r[5]))
-            if pk and _nulls_allowed(self.conn, spec.name, info, pk):
-                pk = ()  # rows whose key is NULL cannot be found by it: address them by rowid
+            if (
+                pk
+                and spec.full_row_identity
+                and not spec.referenced
+                and _nulls_allowed(self.conn, spec.name, info, pk)
+            ):
+                # rows captured whole may carry a NULL key, which finds nothing: address
+                # them by rowid (nothing refers to them by their key)
+                pk = ()
             table = TargetTable(
                 spec=spec,
                 columns=[r[1] for r in info],

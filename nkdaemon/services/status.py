@@ -1,16 +1,23 @@
-"""What the backup looks like now: lag, queue depth, last logged transaction, log size."""
+"""What the backup looks like now: lag, queue depth, last logged transaction, log size.
+
+Read from the local repository (with a bucket: the spool, and how far the bucket is
+behind it); on a machine with no spool and a configuration naming a bucket, from the
+bucket itself: its snapshots, the end of its log, the position it is replicated to.
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 from nkdaemon.core.errors import NkdError
 from nkdaemon.core.ownership import not_ours
-from nkdaemon.core.ports import CaptureSource
+from nkdaemon.core.ports import CaptureSource, RepositoryStore
 from nkdaemon.repository.layout import RepositoryLayout
+from nkdaemon.repository.log_end import DurableEnd
 from nkdaemon.repository.segments import SegmentLog
-from nkdaemon.repository.snapshots import list_snapshots
+from nkdaemon.repository.snapshots import SnapshotInfo, list_snapshots
 from nkdaemon.repository.state import StateStore
 from nkdaemon.services.replication_status import replication_status
 
@@ -32,14 +39,33 @@ class StatusView(Protocol):
     @property
     def source(self) -> CaptureSource: ...
 
+    @property
+    def from_bucket(self) -> bool:
+        """True when the repository read is the bucket (no spool on this machine)."""
+
+    @property
+    def snapshots(self) -> Path | RepositoryStore: ...
+
+    def require_repository(self) -> None: ...
+
 
 def collect_status(
-    session: StatusView, *, source_name: str, bucket: str | None = None, now: datetime | None = None
+    session: StatusView,
+    *,
+    source_name: str,
+    bucket: str | None = None,
+    bucket_objects: RepositoryStore | None = None,
+    max_replication_lag: float | None = None,
+    source_configured: bool = True,
+    now: datetime | None = None,
 ) -> dict[str, Any]:
-    """The status document (`status --json`, `/status`). Never raises for a down source.
+    """The status document (`status --json`, `/status`). Never raises for a down source
+    or an unreachable bucket.
 
     ``source_name`` is the source's URL with the password hidden; ``bucket`` the bucket
-    the repository (then the spool) is replicated to, if any."""
+    the repository (then the spool) is replicated to, if any; ``bucket_objects`` the
+    bucket's objects as stored (their sizes are the log's size when the bucket is read);
+    with ``max_replication_lag``, a bucket behind the spool for longer is a problem."""
     now = now or datetime.now(UTC)
     status: dict[str, Any] = {
         "source": source_name,
@@ -54,16 +80,25 @@ def collect_status(
         "log_segments": 0,
         "capture_mode": None,
         "errors": [],
+        "notes": [],
     }
-    if session.layout.exists():
+    if session.from_bucket and bucket is not None:
+        _bucket_part(session, bucket, bucket_objects, status)
+    elif session.layout.exists():
         _repository_part(session, status)
         if bucket is not None:
-            _replication_part(session.layout, bucket, now, status)
+            _replication_part(session.layout, bucket, now, status, max_replication_lag)
     else:
         status["errors"].append("the repository does not exist yet (run `nkdaemon install`)")
     stopped = session.state.get_meta("capture_stopped") if session.layout.exists() else None
     if stopped:
         status["errors"].append(f"capture stopped: {stopped}")
+    if not source_configured:
+        status["notes"].append(
+            "no [source] in this configuration: what the bucket holds is shown; the queue "
+            "and the capture lag are known where the source is configured"
+        )
+        return status
     try:
         status["capture_mode"] = session.source.capture_mode()
         _capture_owner(session, status)
@@ -83,7 +118,11 @@ def _repository_part(session: StatusView, status: dict[str, Any]) -> None:
     status["complete_through"] = _complete_through(session, status["errors"])
     status["log_bytes"] = session.log_store.size_bytes()
     status["log_segments"] = len(session.log_store.segments())
-    snapshots = list_snapshots(session.layout.snapshots_dir)
+    _snapshot_part(list_snapshots(session.layout.snapshots_dir), status)
+
+
+def _snapshot_part(snapshots: list[SnapshotInfo], status: dict[str, Any]) -> None:
+    """The snapshots into ``status``: those taken, and those imported apart."""
     status["snapshots"] = [
         {
             "id": s.id,
@@ -103,15 +142,81 @@ def _repository_part(session: StatusView, status: dict[str, Any]) -> None:
 
 
 def _replication_part(
-    layout: RepositoryLayout, bucket: str, now: datetime, status: dict[str, Any]
+    layout: RepositoryLayout,
+    bucket: str,
+    now: datetime,
+    status: dict[str, Any],
+    max_lag: float | None,
 ) -> None:
-    """How far the bucket is behind the spool, read from the spool (the bucket is not asked)."""
+    """How far the bucket is behind the spool, read from the spool (the bucket is not
+    asked); behind for longer than ``max_lag``: replication is failing, a problem."""
     try:
-        status["replication"] = replication_status(layout.root, bucket=bucket, now=now)
+        replication = replication_status(layout.root, bucket=bucket, now=now)
     except (OSError, NkdError) as exc:
         message = exc.message if isinstance(exc, NkdError) else str(exc)
         status["replication"] = {"bucket": bucket, "lag_seconds": None}
         status["errors"].append(f"replication: {message}")
+        return
+    lag = replication["lag_seconds"]
+    replication["failing"] = max_lag is not None and lag > max_lag
+    status["replication"] = replication
+    if replication["failing"]:
+        status["errors"].append(
+            f"replication is failing: the bucket has lacked {replication['lag_bytes']} bytes "
+            f"of the spool for {lag:.0f} s, longer than [health] max_replication_lag "
+            f"({max_lag:.0f} s); last upload {replication['last_upload'] or 'never'}. "
+            "The daemon's /readyz and its log say why; capture goes on into the spool, and "
+            "the backlog goes up once the store answers"
+        )
+
+
+def _bucket_part(
+    session: StatusView,
+    bucket: str,
+    objects: RepositoryStore | None,
+    status: dict[str, Any],
+) -> None:
+    """What the bucket holds, read from it (no spool here): its snapshots, where its log
+    ends, the position it is replicated to. How far it is behind is known only where the
+    spool is (the daemon's machine)."""
+    status["repository"] = bucket
+    status["replication"] = {"bucket": bucket, "read_from": "bucket", "lag_seconds": None}
+    try:
+        session.require_repository()
+        end = session.log_store.durable_end()
+        segments = session.log_store.segments()
+        listed = list_snapshots(session.snapshots)
+        log_bytes = _bucket_log_bytes(objects, segments, end)
+    except (OSError, NkdError) as exc:  # said on one line, with what to do
+        hint = exc.hint if isinstance(exc, NkdError) else None
+        message = exc.message if isinstance(exc, NkdError) else f"bucket {bucket}: {exc}"
+        status["errors"].append(f"{message} (hint: {hint})" if hint else message)
+        return
+    _snapshot_part(listed, status)
+    status["log_segments"] = len(segments)
+    status["log_bytes"] = log_bytes
+    if end is not None:
+        status["last_lsn"] = end.lsn
+        status["last_commit_time"] = end.commit_time
+        status["complete_through"] = end.complete_through
+    status["replication"].update(
+        replicated_lsn=0 if end is None else end.lsn,
+        replicated_position=0 if end is None else end.position,
+        replicated_commit_time=None if end is None else end.commit_time,
+    )
+
+
+def _bucket_log_bytes(
+    objects: RepositoryStore | None, segments: list[str], end: DurableEnd | None
+) -> int:
+    """The bytes of the bucket's log up to its durable end: each closed segment as stored
+    (whole, one object each), and the open one's bytes its end.json counts (its pieces
+    are not asked one by one: there may be thousands)."""
+    if end is None or end.segment is None:
+        return 0
+    closed = [s for s in segments if s < end.segment]
+    held = 0 if objects is None else sum(objects.size(f"log/{s}") for s in closed)
+    return held + end.offset
 
 
 def _capture_owner(session: StatusView, status: dict[str, Any]) -> None:
@@ -127,7 +232,7 @@ def _capture_owner(session: StatusView, status: dict[str, Any]) -> None:
         "since": None if owner.since is None else owner.since.isoformat(),
         "this_repository": owner.installation == ours,
     }
-    if owner.installation != ours:
+    if owner.installation != ours and not session.from_bucket:  # the bucket has no state
         status["errors"].append(not_ours(owner, ours).message)
 
 

@@ -97,6 +97,6 @@ def test_a_bucket_only_configuration_cannot_capture_and_says_why(
     tmp_path: Path, s3_server: S3Server
 ) -> None:
     fresh = fresh_machine(tmp_path, s3_server, "no-such-bucket")
-    result = run_cli(fresh, "status")
+    result = run_cli(fresh, "drain")  # status reads the bucket (test_bucket_only_commands)
     assert result.exit_code != 0
     assert "[source] url: missing" in result.output

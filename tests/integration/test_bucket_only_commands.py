@@ -1,0 +1,132 @@
+"""`status` and `export` on a "fresh machine": a new working directory holding only a
+configuration that names the bucket (no [source], no spool), reading a real bucket
+(SeaweedFS) that a spool was replicated to.
+
+- `status` shows what the bucket holds: its snapshots, where its log ends, the position
+  it is replicated to, the log's size; the same figures the spool's own status shows.
+- `export` writes the same fixture from the bucket as from the spool, at the latest
+  instant and at one between two drains.
+- Damage the input (the bucket's log end deleted): status no longer claims a position.
+- A bucket that holds no repository, or a bucket that does not exist: a clear message
+  saying what is wrong and what to do, exit 1, no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from nkdaemon.repository.s3_store import S3Store
+from nkdaemon.services.replicate import Replicator
+from tests.helpers import run_cli
+from tests.integration.test_replicate import drained, spool_for
+from tests.integration.test_restore_from_bucket import fresh_machine
+from tests.s3 import S3Server
+
+MODELS = '\n[legacy.models]\n"notes.note" = "notes"\n'
+
+
+@pytest.fixture
+def aws_chain(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The server's credentials in the environment (the standard AWS chain)."""
+    for variable, value in s3_server.environment().items():
+        monkeypatch.setenv(variable, value)
+    return s3_server.environment()
+
+
+def replicated(tmp_path: Path, server: S3Server) -> tuple[Path, str, datetime]:
+    """A spool with three drains, a snapshot and two more drains, replicated after the
+    fourth and the fifth; its configuration, the bucket, and an instant between them."""
+    (tmp_path / "origin").mkdir()
+    url, config = spool_for(tmp_path / "origin")
+    bucket = server.new_bucket()
+    replicator = Replicator(
+        spool=tmp_path / "origin" / "repo",
+        bucket=S3Store(bucket, "edms", endpoint_url=server.endpoint, path_style=True),
+    )
+    for round_ in range(3):
+        drained(url, config, round_ * 10, 10)
+    assert run_cli(config, "snapshot").exit_code == 0
+    drained(url, config, 30, 5)
+    replicator.run_once()
+    time.sleep(0.01)
+    then = datetime.now(UTC)
+    time.sleep(0.01)
+    drained(url, config, 100, 5)
+    replicator.run_once()
+    return config, bucket, then
+
+
+def status_json(config: Path) -> tuple[int, dict[str, object]]:
+    done = run_cli(config, "status", "--json")
+    return done.exit_code, json.loads(done.stdout)
+
+
+def test_status_and_export_read_the_bucket_with_nothing_but_its_configuration(
+    tmp_path: Path, s3_server: S3Server, aws_chain: dict[str, str]
+) -> None:
+    origin, bucket, then = replicated(tmp_path, s3_server)
+    fresh = fresh_machine(tmp_path, s3_server, bucket)
+    for config in (origin, fresh):  # the fixture's model for the table
+        config.write_text(config.read_text() + MODELS)
+
+    code, spool = status_json(origin)
+    assert code == 0, spool
+    code, held = status_json(fresh)
+    assert code == 0, held
+    assert held["repository"] == f"s3://{bucket}/edms"
+    assert held["errors"] == [] and held["queue_depth"] is None
+    for field in ("last_lsn", "last_commit_time", "complete_through", "log_segments"):
+        assert held[field] == spool[field], field
+    assert held["log_bytes"] == spool["log_bytes"] > 0
+    assert held["snapshots"] == spool["snapshots"] and len(held["snapshots"]) == 2
+    replication = held["replication"]
+    assert isinstance(replication, dict)
+    assert replication["replicated_lsn"] == spool["last_lsn"]
+    text = run_cli(fresh, "status")
+    assert text.exit_code == 0, text.output
+    assert f"replicated   transaction {spool['last_lsn']}" in text.output
+    assert "no [source] in this configuration" in text.output
+
+    for at in (("--latest",), ("--at", then.isoformat())):
+        mine, theirs = tmp_path / "from-spool.json", tmp_path / "from-bucket.json"
+        done = run_cli(origin, "export", *at, "-o", str(mine))
+        assert done.exit_code == 0, done.output
+        done = run_cli(fresh, "export", *at, "-o", str(theirs))
+        assert done.exit_code == 0, done.output
+        assert theirs.read_bytes() == mine.read_bytes(), at
+        assert len(json.loads(theirs.read_bytes())) >= (40 if at == ("--at",) else 35)
+    assert sorted(p.name for p in fresh.parent.iterdir()) == ["c.toml"], "nothing copied here"
+
+    # damage the input: without the bucket's log end, status no longer claims a position
+    # (it reads the bucket, it does not make the figures up)
+    S3Store(bucket, "edms", endpoint_url=s3_server.endpoint, path_style=True).delete("log/end.json")
+    code, after = status_json(fresh)
+    assert after["last_lsn"] == 0 and after["log_bytes"] == 0, after
+
+
+@pytest.mark.parametrize("command", [("status",), ("export", "--latest")])
+@pytest.mark.parametrize("which", ["empty", "missing"])
+def test_a_bucket_without_a_repository_stops_with_one_clear_line(
+    tmp_path: Path,
+    s3_server: S3Server,
+    aws_chain: dict[str, str],
+    command: tuple[str, ...],
+    which: str,
+) -> None:
+    bucket = s3_server.new_bucket() if which == "empty" else "no-such-bucket"
+    fresh = fresh_machine(tmp_path, s3_server, bucket)
+    done = run_cli(fresh, *command)
+    assert done.exit_code == 1, done.output
+    said = done.stderr.strip().splitlines()
+    assert said, done.output
+    assert "unexpected" not in done.output and "Traceback" not in done.output, done.output
+    if which == "empty":
+        assert any("holds no nkdaemon repository" in line for line in said), said
+    else:
+        assert any(bucket in line for line in said), said
+    assert sorted(p.name for p in fresh.parent.iterdir()) == ["c.toml"]

@@ -71,6 +71,9 @@ class HealthState:
             status = dict(self.status)
         for live in self._live:
             status.update(live())
+        replication = status.get("replication")
+        if replication:  # as `status` says it: behind past max_replication_lag is failing
+            status["replication"] = {**replication, "failing": bool(self._replication(replication))}
         copy: dict[str, Any] = json.loads(json.dumps(status, default=str))
         return copy
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import os
 import random
+import resource
+import signal
 import threading
 import time
 from collections import Counter
@@ -28,6 +30,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from nkdaemon.core.log import LoggedTransaction
 from nkdaemon.repository.bucket_layout import PIECES, bucket_log, read_segment
@@ -44,7 +47,7 @@ from tests.daemon_harness import (
     keep_writing,
     logged_notes,
 )
-from tests.helpers import cli_process, do_install, engine_for
+from tests.helpers import cli_process, cli_status, do_drain, do_install, engine_for
 from tests.natural_content import differences, natural_content
 from tests.s3 import (
     Exchange,
@@ -179,11 +182,16 @@ def test_store_killed_under_load_spools_reports_and_uploads_the_backlog_once(
                 lambda: [r for r in lagging(daemon) if "last upload failed" in r],
             )
             assert "cannot reach the S3 endpoint" in reasons[0], reasons
-            during = daemon.status()
+            during = daemon.wait_for(
+                "capture to go on while the store is down",
+                lambda: (lambda d: d if d["last_lsn"] > before["last_lsn"] else None)(
+                    daemon.status()
+                ),
+            )
             replication = during["replication"]
             assert replication["error"] and replication["lag_bytes"] > 0, replication
+            assert replication["failing"] is True, replication
             assert replication["lag_seconds"] > 2, replication
-            assert during["last_lsn"] > before["last_lsn"], "capture goes on"
             said = cli_process(config, "status", env=environment(server))
             assert said.returncode == 1, said.stdout + said.stderr
             assert "replication is failing" in said.stderr, said.stderr
@@ -203,6 +211,7 @@ def test_store_killed_under_load_spools_reports_and_uploads_the_backlog_once(
         # the replication job may be in a backoff of up to MAX_BACKOFF (30 s)
         daemon.wait_for("the backlog to go up", lambda: caught_up(daemon), timeout=90)
         daemon.wait_for("/readyz 200", lambda: daemon.ready()[0] == 200)
+        assert daemon.status()["replication"]["failing"] is False
         last = daemon.status()["last_lsn"]
         daemon.wait_for(
             "/metrics to show the bucket caught up",
@@ -352,3 +361,112 @@ def test_sigkill_mid_upload_loses_and_doubles_nothing(
     met = [e for e in proxy.seen if e.path.split("?")[0] == piece and e.status in (204, 412)]
     assert met, f"nothing came back to {piece}"
     assert daemon.stop() == 0
+
+
+# --- the spool's disk full ------------------------------------------------------------------
+
+pad_metadata = sa.MetaData()
+pad = sa.Table(
+    "pad",
+    pad_metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(40), nullable=False, unique=True),
+    sa.Column("body", sa.Text, nullable=False),
+)
+HEADROOM = 1024  # bytes the open segment may still grow under the file size limit
+
+
+def limit_file_size(limit: int) -> Callable[[], None]:
+    """A full disk for the daemon's files (RLIMIT_FSIZE, as tests/e2e/test_daemon_faults
+    does it): a write past ``limit`` bytes fails with EFBIG, not a signal."""
+
+    def apply() -> None:  # in the child, before exec
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        _soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+
+    return apply
+
+
+def test_full_spool_disk_keeps_changes_queued_and_the_bucket_consistent(
+    tmp_path: Path, daemons: Daemons, s3_server: S3Server, pg_url: str
+) -> None:
+    """The spool's disk full under a daemon replicating to a bucket behaves as a full
+    repository disk does: the changes wait in the source queue, /readyz and /status name
+    the repository; the bucket keeps exactly the spool's durable bytes meanwhile (never a
+    torn write); once there is room, everything is logged and uploaded once."""
+    engine = engine_for(pg_url)
+    banking.create(engine)
+    pad_metadata.create_all(engine)
+    bucket = s3_server.new_bucket()
+    config = daemon_config(tmp_path, pg_url)
+    config.write_text(
+        config.read_text().replace(
+            "[repository]\n",
+            f'[repository]\nurl = "s3://{bucket}/{PREFIX}"\n'
+            f'endpoint_url = "{s3_server.endpoint}"\npath_style = true\n'
+            'upload_interval = "300ms"\n',
+        )
+    )
+    settings = load_settings(config)
+    do_install(settings)
+    rng, tally = random.Random(5), banking.Tally()
+    with engine.begin() as conn:  # a big open segment: the limit is set just above it
+        conn.execute(
+            pad.insert(),
+            [{"name": f"pad-{i}", "body": rng.randbytes(9000).hex()} for i in range(60)],
+        )
+        conn.execute(banking.ledger.insert().values(note="pad", account_id=None, amount=0))
+    tally.add("pad", True)
+    do_drain(settings)
+    spool = settings.repository.path
+    (segment,) = (spool / "log").glob("*.nkdlog")
+    limit = segment.stat().st_size + HEADROOM
+    others = {p.name: p.stat().st_size for p in spool.rglob("*") if p.is_file() and p != segment}
+    assert max(others.values()) < limit // 3, f"other files must stay below {limit}: {others}"
+
+    daemon = daemons(
+        config,
+        env={**environment(s3_server), "AWS_MAX_ATTEMPTS": "2"},
+        preexec_fn=limit_file_size(limit),
+    )
+    daemon.wait_ready()
+    daemon.wait_for("the first upload", lambda: caught_up(daemon))
+    writers = [
+        threading.Thread(target=banking.writer, args=(engine, n, 40, tally, 23)) for n in range(2)
+    ]
+    for thread in writers:
+        thread.start()
+    for thread in writers:
+        thread.join()
+    _code, reasons = daemon.wait_for(
+        "/readyz 503 naming the repository",
+        lambda: (lambda r: r if r[0] == 503 and any("repository" in x for x in r[1]) else None)(
+            daemon.ready()
+        ),
+    )
+    assert any(reason.startswith("repository: ") for reason in reasons), reasons
+    status = daemon.status()
+    assert status["repository_error"], status
+    assert cli_status(config, exit_codes=(0, 1))["queue_depth"] > 0
+    assert segment.stat().st_size <= limit
+    # the bucket meanwhile: what the spool made durable, nothing of the failed writes
+    daemon.wait_for("the bucket to hold the spool's durable log", lambda: caught_up(daemon))
+    store = bucket_store(s3_server, bucket)
+    assert_bucket_is_the_spool(spool, store)
+    assert daemon.status()["replication"]["error"] is None
+    assert not [r for r in daemon.ready()[1] if "replication" in r]
+
+    resource.prlimit(
+        daemon.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY)
+    )
+    daemon.wait_for(
+        "the queue to drain and the bucket to catch up",
+        lambda: cli_status(config, exit_codes=(0, 1))["queue_depth"] == 0 and caught_up(daemon),
+        timeout=60,
+    )
+    daemon.wait_ready(timeout=60)
+    assert daemon.stop() == 0
+    assert len(tally.committed) > 40 and tally.rolled_back
+    assert_bucket_is_the_spool(spool, store)
+    assert sorted(bucket_notes(store)) == sorted(tally.committed) == sorted(logged_notes(settings))

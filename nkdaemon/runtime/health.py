@@ -121,7 +121,7 @@ class HealthState:
         if lag <= limit:
             return []
         reason = (
-            f"replication lag {lag:.0f} s ({replication['lag_bytes']} bytes) exceeds "
+            f"replication lag {lag:.1f} s ({replication['lag_bytes']} bytes) exceeds "
             f"max_replication_lag {limit:.0f} s"
         )
         error = replication.get("error")

@@ -163,7 +163,7 @@ def _replication_part(
     if replication["failing"]:
         status["errors"].append(
             f"replication is failing: the bucket has lacked {replication['lag_bytes']} bytes "
-            f"of the spool for {lag:.0f} s, longer than [health] max_replication_lag "
+            f"of the spool for {lag:.1f} s, longer than [health] max_replication_lag "
             f"({max_lag:.0f} s); last upload {replication['last_upload'] or 'never'}. "
             "The daemon's /readyz and its log say why; capture goes on into the spool, and "
             "the backlog goes up once the store answers"

@@ -9,21 +9,25 @@ configuration that names the bucket (no [source], no spool), reading a real buck
 - Damage the input (the bucket's log end deleted): status no longer claims a position.
 - A bucket that holds no repository, or a bucket that does not exist: a clear message
   saying what is wrong and what to do, exit 1, no traceback.
+- And on the daemon's machine, where status reads the spool: a bucket behind it for
+  longer than max_replication_lag makes status say replication is failing, exit 1.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from nkdaemon.repository.s3_store import S3Store
+from nkdaemon.runtime.config import load_settings
 from nkdaemon.services.replicate import Replicator
-from tests.helpers import run_cli
-from tests.integration.test_replicate import drained, spool_for
+from tests.helpers import do_drain, run_cli
+from tests.integration.test_replicate import add_notes, drained, spool_for
 from tests.integration.test_restore_from_bucket import fresh_machine
 from tests.s3 import S3Server
 
@@ -38,26 +42,31 @@ def aws_chain(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> dict[str,
     return s3_server.environment()
 
 
+def replicator(tmp_path: Path, server: S3Server, bucket: str, **options: Any) -> Replicator:
+    return Replicator(
+        spool=tmp_path / "origin" / "repo",
+        bucket=S3Store(bucket, "edms", endpoint_url=server.endpoint, path_style=True),
+        **options,
+    )
+
+
 def replicated(tmp_path: Path, server: S3Server) -> tuple[Path, str, datetime]:
     """A spool with three drains, a snapshot and two more drains, replicated after the
     fourth and the fifth; its configuration, the bucket, and an instant between them."""
     (tmp_path / "origin").mkdir()
     url, config = spool_for(tmp_path / "origin")
     bucket = server.new_bucket()
-    replicator = Replicator(
-        spool=tmp_path / "origin" / "repo",
-        bucket=S3Store(bucket, "edms", endpoint_url=server.endpoint, path_style=True),
-    )
+    uploads = replicator(tmp_path, server, bucket)
     for round_ in range(3):
         drained(url, config, round_ * 10, 10)
     assert run_cli(config, "snapshot").exit_code == 0
     drained(url, config, 30, 5)
-    replicator.run_once()
+    uploads.run_once()
     time.sleep(0.01)
     then = datetime.now(UTC)
     time.sleep(0.01)
     drained(url, config, 100, 5)
-    replicator.run_once()
+    uploads.run_once()
     return config, bucket, then
 
 
@@ -107,6 +116,40 @@ def test_status_and_export_read_the_bucket_with_nothing_but_its_configuration(
     S3Store(bucket, "edms", endpoint_url=s3_server.endpoint, path_style=True).delete("log/end.json")
     code, after = status_json(fresh)
     assert after["last_lsn"] == 0 and after["log_bytes"] == 0, after
+
+
+def test_status_on_the_spool_says_replication_is_failing_past_max_replication_lag(
+    tmp_path: Path, s3_server: S3Server, aws_chain: dict[str, str]
+) -> None:
+    """On the daemon's machine status reads the spool: a bucket behind it for longer than
+    [health] max_replication_lag (10 minutes here, by the replicator's clock) is a
+    problem, exit 1, until a round uploads the backlog."""
+    origin, bucket, _then = replicated(tmp_path, s3_server)
+    origin.write_text(
+        origin.read_text().replace(
+            "[repository]\n",
+            f'[repository]\nurl = "s3://{bucket}/edms"\nendpoint_url = "{s3_server.endpoint}"\n'
+            "path_style = true\n",
+            1,
+        )
+    )
+    settings = load_settings(origin)
+    code, caught_up = status_json(origin)
+    assert code == 0, caught_up
+    assert caught_up["replication"]["lag_bytes"] == 0  # type: ignore[index]
+    assert caught_up["replication"]["failing"] is False  # type: ignore[index]
+    add_notes(settings.source.url, 200, 5)
+    do_drain(settings)
+    ago = datetime.now(UTC) - timedelta(minutes=10)
+    replicator(tmp_path, s3_server, bucket, clock=lambda: ago).note_backlog()
+    behind = run_cli(origin, "status")
+    assert behind.exit_code == 1, behind.output
+    assert "replication is failing" in behind.stderr and "max_replication_lag" in behind.stderr
+    assert "behind by 6" in behind.stdout, behind.stdout  # 600 s and more
+    replicator(tmp_path, s3_server, bucket).run_once()
+    code, after = status_json(origin)
+    assert code == 0, after
+    assert after["replication"]["failing"] is False  # type: ignore[index]
 
 
 @pytest.mark.parametrize("command", [("status",), ("export", "--latest")])

@@ -90,13 +90,11 @@ def export_command(
 
 
 def _last_logged(session: Session) -> datetime | None:
-    """The latest instant the log read holds: the spool's checkpoint, or (read from the
-    bucket, on a machine with no spool) the durable end the bucket's log reaches."""
-    if session.from_bucket:
-        end = session.log_store.durable_end()
-        return None if end is None else end.covered_until()
-    checkpoint = session.state.checkpoint()
-    return datetime.fromisoformat(checkpoint.commit_time) if checkpoint.commit_time else None
+    """The latest instant the log read (spool or bucket) holds every change up to: its
+    durable end's last commit, or the later time a drain found the queue empty (a quiet
+    source); as restore takes it."""
+    end = session.log_store.durable_end()
+    return None if end is None else end.covered_until()
 
 
 def _to_stderr(message: str) -> None:

@@ -152,6 +152,31 @@ def test_status_on_the_spool_says_replication_is_failing_past_max_replication_la
     assert after["replication"]["failing"] is False  # type: ignore[index]
 
 
+def test_export_at_a_quiet_instant_the_log_is_complete_through(
+    tmp_path: Path, s3_server: S3Server, aws_chain: dict[str, str]
+) -> None:
+    """A time after the last commit that a drain has since covered (a quiet source) is a
+    restore point for export as for restore, from the spool and from the bucket alike."""
+    origin, bucket, _then = replicated(tmp_path, s3_server)
+    fresh = fresh_machine(tmp_path, s3_server, bucket)
+    settings = load_settings(origin)
+    add_notes(settings.source.url, 300, 3)
+    time.sleep(0.05)
+    quiet = datetime.now(UTC).isoformat()  # after the last commit, before the drain
+    time.sleep(0.05)
+    do_drain(settings)
+    replicator(tmp_path, s3_server, bucket).run_once()
+    exported = []
+    for config in (origin, fresh):
+        config.write_text(config.read_text() + MODELS)
+        out = tmp_path / f"quiet-{len(exported)}.json"
+        done = run_cli(config, "export", "--at", quiet, "-o", str(out))
+        assert done.exit_code == 0, done.output
+        exported.append(out.read_bytes())
+    assert exported[0] == exported[1]
+    assert sum(1 for o in json.loads(exported[0]) if o["model"] == "notes.note") == 43
+
+
 @pytest.mark.parametrize("command", [("status",), ("export", "--latest")])
 @pytest.mark.parametrize("which", ["empty", "missing"])
 def test_a_bucket_without_a_repository_stops_with_one_clear_line(

@@ -6,7 +6,7 @@ configuration that names the bucket (no [source], no spool), reading a real buck
   it is replicated to, the log's size; the same figures the spool's own status shows.
 - `export` writes the same fixture from the bucket as from the spool, at the latest
   instant and at one between two drains.
-- Damage the input (the bucket's log end deleted): status no longer claims a position.
+- Damage the input (the bucket's log ends deleted): status no longer claims a position.
 - A bucket that holds no repository, or a bucket that does not exist: a clear message
   saying what is wrong and what to do, exit 1, no traceback.
 - And on the daemon's machine, where status reads the spool: a bucket behind it for
@@ -113,7 +113,11 @@ def test_status_and_export_read_the_bucket_with_nothing_but_its_configuration(
 
     # damage the input: without the bucket's log end, status no longer claims a position
     # (it reads the bucket, it does not make the figures up)
-    S3Store(bucket, "edms", endpoint_url=s3_server.endpoint, path_style=True).delete("log/end.json")
+    held = S3Store(bucket, "edms", endpoint_url=s3_server.endpoint, path_style=True)
+    ends = held.list("log/end")  # log/end.json, and the end markers log/ends/... if any
+    assert ends
+    for name in ends:
+        held.delete(name)
     code, after = status_json(fresh)
     assert after["last_lsn"] == 0 and after["log_bytes"] == 0, after
 

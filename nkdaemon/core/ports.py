@@ -232,8 +232,9 @@ class RepositoryStore(Protocol):
     an object, once written, is durable when the method that wrote it returns; a crash
     in between leaves no visible object. ``write_if_absent`` never overwrites, so objects
     written with it (log segments, snapshot files and manifests) are immutable; only the
-    small mutable records (``log/end.json``, a snapshot's ``checked.json``) are written
-    with ``replace``.
+    small mutable records of a local repository (``log/end.json``, a snapshot's
+    ``checked.json``) are written with ``replace``. A bucket store refuses ``replace``:
+    nothing in a bucket is overwritten (its durable end is a series of new objects).
 
     Concurrency: methods may be called from several threads and processes at once. Of
     two ``write_if_absent`` calls for one name, exactly one succeeds; of two ``replace``
@@ -264,8 +265,8 @@ class RepositoryStore(Protocol):
         raised while reading ``data`` is raised again, and nothing is stored."""
 
     def replace(self, name: str, data: bytes) -> None:
-        """Store ``data`` under ``name``, replacing any object there in one step (object
-        storage: a plain put, which versions the object where the bucket keeps versions)."""
+        """Store ``data`` under ``name``, replacing any object there in one step. A store
+        whose objects are never overwritten (a bucket) raises RepositoryError instead."""
 
     def delete(self, name: str) -> None:
         """Remove the object; a missing one is not an error (it is gone either way)."""

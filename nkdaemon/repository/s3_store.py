@@ -4,7 +4,8 @@ An object is the key ``PREFIX/NAME``. Every write carries a SHA-256 that the ser
 against the bytes it received and echoes back; the echo must match what was sent, so no
 write is done without a checksum-confirmed answer.
 
-``write_if_absent`` is one PutObject with ``If-None-Match: *``: the server refuses it with
+Nothing is ever overwritten: ``replace`` is refused, and ``write_if_absent`` is one
+PutObject with ``If-None-Match: *``: the server refuses it with
 412 when the key exists, so of two writers exactly one wins, with no lock. A stream is
 read into memory up to one part; a longer one is spooled to a temporary file (hashed on
 the way) and still sent in one conditional put, up to S3's limit for one put (5 GiB).
@@ -165,7 +166,14 @@ class S3Store:
             self._claim(name, key, checksum, "put_object", IfNoneMatch="*", **sent)
 
     def replace(self, name: str, data: bytes) -> None:
-        self._put(name, self.key(name), data)
+        """Refused: nothing in a bucket is ever overwritten (a bucket under object lock,
+        or a policy against overwrites, would refuse it too). A record that changes is a
+        new object each time (the durable end: log_end.end_marker)."""
+        raise S3StoreError(
+            f"{self.describe(name)}: objects in a bucket are written once, never replaced",
+            hint="this is a bug in nkdaemon: a record that changes must be written as a "
+            "new object (write_if_absent); please report it",
+        )
 
     def delete(self, name: str) -> None:
         # S3 answers a delete of a missing key with success: the port's rule as it is

@@ -161,7 +161,8 @@ def _newest_marker(store: RepositoryStore) -> DurableEnd | None:
             except FileNotFoundError:
                 continue
     raise RepositoryError(
-        f"the end markers in {store.describe(ENDS.rstrip('/'))} were deleted as fast as they were listed",
+        f"the end markers in {store.describe(ENDS.rstrip('/'))} were deleted as fast as "
+        "they were listed",
         hint="something deletes them without writing newer ones; run the command again",
     )
 

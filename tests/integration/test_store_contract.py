@@ -3,9 +3,10 @@
 ``StoreContract`` holds the cases; each implementation subclasses it once and says how to
 make an empty store: the local directory, and a fresh bucket on a real S3 server
 (SeaweedFS, tests/s3.py) under a prefix. ``replace`` is the local store's alone
-(``ReplacingContract``): a bucket store refuses it, nothing in a bucket is overwritten. After the contract, what only the local directory
-has to show: its temporary files, folders and modes, and a read-only folder
-(tests/integration/test_s3_store.py has what only the bucket has to show).
+(``ReplacingContract``): a bucket store refuses it, nothing in a bucket is overwritten.
+After the contract, what only the local directory has to show: its temporary files,
+folders and modes, and a read-only folder (tests/integration/test_s3_store.py has what
+only the bucket has to show).
 
 Crashes are real: a child process is killed with SIGKILL while it writes, its stream
 stalled after the store has taken a first block.

@@ -143,7 +143,7 @@ def read_end(log: Path | RepositoryStore) -> DurableEnd | None:
     except FileNotFoundError:  # ObjectMissingError, whatever the store
         recorded = None
     else:
-        recorded = _decode(END_FILE, raw)
+        recorded = decode_end(END_FILE, raw)
     return furthest([recorded, _newest_marker(store)])
 
 
@@ -157,7 +157,7 @@ def _newest_marker(store: RepositoryStore) -> DurableEnd | None:
             return None
         for name in reversed(listed):
             try:
-                return _decode(name, store.read(name))
+                return decode_end(name, store.read(name))
             except FileNotFoundError:
                 continue
     raise RepositoryError(
@@ -167,7 +167,7 @@ def _newest_marker(store: RepositoryStore) -> DurableEnd | None:
     )
 
 
-def _decode(name: str, raw: bytes) -> DurableEnd:
+def decode_end(name: str, raw: bytes) -> DurableEnd:
     """The durable end recorded by ``raw``, the bytes of end.json or of an end marker."""
     try:
         data = orjson.loads(raw)

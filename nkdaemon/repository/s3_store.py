@@ -15,7 +15,10 @@ Only beyond that is it a multipart upload, and that guard is weaker: completion 
 about one race of fifteen), so a store checks the key just before completing as well,
 which narrows that window without closing it. A failed upload is aborted; a writer
 killed mid-upload leaves an unfinished upload (never an object) for
-``abort_stale_uploads`` or the bucket's lifecycle rule.
+``abort_stale_uploads`` or the bucket's lifecycle rule. A read asks for the object's
+checksum, which botocore checks for an object written in one put; a multipart object's
+checksum of checksums it does not check, so those bytes are checked by their format (a
+snapshot file's SHA-256, a segment's CRCs: docs/FORMAT.md).
 
 Errors are translated in ``repository.s3_errors``. Throttling (503 SlowDown), 5xx
 answers and dropped connections are first retried by botocore's "standard" mode, with

@@ -126,10 +126,11 @@ def surplus_ends(log: RepositoryStore, keep: int = KEEP_ENDS) -> list[str]:
     """What the durable end of the log folder ``log`` no longer needs, oldest first: the
     end markers before the newest ``keep``, and end.json once a marker exists (markers are
     written only after it, each further: end.json is an older release's record)."""
-    markers = log.list(ENDS)
+    listed = log.list("end")  # end.json and the markers in one listing: once per round
+    markers = [n for n in listed if n.startswith(ENDS)]
     if not markers:
         return []
-    legacy = [END_FILE] if END_FILE in log.list(END_FILE) else []
+    legacy = [END_FILE] if END_FILE in listed else []
     return legacy + markers[: max(0, len(markers) - keep)]
 
 

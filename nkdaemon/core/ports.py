@@ -224,9 +224,9 @@ class RepositoryStore(Protocol):
     ``0000000000000001.nkdlog`` or ``20250101T000000000000Z-7/tables/1.jsonl.zst``;
     no part is empty, ``.`` or ``..``, and no part starts with a dot: those names are
     the store's own (temporary files of a write in progress, which no method shows).
-    Implementations: a local directory (``repository.local_store``); an object-storage
-    bucket is the planned second one, so nothing here may depend on directories, renames
-    or appends.
+    Implementations: a local directory (``repository.local_store``) and an S3-compatible
+    bucket (``repository.s3_store``, optionally sealed by ``repository.encrypted_store``),
+    so nothing here may depend on directories, renames or appends.
 
     Atomicity: a reader sees an object whole or not at all, never part of a write, and
     an object, once written, is durable when the method that wrote it returns; a crash

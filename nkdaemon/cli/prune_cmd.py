@@ -30,7 +30,7 @@ def prune_command(app: AppContext, dry_run: bool) -> None:
 def _render(result: PruneResult) -> None:
     plan = result.plan
     verb = "would delete" if result.dry_run else "deleted"
-    for deletion in (*plan.deletions, *result.remains):
+    for deletion in (*plan.deletions, *result.remains, *result.ends):
         click.echo(f"{result.where}: {verb} {deletion.kind} {deletion.name}: {deletion.reason}")
     for deletion in result.held:
         click.echo(f"{result.where}: kept {deletion.kind} {deletion.name}: {deletion.reason}")

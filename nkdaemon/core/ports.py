@@ -224,16 +224,17 @@ class RepositoryStore(Protocol):
     ``0000000000000001.nkdlog`` or ``20250101T000000000000Z-7/tables/1.jsonl.zst``;
     no part is empty, ``.`` or ``..``, and no part starts with a dot: those names are
     the store's own (temporary files of a write in progress, which no method shows).
-    Implementations: a local directory (``repository.local_store``); an object-storage
-    bucket is the planned second one, so nothing here may depend on directories, renames
-    or appends.
+    Implementations: a local directory (``repository.local_store``) and an S3-compatible
+    bucket (``repository.s3_store``, optionally sealed by ``repository.encrypted_store``),
+    so nothing here may depend on directories, renames or appends.
 
     Atomicity: a reader sees an object whole or not at all, never part of a write, and
     an object, once written, is durable when the method that wrote it returns; a crash
     in between leaves no visible object. ``write_if_absent`` never overwrites, so objects
     written with it (log segments, snapshot files and manifests) are immutable; only the
-    small mutable records (``log/end.json``, a snapshot's ``checked.json``) are written
-    with ``replace``.
+    small mutable records of a local repository (``log/end.json``, a snapshot's
+    ``checked.json``) are written with ``replace``. A bucket store refuses ``replace``:
+    nothing in a bucket is overwritten (its durable end is a series of new objects).
 
     Concurrency: methods may be called from several threads and processes at once. Of
     two ``write_if_absent`` calls for one name, exactly one succeeds; of two ``replace``
@@ -264,8 +265,8 @@ class RepositoryStore(Protocol):
         raised while reading ``data`` is raised again, and nothing is stored."""
 
     def replace(self, name: str, data: bytes) -> None:
-        """Store ``data`` under ``name``, replacing any object there in one step (object
-        storage: a plain put, which versions the object where the bucket keeps versions)."""
+        """Store ``data`` under ``name``, replacing any object there in one step. A store
+        whose objects are never overwritten (a bucket) raises RepositoryError instead."""
 
     def delete(self, name: str) -> None:
         """Remove the object; a missing one is not an error (it is gone either way)."""

@@ -63,7 +63,7 @@ class SegmentEntry:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Deletion:
-    kind: Literal["snapshot", "segment"]
+    kind: Literal["snapshot", "segment", "end marker"]  # end marker: a bucket's (prune)
     name: str
     reason: str
 

@@ -4,7 +4,9 @@ and the snapshots' folder, each a RepositoryStore over the bucket's store.
 
 A closed segment is one object ``log/<segment>``; the open one is its pieces
 ``log/pieces/<segment>/<offset>``, which ``read_segment`` concatenates, checking that
-each starts where the one before ended. Both views are read-only.
+each starts where the one before ended. The durable end is in the end markers
+``log/ends/`` (repository/log_end.py), or in ``log/end.json`` where an older release
+wrote the bucket. Both views are read-only.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import IO
 from nkdaemon.core.errors import RepositoryError
 from nkdaemon.core.ports import ReadableBytes, RepositoryStore
 from nkdaemon.repository.layout import MARKER
+from nkdaemon.repository.log_end import END_FILE, ENDS
 from nkdaemon.repository.log_format import SUFFIX
 from nkdaemon.repository.segments import SegmentLog
 
@@ -84,21 +87,20 @@ class Within:
 
 class BucketLog:
     """The bucket's ``log/`` as the log folder a SegmentLog reads: segments by name
-    (whole, or assembled from their pieces) and ``end.json``. Read-only."""
+    (whole, or assembled from their pieces), the end markers and ``end.json``. Read-only."""
 
     def __init__(self, bucket: RepositoryStore) -> None:
         self._bucket = bucket
 
-    def _segments(self) -> set[str]:
-        names = {n.removeprefix("log/") for n in self._bucket.list("log/")}
+    def list(self, prefix: str = "") -> list[str]:
+        # segments held as pieces are named by the folder of their pieces: the whole
+        # log folder is listed, but for the end markers alone (read_end lists them often)
+        folder = f"log/{prefix}" if prefix.startswith(ENDS) else "log/"
+        names = {n.removeprefix("log/") for n in self._bucket.list(folder)}
         whole = {n for n in names if "/" not in n and n.endswith(SUFFIX)}
         pieces = {n.split("/")[1] for n in names if n.startswith("pieces/") and n.count("/") == 2}
-        return whole | pieces
-
-    def list(self, prefix: str = "") -> list[str]:
-        names = self._segments()
-        names |= {n for n in ("end.json",) if f"log/{n}" in self._bucket.list(f"log/{n}")}
-        return sorted(n for n in names if n.startswith(prefix))
+        ends = {n for n in names if n == END_FILE or n.startswith(ENDS)}
+        return sorted(n for n in whole | pieces | ends if n.startswith(prefix))
 
     def size(self, name: str) -> int:
         return len(self.read(name)) if name.endswith(SUFFIX) else self._bucket.size(f"log/{name}")

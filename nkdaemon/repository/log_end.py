@@ -6,6 +6,13 @@ the log before that point was made durable, so invalid bytes there are damage, n
 write in progress; and a log that stops before it has lost records. ``end.json`` lives in
 the log folder so that a copy of ``log/`` and ``snapshots/`` without state.db (the
 off-site case) still carries it.
+
+A bucket is never written over, so there the durable end is a series of immutable
+**end markers** ``log/ends/<lsn>-<complete_through>.json`` (same contents as end.json),
+named so that the newest name is the furthest end. Readers of any log folder take the
+furthest of ``end.json`` and the newest readable marker (a bucket written by an older
+release has only ``end.json``); the replicator keeps the newest few markers and deletes
+the rest, so a reader that finds a listed marker gone falls back to the next one listed.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +33,10 @@ from nkdaemon.repository.state import Checkpoint
 
 END_FILE = "end.json"
 END_FORMAT = 1
+ENDS = "ends/"  # the end markers' folder, in the log folder
+KEEP_ENDS = 2  # markers the replicator keeps: the newest, and one for a reader racing it
+_NO_TIME = "00000000T000000000000Z"  # a marker of an end without complete_through
+_LISTINGS = 3  # a reader lists again when every marker it listed is gone (deleted since)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -77,7 +88,14 @@ def write_end(log: Path | RepositoryStore, checkpoint: Checkpoint) -> None:
 
     A file claiming bytes that are not durable cannot be: this is called only after the
     log's fsync. Should a crash lose the new end, the previous end.json (or none) is still
-    there, and an earlier end is a true lower bound."""
+    there, and an earlier end is a true lower bound. A bucket takes end markers instead
+    (``end_marker``): nothing in it is replaced."""
+    as_store(log).replace(END_FILE, encode_end(checkpoint))
+
+
+def encode_end(checkpoint: Checkpoint) -> bytes:
+    """The bytes of end.json, or of an end marker, recording ``checkpoint``: the same
+    checkpoint always gives the same bytes."""
     fields: dict[str, Any] = {
         "format": END_FORMAT,
         "lsn": checkpoint.lsn,
@@ -88,18 +106,70 @@ def write_end(log: Path | RepositoryStore, checkpoint: Checkpoint) -> None:
         "complete_through": checkpoint.complete_through,
     }
     body = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
-    data = orjson.dumps({**fields, "crc32": zlib.crc32(body)}, option=orjson.OPT_INDENT_2)
-    as_store(log).replace(END_FILE, data)
+    return orjson.dumps({**fields, "crc32": zlib.crc32(body)}, option=orjson.OPT_INDENT_2)
+
+
+def end_marker(checkpoint: Checkpoint) -> tuple[str, bytes]:
+    """The name (in the log folder) and bytes of the end marker recording ``checkpoint``.
+
+    Names sort as the ends they record: by lsn (16 digits, as segment names), then by
+    ``complete_through`` in UTC (which never goes back), so the last name is the furthest
+    end and the latest time up to which the log is complete."""
+    through = checkpoint.complete_through
+    stamp = _NO_TIME
+    if through:
+        stamp = datetime.fromisoformat(through).astimezone(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    return f"{ENDS}{checkpoint.lsn:016d}-{stamp}.json", encode_end(checkpoint)
+
+
+def surplus_ends(log: RepositoryStore, keep: int = KEEP_ENDS) -> list[str]:
+    """What the durable end of the log folder ``log`` no longer needs, oldest first: the
+    end markers before the newest ``keep``, and end.json once a marker exists (markers are
+    written only after it, each further: end.json is an older release's record)."""
+    listed = log.list("end")  # end.json and the markers in one listing: once per round
+    markers = [n for n in listed if n.startswith(ENDS)]
+    if not markers:
+        return []
+    legacy = [END_FILE] if END_FILE in listed else []
+    return legacy + markers[: max(0, len(markers) - keep)]
 
 
 def read_end(log: Path | RepositoryStore) -> DurableEnd | None:
-    """The durable end ``log/end.json`` records (``log``: the log folder's path or store);
-    None when there is none (a repository written by an older release). Raises
-    RepositoryError when the file is damaged."""
+    """The durable end the log folder records (``log``: its path or store): the furthest
+    of ``end.json`` and the newest end marker; None when there is neither (a repository
+    written by an older release). Raises RepositoryError when the one read is damaged."""
+    store = as_store(log)
     try:
-        raw = as_store(log).read(END_FILE)
+        raw = store.read(END_FILE)
     except FileNotFoundError:  # ObjectMissingError, whatever the store
-        return None
+        recorded = None
+    else:
+        recorded = decode_end(END_FILE, raw)
+    return furthest([recorded, _newest_marker(store)])
+
+
+def _newest_marker(store: RepositoryStore) -> DurableEnd | None:
+    """The end the newest end marker records. A marker listed but gone when read was
+    deleted meanwhile, after a newer one was written: the next one listed is read, and
+    when every one listed is gone, the folder is listed again."""
+    for _ in range(_LISTINGS):
+        listed = store.list(ENDS)
+        if not listed:
+            return None
+        for name in reversed(listed):
+            try:
+                return decode_end(name, store.read(name))
+            except FileNotFoundError:
+                continue
+    raise RepositoryError(
+        f"the end markers in {store.describe(ENDS.rstrip('/'))} were deleted as fast as "
+        "they were listed",
+        hint="something deletes them without writing newer ones; run the command again",
+    )
+
+
+def decode_end(name: str, raw: bytes) -> DurableEnd:
+    """The durable end recorded by ``raw``, the bytes of end.json or of an end marker."""
     try:
         data = orjson.loads(raw)
         crc = data.pop("crc32")
@@ -111,19 +181,20 @@ def read_end(log: Path | RepositoryStore) -> DurableEnd | None:
             position=int(data["position"]),
             commit_time=data["commit_time"],
             complete_through=data["complete_through"],
-            origin=f"log/{END_FILE}",
+            origin=f"log/{name}",
         )
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
         intact = False
     if not intact:
         raise RepositoryError(
-            f"log/{END_FILE}, which records where the durable log ends, is damaged",
-            hint="the next `nkdaemon drain` rewrites it; on a copy, copy it again from the "
-            "repository, or restore with --allow-truncated-log",
+            f"log/{name}, which records where the durable log ends, is damaged",
+            hint="the next `nkdaemon drain` rewrites end.json, and the next upload round "
+            "writes a newer end marker; on a copy, copy it again from the repository, or "
+            "restore with --allow-truncated-log",
         )
     if int(data.get("format", 0)) > END_FORMAT:
         raise RepositoryError(
-            f"log/{END_FILE} has format {data['format']}; this release reads up to {END_FORMAT}",
+            f"log/{name} has format {data['format']}; this release reads up to {END_FORMAT}",
             hint="upgrade nkdaemon",
         )
     return end

@@ -4,7 +4,8 @@ An object is the key ``PREFIX/NAME``. Every write carries a SHA-256 that the ser
 against the bytes it received and echoes back; the echo must match what was sent, so no
 write is done without a checksum-confirmed answer.
 
-``write_if_absent`` is one PutObject with ``If-None-Match: *``: the server refuses it with
+Nothing is ever overwritten: ``replace`` is refused, and ``write_if_absent`` is one
+PutObject with ``If-None-Match: *``: the server refuses it with
 412 when the key exists, so of two writers exactly one wins, with no lock. A stream is
 read into memory up to one part; a longer one is spooled to a temporary file (hashed on
 the way) and still sent in one conditional put, up to S3's limit for one put (5 GiB).
@@ -14,7 +15,10 @@ Only beyond that is it a multipart upload, and that guard is weaker: completion 
 about one race of fifteen), so a store checks the key just before completing as well,
 which narrows that window without closing it. A failed upload is aborted; a writer
 killed mid-upload leaves an unfinished upload (never an object) for
-``abort_stale_uploads`` or the bucket's lifecycle rule.
+``abort_stale_uploads`` or the bucket's lifecycle rule. A read asks for the object's
+checksum, which botocore checks for an object written in one put; a multipart object's
+checksum of checksums it does not check, so those bytes are checked by their format (a
+snapshot file's SHA-256, a segment's CRCs: docs/FORMAT.md).
 
 Errors are translated in ``repository.s3_errors``. Throttling (503 SlowDown), 5xx
 answers and dropped connections are first retried by botocore's "standard" mode, with
@@ -165,7 +169,14 @@ class S3Store:
             self._claim(name, key, checksum, "put_object", IfNoneMatch="*", **sent)
 
     def replace(self, name: str, data: bytes) -> None:
-        self._put(name, self.key(name), data)
+        """Refused: nothing in a bucket is ever overwritten (a bucket under object lock,
+        or a policy against overwrites, would refuse it too). A record that changes is a
+        new object each time (the durable end: log_end.end_marker)."""
+        raise S3StoreError(
+            f"{self.describe(name)}: objects in a bucket are written once, never replaced",
+            hint="this is a bug in nkdaemon: a record that changes must be written as a "
+            "new object (write_if_absent); please report it",
+        )
 
     def delete(self, name: str) -> None:
         # S3 answers a delete of a missing key with success: the port's rule as it is

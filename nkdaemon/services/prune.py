@@ -10,10 +10,12 @@ keeps every state in between restorable:
 2. then segments, oldest first: every snapshot left by step 1 starts after them.
 
 Never deleted: the newest snapshot, anything after it, the segment holding the durable
-end (the open one) and anything after it, ``log/end.json``, imported snapshots (the
-repository is their only copy). A spool replicated to a bucket gives up only what the
-bucket already holds (``replication.json``); a segment is then kept while any snapshot
-older than it is kept, so a kept snapshot never loses the log after it.
+end (the open one) and anything after it, ``log/end.json`` of a local repository, the
+newest end markers of a bucket (older ones go, as the replicator deletes them: see
+repository/log_end), imported snapshots (the repository is their only copy). A spool
+replicated to a bucket gives up only what the bucket already holds
+(``replication.json``); a segment is then kept while any snapshot older than it is kept,
+so a kept snapshot never loses the log after it.
 """
 
 from __future__ import annotations
@@ -34,9 +36,9 @@ from nkdaemon.core.retention import (
     SnapshotEntry,
     plan_prune,
 )
-from nkdaemon.repository.bucket_layout import PIECES, BucketLog, bucket_snapshots
+from nkdaemon.repository.bucket_layout import PIECES, BucketLog, Within, bucket_snapshots
 from nkdaemon.repository.local_store import LocalStore
-from nkdaemon.repository.log_end import read_end
+from nkdaemon.repository.log_end import KEEP_ENDS, read_end, surplus_ends
 from nkdaemon.repository.log_format import SUFFIX
 from nkdaemon.repository.snapshots import SnapshotInfo, delete_snapshot, list_snapshots
 from nkdaemon.services.replicate import load_progress, spool_end
@@ -59,6 +61,7 @@ class PruneSide:
     end_segment: str | None
     delete_segment: Callable[[str], None]
     releasable: Callable[[Deletion], bool] = lambda _deletion: True
+    ends: RepositoryStore | None = None  # a bucket's log folder: its surplus end markers go
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,6 +76,8 @@ class PruneResult:
     dry_run: bool
     # files of snapshots whose removal was interrupted (no manifest), older than the kept
     remains: tuple[Deletion, ...] = ()
+    # a bucket's end markers that newer ones supersede (and an older release's end.json)
+    ends: tuple[Deletion, ...] = ()
 
 
 def local_side(path: Path, *, replicated: bool, where: str = "repository") -> PruneSide:
@@ -106,6 +111,7 @@ def bucket_side(bucket: RepositoryStore) -> PruneSide:
         log=log_store,
         end_segment=None if end is None else end.segment,
         delete_segment=delete_segment,
+        ends=Within(bucket, "log/"),
     )
 
 
@@ -119,11 +125,20 @@ def prune(
         snapshots = [s for s in listed if s.imported is None]
         plan, held = plan_side(side, snapshots, policy, now)
         remains = _remains(side, listed, plan)
+        ends = _surplus_ends(side)
         if not dry_run:
             _delete(side, plan, snapshots)
             _delete_remains(side, remains)
+            _delete_ends(side, ends)
         results.append(
-            PruneResult(where=side.where, plan=plan, held=held, dry_run=dry_run, remains=remains)
+            PruneResult(
+                where=side.where,
+                plan=plan,
+                held=held,
+                dry_run=dry_run,
+                remains=remains,
+                ends=ends,
+            )
         )
     return results
 
@@ -215,6 +230,23 @@ def _delete_remains(side: PruneSide, remains: Sequence[Deletion]) -> None:
         for name in side.snapshots.list(f"{deletion.name}/"):
             side.snapshots.delete(name)
         log.info("prune.deleted_remains", where=side.where, name=deletion.name)
+
+
+def _surplus_ends(side: PruneSide) -> tuple[Deletion, ...]:
+    if side.ends is None:
+        return ()
+    why = f"superseded: a newer end marker records a further durable end ({KEEP_ENDS} kept)"
+    return tuple(
+        Deletion(kind="end marker", name=f"log/{name}", reason=why)
+        for name in surplus_ends(side.ends)
+    )
+
+
+def _delete_ends(side: PruneSide, ends: Sequence[Deletion]) -> None:
+    for deletion in ends:
+        assert side.ends is not None, "only a side with end markers has surplus ones"
+        side.ends.delete(deletion.name.removeprefix("log/"))
+        log.info("prune.deleted", where=side.where, kind=deletion.kind, name=deletion.name)
 
 
 def _in_bucket(spool: LocalStore) -> Callable[[Deletion], bool]:

@@ -10,17 +10,19 @@ repository in a bucket"). One round (``Replicator.run_once``) uploads, in order:
 3. the open segment's durable bytes not yet uploaded, as one more piece
    ``log/pieces/<segment>/<first byte's offset, 12 digits>``; a reader concatenates a
    segment's pieces in order of their offsets;
-4. ``log/end.json``, the durable end the uploaded log reaches (never beyond it);
+4. an end marker ``log/ends/<lsn>-<complete_through>.json``: the durable end the
+   uploaded log reaches (never beyond it), written after the bytes it covers; then the
+   markers before the newest two (and an older release's ``log/end.json``) are deleted;
 5. each complete local snapshot not yet uploaded: its files, then its manifest.
 
-Every data object is written with ``write_if_absent`` (never overwritten), and counted
-done only once the store has confirmed the write (S3Store: the SHA-256 the server
-checked). An object that already exists (an upload whose confirmation was lost to a
-crash) is compared with the spool's bytes: the same bytes count as uploaded, other bytes
-raise ReplicationConflict (another repository writes to the same prefix). What has been
-uploaded is recorded in the spool's ``replication.json`` after each object, so a restart
-neither uploads again nor skips anything. Only ``log/end.json`` is replaced in place,
-like the local one: it is a lower bound, written after the bytes it covers.
+Every object is written with ``write_if_absent``, never overwritten (a bucket with object
+lock or a policy refusing overwrites takes it), and counted done only once the store has
+confirmed the write (S3Store: the SHA-256 the server checked). An object that already
+exists (an upload whose confirmation was lost to a crash) is compared with the spool's
+bytes: the same bytes count as uploaded, other bytes raise ReplicationConflict (another
+repository writes to the same prefix). What has been uploaded is recorded in the spool's
+``replication.json`` after each object, so a restart neither uploads again nor skips
+anything.
 """
 
 from __future__ import annotations
@@ -40,7 +42,13 @@ from nkdaemon.core.ports import ObjectExistsError, RepositoryStore
 from nkdaemon.repository.bucket_layout import PIECES, Within
 from nkdaemon.repository.layout import MARKER
 from nkdaemon.repository.local_store import LocalStore
-from nkdaemon.repository.log_end import DurableEnd, furthest, read_end, write_end
+from nkdaemon.repository.log_end import (
+    DurableEnd,
+    end_marker,
+    furthest,
+    read_end,
+    surplus_ends,
+)
 from nkdaemon.repository.log_format import SUFFIX
 from nkdaemon.repository.snapshots import CHECKED, MANIFEST
 from nkdaemon.repository.state import Checkpoint, read_checkpoint
@@ -79,7 +87,7 @@ class Progress:
 
     ``whole``: segments uploaded whole; ``open_segment``/``open_offset``: the segment
     uploaded as pieces, and how many of its bytes; ``end``: the durable end last written
-    to the bucket's ``log/end.json``; ``snapshots``: the ids uploaded whole (manifest
+    to the bucket (its newest end marker); ``snapshots``: the ids uploaded whole (manifest
     included); ``uploaded_bytes``: every byte uploaded, ever; ``behind_since``: when the
     replicator first found bytes it had not uploaded (None: it is caught up)."""
 
@@ -231,8 +239,31 @@ class Replicator:
         while self.progress.uploaded_of(end.segment) < end.offset:
             self._upload_piece(end.segment, end.offset)
         if self.progress.end != _end_fields(end):
-            write_end(Within(self.bucket, "log/"), _checkpoint(end))
+            self._upload_end(end)
             self._record(end=_end_fields(end))
+            self._trim_ends()
+
+    def _upload_end(self, end: DurableEnd) -> None:
+        """Write the end marker of ``end``; one already there with the same bytes (written
+        before a crash lost our record of it) is the same end, written."""
+        name, data = end_marker(_checkpoint(end))
+        try:
+            self.bucket.write_if_absent(f"log/{name}", data)
+        except ObjectExistsError:
+            if self.bucket.read(f"log/{name}") != data:
+                raise ReplicationConflict(
+                    f"{self.bucket.describe(f'log/{name}')} exists with another durable end "
+                    f"than the spool's ({end.describe()})",
+                    hint="another repository writes to this bucket and prefix: give each "
+                    "repository its own [repository] url",
+                ) from None
+        log.debug("replicate.end", marker=name, lsn=end.lsn)
+
+    def _trim_ends(self) -> None:
+        """Delete the end markers the newest ones supersede (a reader that listed one
+        reads the next; see log_end), once the newest is confirmed."""
+        for name in surplus_ends(Within(self.bucket, "log/")):
+            self.bucket.delete(f"log/{name}")
 
     def _upload_whole(self, segment: str, size: int) -> None:
         self._upload(f"log/{segment}", size)

@@ -64,7 +64,8 @@ def test_prune_deletes_in_spool_and_bucket_and_a_fresh_machine_restores_the_wind
     assert not [n for n in left if any(n.startswith(f"snapshots/{s.id}/") for s in gone)]
     released = {n for n in deleted if n.startswith("log/")}
     assert released and released < set(segments), "only closed segments, and some of them"
-    assert "log/end.json" in left and pieces <= left, "the open segment and the end stay"
+    ends = {n for n in objects if n.startswith("log/ends/")}
+    assert ends and ends | pieces <= left, "the open segment and the end markers stay"
     assert [s.id for s in list_snapshots(spool / "snapshots")] == [s.id for s in kept]
 
     fresh = fresh_machine(tmp_path, s3_server, name)

@@ -3,7 +3,7 @@ a local folder standing for the bucket, and a real bucket on SeaweedFS (tests/s3
 
 The spool is a real repository fed by real drains from a SQLite source, with segments
 small enough to roll. What is checked is what a reader of the bucket gets: every
-segment's durable bytes (whole, or its pieces concatenated), end.json, snapshots whole.
+segment's durable bytes (whole, or its pieces concatenated), the end markers, snapshots whole.
 """
 
 from __future__ import annotations
@@ -18,7 +18,13 @@ import sqlalchemy as sa
 
 from nkdaemon.core.errors import RepositoryError
 from nkdaemon.core.ports import RepositoryStore
-from nkdaemon.repository.bucket_layout import PIECES, bucket_log, bucket_snapshots, read_segment
+from nkdaemon.repository.bucket_layout import (
+    PIECES,
+    BucketLog,
+    bucket_log,
+    bucket_snapshots,
+    read_segment,
+)
 from nkdaemon.repository.local_store import LocalStore
 from nkdaemon.repository.log_end import read_end
 from nkdaemon.repository.reader import read_log
@@ -79,7 +85,8 @@ def drained(url: str, config: Path, first: int, count: int) -> None:
 
 
 def assert_bucket_holds_spool(spool: Path, bucket: RepositoryStore, *, rolled: bool = True) -> None:
-    """Every durable byte of the spool's log is in the bucket, once, and end.json says so."""
+    """Every durable byte of the spool's log is in the bucket, once, and its newest end
+    marker says so."""
     local = LocalStore(spool)
     end = read_end(LocalStore(spool / "log"))
     assert end is not None
@@ -91,19 +98,9 @@ def assert_bucket_holds_spool(spool: Path, bucket: RepositoryStore, *, rolled: b
 
 
 def assert_same_end(bucket: RepositoryStore, spool: Path) -> None:
-    mine, theirs = read_end(LocalStore(spool / "log")), read_end(_Log(bucket))  # type: ignore[arg-type]
+    mine, theirs = read_end(LocalStore(spool / "log")), read_end(BucketLog(bucket))
     assert mine is not None and theirs is not None
     assert (theirs.lsn, theirs.segment, theirs.offset) == (mine.lsn, mine.segment, mine.offset)
-
-
-class _Log:
-    """The bucket's log folder as a store (only what read_end uses)."""
-
-    def __init__(self, bucket: RepositoryStore) -> None:
-        self.bucket = bucket
-
-    def read(self, name: str) -> bytes:
-        return self.bucket.read(f"log/{name}")
 
 
 def test_the_bucket_gets_every_durable_byte_of_a_rolling_log_and_the_snapshots(

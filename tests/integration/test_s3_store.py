@@ -20,7 +20,7 @@ import threading
 import traceback
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -31,6 +31,12 @@ from hypothesis import strategies as st
 from nkdaemon.core.errors import RepositoryError
 from nkdaemon.core.ports import ObjectExistsError, ObjectMissingError
 from nkdaemon.repository.s3_store import MIN_PART_SIZE, S3Store, S3StoreError, S3Unavailable
+from nkdaemon.repository.snapshots import (
+    SnapshotDamagedError,
+    SnapshotWriter,
+    list_snapshots,
+    read_table,
+)
 from tests.integration.test_store_contract import killed_while, stall
 from tests.s3 import FaultProxy, S3Server, fault_proxy
 
@@ -214,7 +220,7 @@ def test_every_write_sends_the_sha256_of_its_body_and_the_server_keeps_it(
     store = _store(proxy, s3_bucket)
     small = b"a segment"
     store.write_if_absent("log/1", small)
-    store.replace("log/end.json", b'{"end": 1}')
+    store.write_if_absent("log/ends/1.json", b'{"end": 1}')
     store.write_if_absent("spooled", io.BytesIO(os.urandom(PART + 10)))
     multipart = _store(proxy, s3_bucket, single_put_limit=PART)
     multipart.write_if_absent("in-parts", io.BytesIO(os.urandom(PART + 10)))
@@ -246,12 +252,12 @@ def test_a_body_corrupted_on_its_way_to_the_server_is_refused_and_nothing_change
     s3_server: S3Server, s3_bucket: str, proxy: FaultProxy
 ) -> None:
     store = _store(proxy, s3_bucket)
-    store.replace("log/end.json", b"old")
+    store.write_if_absent("log/end.json", b"old")
     proxy.corrupt_uploads = True
     with pytest.raises(S3Unavailable, match="do not match their SHA-256"):
         store.write_if_absent("log/1", b"a segment")
     with pytest.raises(S3Unavailable, match="do not match their SHA-256"):
-        store.replace("log/end.json", b"new")
+        store.write_if_absent("log/ends/2.json", b"new")
     with pytest.raises(S3Unavailable, match="do not match their SHA-256"):
         store.write_if_absent("spooled", io.BytesIO(os.urandom(PART + 10)))
     multipart = _store(proxy, s3_bucket, single_put_limit=PART)
@@ -273,6 +279,47 @@ def test_a_body_corrupted_on_its_way_back_fails_its_checksum_on_read(
     proxy.corrupt_downloads = True
     with pytest.raises(S3StoreError, match="log/1"):
         store.read("log/1")
+
+
+def test_replace_is_refused_and_the_object_stays_as_written(
+    s3_bucket: str, proxy: FaultProxy
+) -> None:
+    """Nothing in a bucket is overwritten (issue 13): not even through the port's replace."""
+    store = _store(proxy, s3_bucket)
+    store.write_if_absent("log/end.json", b"written once")
+    puts = len(proxy.requests("PUT"))
+    with pytest.raises(RepositoryError, match="written once, never replaced"):
+        store.replace("log/end.json", b"another")
+    with pytest.raises(RepositoryError, match="never replaced"):
+        store.replace("log/absent.json", b"new")
+    assert len(proxy.requests("PUT")) == puts, "nothing was sent"
+    assert store.list() == ["log/end.json"] and store.read("log/end.json") == b"written once"
+
+
+def test_a_multipart_object_is_checked_on_read_by_its_format_not_by_the_store(
+    s3_server: S3Server, s3_bucket: str, proxy: FaultProxy
+) -> None:
+    """botocore checks a GET against the SHA-256 of a single put, but skips the checksum of
+    checksums a multipart object has (above 5 GiB): a byte changed on its way back reaches
+    the reader, and the snapshot file's own SHA-256 (its manifest) refuses it."""
+    store = _store(proxy, s3_bucket, single_put_limit=PART)
+    writer = SnapshotWriter(store, time=datetime(2026, 1, 1, tzinfo=UTC), position=1)
+    rows = ({"k": {"n": n}, "r": {"n": n, "x": os.urandom(48).hex()}} for n in range(120_000))
+    writer.write_table(1, "t", rows)
+    writer.commit(installation="i", log_lsn=0, dialect="sqlite", definitions=[])
+    (snapshot,) = list_snapshots(store)
+    table = snapshot.table("t")
+    assert table is not None
+    name = snapshot.object(table.file)
+    head = s3_server.client().head_object(
+        Bucket=s3_bucket, Key=store.key(name), ChecksumMode="ENABLED"
+    )
+    assert "-" in head["ChecksumSHA256"], "uploaded in parts"
+    intact = store.read(name)
+    proxy.corrupt_downloads = True
+    assert store.read(name) != intact, "the store passes the changed bytes on unchecked"
+    with pytest.raises(SnapshotDamagedError, match="SHA-256"):
+        next(iter(read_table(snapshot, table)))
 
 
 # --- throttling -----------------------------------------------------------------------------

@@ -2,9 +2,11 @@
 
 ``StoreContract`` holds the cases; each implementation subclasses it once and says how to
 make an empty store: the local directory, and a fresh bucket on a real S3 server
-(SeaweedFS, tests/s3.py) under a prefix. After the contract, what only the local directory
-has to show: its temporary files, folders and modes, and a read-only folder
-(tests/integration/test_s3_store.py has what only the bucket has to show).
+(SeaweedFS, tests/s3.py) under a prefix. ``replace`` is the local store's alone
+(``ReplacingContract``): a bucket store refuses it, nothing in a bucket is overwritten.
+After the contract, what only the local directory has to show: its temporary files,
+folders and modes, and a read-only folder (tests/integration/test_s3_store.py has what
+only the bucket has to show).
 
 Crashes are real: a child process is killed with SIGKILL while it writes, its stream
 stalled after the store has taken a first block.
@@ -24,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from nkdaemon.core.errors import RepositoryError
 from nkdaemon.core.ports import (
     ObjectExistsError,
     ObjectMissingError,
@@ -232,38 +235,7 @@ class StoreContract:
         assert store.list() == ["kept", "torn/object"]
         assert store.read("torn/object") == b"whole"
 
-    # --- mutable records and deletion --------------------------------------------------
-
-    def test_replace_writes_a_new_object_or_a_new_version(self, store: RepositoryStore) -> None:
-        store.replace("end.json", b"one")
-        assert store.read("end.json") == b"one"
-        store.replace("end.json", b"two, longer")
-        assert store.read("end.json") == b"two, longer"
-        store.replace("end.json", b"3")
-        assert store.read("end.json") == b"3"
-        assert store.list() == ["end.json"]
-
-    def test_a_reader_sees_a_replaced_object_whole_old_or_whole_new(
-        self, store: RepositoryStore
-    ) -> None:
-        versions = [b"a" * (4 * BLOCK), b"b" * BLOCK]
-        store.replace("pointer", versions[0])
-        seen: set[bytes] = set()
-        done = threading.Event()
-
-        def read() -> None:
-            while not done.is_set():
-                seen.add(store.read("pointer"))
-
-        reader = threading.Thread(target=read)
-        reader.start()
-        try:
-            for n in range(40):
-                store.replace("pointer", versions[n % 2])
-        finally:
-            done.set()
-            reader.join()
-        assert seen <= set(versions)
+    # --- deletion ----------------------------------------------------------------------
 
     def test_delete_removes_one_object_and_a_missing_one_is_no_error(
         self, store: RepositoryStore
@@ -327,8 +299,6 @@ class StoreContract:
         table = first.table("t")
         assert table is not None
         assert list(read_table(first, table)) == rows
-        confirm_unchanged(snapshots[-1], datetime(2026, 1, 2, tzinfo=UTC))
-        assert list_snapshots(store)[-1].current_as_of.startswith("2026-01-02")
         assert prune_snapshots(store, keep=1) == [s.id for s in snapshots[:2]]
         assert [s.position for s in list_snapshots(store)] == [3]
         assert all(name.startswith(f"{snapshots[-1].folder}/") for name in store.list())
@@ -367,7 +337,52 @@ class StoreContract:
         assert list_snapshots(store) == []
 
 
-class TestLocalStore(StoreContract):
+class ReplacingContract(StoreContract):
+    """What a store whose small records change (a local repository: log/end.json, a
+    snapshot's checked.json) does with ``replace``; a bucket store refuses it instead."""
+
+    def test_replace_writes_a_new_object(self, store: RepositoryStore) -> None:
+        store.replace("end.json", b"one")
+        assert store.read("end.json") == b"one"
+        store.replace("end.json", b"two, longer")
+        assert store.read("end.json") == b"two, longer"
+        store.replace("end.json", b"3")
+        assert store.read("end.json") == b"3"
+        assert store.list() == ["end.json"]
+
+    def test_a_reader_sees_a_replaced_object_whole_old_or_whole_new(
+        self, store: RepositoryStore
+    ) -> None:
+        versions = [b"a" * (4 * BLOCK), b"b" * BLOCK]
+        store.replace("pointer", versions[0])
+        seen: set[bytes] = set()
+        done = threading.Event()
+
+        def read() -> None:
+            while not done.is_set():
+                seen.add(store.read("pointer"))
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        try:
+            for n in range(40):
+                store.replace("pointer", versions[n % 2])
+        finally:
+            done.set()
+            reader.join()
+        assert seen <= set(versions)
+
+    def test_a_snapshot_found_still_current_records_it_beside_the_snapshot(
+        self, store: RepositoryStore
+    ) -> None:
+        writer = SnapshotWriter(store, time=datetime(2026, 1, 1, tzinfo=UTC), position=1)
+        writer.write_table(1, "t", iter(_rows(10, "t")))
+        writer.commit(installation="i", log_lsn=0, dialect="sqlite", definitions=[])
+        confirm_unchanged(list_snapshots(store)[-1], datetime(2026, 1, 2, tzinfo=UTC))
+        assert list_snapshots(store)[-1].current_as_of.startswith("2026-01-02")
+
+
+class TestLocalStore(ReplacingContract):
     def make_store(self, tmp_path: Path) -> RepositoryStore:
         return LocalStore(tmp_path / "store")
 
@@ -393,6 +408,15 @@ class TestS3Store(StoreContract):
             region=self.server.region,
             path_style=True,
         )
+
+    def test_replace_is_refused_and_the_object_stays(self, store: RepositoryStore) -> None:
+        """Nothing in a bucket is overwritten (issue 13), whatever writes through the port."""
+        store.write_if_absent("log/end.json", b"one")
+        with pytest.raises(RepositoryError, match="never replaced"):
+            store.replace("log/end.json", b"two")
+        with pytest.raises(RepositoryError, match="never replaced"):
+            store.replace("new.json", b"two")
+        assert store.list() == ["log/end.json"] and store.read("log/end.json") == b"one"
 
 
 # --- what only the local directory has to show ---------------------------------------------
@@ -491,7 +515,7 @@ def test_a_read_only_local_store_is_read_and_refuses_writes_with_the_os_error(
 CONTRACT_KEY = EncryptionKey.from_secret(bytes(range(32)))
 
 
-class TestEncryptedLocalStore(StoreContract):
+class TestEncryptedLocalStore(ReplacingContract):
     """Every object sealed on its way into a local directory (tests/integration/
     test_encrypted_store.py shows that nothing readable reaches the medium)."""
 

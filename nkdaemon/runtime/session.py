@@ -96,7 +96,7 @@ class Session:
             raise ConfigError(
                 "[source] url: missing (this configuration names only a bucket)",
                 hint='add [source] url = "..." to capture or compare with the source; '
-                "restore, verify and history read the bucket without it",
+                "restore, verify, history, status and export read the bucket without it",
             )
 
     @cached_property

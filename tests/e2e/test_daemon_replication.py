@@ -130,9 +130,10 @@ def assert_bucket_is_the_spool(spool: Path, bucket: S3Store) -> None:
 
 
 def written_twice(proxy: FaultProxy) -> list[str]:
-    """Keys the server accepted more than one PUT for (end.json is replaced by design)."""
+    """Keys the server accepted more than one PUT for: none, every object in the bucket
+    is written once (the durable end too, as a series of end markers)."""
     accepted = Counter(e.path.split("?")[0] for e in proxy.requests("PUT") if e.status == 200)
-    return [k for k, n in accepted.items() if n > 1 and not k.endswith("/log/end.json")]
+    return [k for k, n in accepted.items() if n > 1]
 
 
 def lagging(daemon: DaemonProcess) -> list[str]:
@@ -242,7 +243,7 @@ def written_twice_on_the_server(
 ) -> list[str]:
     """Objects the server's filer recorded more than one write for since it was started
     again at ``restarted`` (epoch seconds), and objects the bucket held before the kill
-    (``before``) written again after it (``log/end.json`` is replaced by design).
+    (``before``) written again after it: none should be, the durable end included.
 
     The filer's event log loses what it had not flushed when it was killed, so it is
     trusted from the restart on only; it must hold a write for every object the bucket
@@ -260,7 +261,7 @@ def written_twice_on_the_server(
     assert since and since <= set(writes), sorted(since - set(writes))
     again = (since | set(writes)) & before
     twice = [n for n, count in writes.items() if count > 1]
-    return [n for n in sorted({*again, *twice}) if n != "log/end.json"]
+    return sorted({*again, *twice})
 
 
 def listed(server: S3Server, bucket: str) -> dict[str, float]:

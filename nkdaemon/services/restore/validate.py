@@ -10,9 +10,12 @@ from nkdaemon.core.digest import DigestFold
 from nkdaemon.core.fold import LogFold
 from nkdaemon.core.keys import ForeignKeySpec, NaturalKey, TableSpec
 from nkdaemon.core.log import LoggedTransaction
+from nkdaemon.core.overlay import LogOverlay
+from nkdaemon.core.partition_diff import PARTITIONS, compare_partitioned
 from nkdaemon.core.ports import Address, RestoreTarget, TableT
 from nkdaemon.core.restore_runs import Row
 from nkdaemon.core.shapes import ShapeHistory, fold_in_shape
+from nkdaemon.core.table_diff import TableDiff
 from nkdaemon.core.values import lossless_as
 from nkdaemon.repository.snapshots import SnapshotInfo, read_table
 from nkdaemon.services.restore.plan import RestoreReport
@@ -100,30 +103,23 @@ class TargetRenderer(Generic[TableT]):
             yield address, (key, payload)
 
 
-def expectation_of(
+def overlay_of(
     snapshot: SnapshotInfo,
-    tables: Sequence[str],
-    specs_of: Mapping[str, TableT],
+    specs: Sequence[TableSpec],
     transactions: Iterator[LoggedTransaction],
     in_play: Collection[str],
-) -> tuple[LogFold, int]:
-    """What the snapshot and the log after it say the ``tables`` hold, and the source
-    position they reach."""
-    expectation = LogFold([specs_of[n].spec for n in tables])
-    for name in tables:
-        file = snapshot.table(name)
-        if file is not None:
-            for item in read_table(snapshot, file):
-                expectation.load(name, item["k"], item["r"])
-    expectation.finish_load()
+) -> tuple[LogOverlay, int]:
+    """The log after ``snapshot`` folded over the rows it touched only (the snapshot is
+    streamed later, table by table), and the source position it reaches."""
+    overlay = LogOverlay(specs)
     position = snapshot.position
     for tx in transactions:
-        expectation.apply_transaction(
+        overlay.apply_transaction(
             (e for e in tx.events if e.table in in_play),
             where=f"log transaction {tx.lsn}: ",
         )
         position = tx.position
-    return expectation, position
+    return overlay, position
 
 
 def shaped_expectation(
@@ -164,6 +160,69 @@ def snapshot_rows(
                 yield name, item["k"], item["r"]
 
 
+def validate_streamed(
+    *,
+    target: RestoreTarget[TableT],
+    tables: Mapping[str, TableT],
+    order: Sequence[str],
+    selected: Collection[str],
+    overlay: LogOverlay,
+    snapshot: SnapshotInfo,
+    position: int,
+    report: RestoreReport,
+    witness: bool = True,
+    partitions: int = PARTITIONS,
+) -> None:
+    """Compare each selected table of the target with the snapshot and the log's changes
+    over it, in memory that does not grow with the table (core/partition_diff.py), into
+    the report (and, with ``witness``, with the digests of a snapshot taken at the same
+    position)."""
+    found = digest_witness(snapshot, position) if witness else None
+    renderer = TargetRenderer(target, tables, report.converted_columns)
+    for name in (n for n in order if n in selected):
+        fold = DigestFold()
+
+        def expected(name: str = name) -> Iterator[tuple[NaturalKey, Row]]:
+            return overlay.expected_rows(name, _pairs(snapshot_rows(snapshot, (name,))))
+
+        def actual(name: str = name) -> Iterator[tuple[NaturalKey, Row]]:
+            return renderer.rows(name)
+
+        diff = compare_partitioned(
+            name,
+            keyless=tables[name].spec.full_row_identity,
+            expected=expected,
+            actual=actual,
+            partitions=partitions,
+            witness=fold if found else None,
+        )
+        _judge(diff, tables[name].rows_before, found, fold, report)
+
+
+def _pairs(rows: Iterator[tuple[str, NaturalKey, Row]]) -> Iterator[tuple[NaturalKey, Row]]:
+    for _table, key, row in rows:
+        yield key, row
+
+
+def _judge(
+    diff: TableDiff,
+    rows_before: int,
+    found: SnapshotInfo | None,
+    fold: DigestFold,
+    report: RestoreReport,
+) -> None:
+    """Into the report: rows only a seeded target had are counted, left alone (unless
+    pruned); otherwise the digest witness, if there is one, must agree."""
+    if diff.unexpected and rows_before:
+        report.target_only[diff.table] = len(diff.unexpected)
+        diff.actual -= len(diff.unexpected)
+        diff.unexpected = []
+    elif found is not None:
+        cross_check(diff, found, fold.result())
+        report.cross_checked = found.id
+    report.diffs.append(diff)
+
+
 def validate(
     *,
     target: RestoreTarget[TableT],
@@ -185,12 +244,4 @@ def validate(
         fold = DigestFold()
         rows = renderer.rows(name)
         diff = expectation.compare(name, fold.passing(rows) if found else rows)
-        if diff.unexpected and tables[name].rows_before:
-            # rows only the target had: reported, left alone (unless pruned)
-            report.target_only[name] = len(diff.unexpected)
-            diff.actual -= len(diff.unexpected)
-            diff.unexpected = []
-        elif found is not None:
-            cross_check(diff, found, fold.result())
-            report.cross_checked = found.id
-        report.diffs.append(diff)
+        _judge(diff, tables[name].rows_before, found, fold, report)

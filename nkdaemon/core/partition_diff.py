@@ -35,12 +35,7 @@ _SORTED = orjson.OPT_SORT_KEYS
 
 def _partition(key: Mapping[str, Any], partitions: int) -> int:
     """The partition of a natural key: equal keys (equal canonical bytes) share one."""
-    if partitions == 1:
-        return 0
-    try:
-        return hash(frozenset(key.items())) % partitions
-    except TypeError:  # a nested key (a reference) or a JSON value: hash its bytes
-        return hash(orjson.dumps(key, option=_SORTED)) % partitions
+    return hash(orjson.dumps(key, option=_SORTED)) % partitions
 
 
 def _fold(pairs: Pairs, partitions: int, witness: DigestFold | None) -> tuple[list[int], list[int]]:
@@ -48,8 +43,10 @@ def _fold(pairs: Pairs, partitions: int, witness: DigestFold | None) -> tuple[li
     counts, sums = [0] * partitions, [0] * partitions
     dumps = orjson.dumps
     for key, row in pairs:
-        canonical = dumps([key, row], option=_SORTED)
-        p = _partition(key, partitions)
+        # the bytes row_hash would dump, built from the key's own (hashed for the partition)
+        key_bytes = dumps(key, option=_SORTED)
+        canonical = b"[" + key_bytes + b"," + dumps(row, option=_SORTED) + b"]"
+        p = hash(key_bytes) % partitions
         counts[p] += 1
         sums[p] += hash(canonical)
         if witness is not None:

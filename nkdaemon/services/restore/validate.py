@@ -3,7 +3,7 @@ what the snapshot and the log say (and a snapshot's digests taken at the same po
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Generic
 
 from nkdaemon.core.digest import DigestFold
@@ -75,32 +75,51 @@ class TargetRenderer(Generic[TableT]):
         }
 
     def rows(self, name: str) -> Iterator[tuple[NaturalKey, Row]]:
-        for _address, item in self.rows_with_addresses(name):
-            yield item
+        table = self._tables[name]
+        render = self._renderer(name)
+        for row in self._target.read(table):  # no address: validation does not need it
+            yield render(row)
 
     def rows_with_addresses(self, name: str) -> Iterator[tuple[Address, tuple[NaturalKey, Row]]]:
+        render = self._renderer(name)
+        for address, row in self._read_with_address(self._tables[name]):
+            yield address, render(row)
+
+    def _renderer(self, name: str) -> Callable[[Mapping[str, object]], tuple[NaturalKey, Row]]:
+        """Renders one target row as (natural key, payload); what can be worked out once
+        per table is (this runs for every row of a validation)."""
         table = self._tables[name]
         spec = table.spec
         fk_columns = {c for fk in spec.foreign_keys for c in fk.columns}
+        wanted = [
+            c.name
+            for c in spec.columns
+            if c.name not in spec.surrogate_columns and c.name not in fk_columns
+        ]
         converted = [
             (c, spec.column(c).logical_type)
             for c in self._converted.get(name, ())
             if c in spec.column_index
         ]
-        for address, row in self._read_with_address(table):
+        plain_key = [(p.name, p.column) for p in spec.key_parts if p.column is not None]
+        nested = len(plain_key) != len(spec.key_parts)
+        names: list[str] = []
+
+        def render(row: Mapping[str, object]) -> tuple[NaturalKey, Row]:
             if converted:
                 row = dict(row) | {c: lossless_as(t, row.get(c)) for c, t in converted}
-            payload: Row = {
-                c.name: row.get(c.name)
-                for c in spec.columns
-                if c.name not in spec.surrogate_columns
-                and c.name not in fk_columns
-                and c.name in row
-            }
+            if not names:  # the columns the target has: the same in every row it reads
+                names.extend(n for n in wanted if n in row)
+            payload: Row = {n: row.get(n) for n in names}
             for fk in spec.foreign_keys:
                 payload[fk.part_name] = self._ref(fk, row)
-            key = payload if spec.full_row_identity else self._natural_key(table, row)
-            yield address, (key, payload)
+            if spec.full_row_identity:
+                return payload, payload
+            if nested:
+                return self._natural_key(table, row), payload
+            return {part: row.get(column) for part, column in plain_key}, payload
+
+        return render
 
 
 def overlay_of(

@@ -17,7 +17,7 @@ from nkdaemon.core.restore_runs import Row
 from nkdaemon.core.shapes import ShapeHistory, fold_in_shape
 from nkdaemon.core.table_diff import TableDiff
 from nkdaemon.core.values import lossless_as
-from nkdaemon.repository.snapshots import SnapshotInfo, read_table
+from nkdaemon.repository.snapshots import SnapshotInfo, read_table, read_table_batches
 from nkdaemon.services.restore.plan import RestoreReport
 from nkdaemon.services.verify_snapshots import cross_check, digest_witness
 
@@ -202,7 +202,7 @@ def validate_streamed(
         fold = DigestFold()
 
         def expected(name: str = name) -> Iterator[tuple[NaturalKey, Row]]:
-            return overlay.expected_rows(name, _pairs(snapshot_rows(snapshot, (name,))))
+            return overlay.expected_rows(name, _snapshot_pairs(snapshot, name))
 
         def actual(name: str = name) -> Iterator[tuple[NaturalKey, Row]]:
             return renderer.rows(name)
@@ -218,9 +218,13 @@ def validate_streamed(
         _judge(diff, tables[name].rows_before, found, fold, report)
 
 
-def _pairs(rows: Iterator[tuple[str, NaturalKey, Row]]) -> Iterator[tuple[NaturalKey, Row]]:
-    for _table, key, row in rows:
-        yield key, row
+def _snapshot_pairs(snapshot: SnapshotInfo, name: str) -> Iterator[tuple[NaturalKey, Row]]:
+    """(key, row) of the snapshot's rows of one table (one generator: this runs per row)."""
+    file = snapshot.table(name)
+    if file is not None:
+        for batch in read_table_batches(snapshot, file):
+            for item in batch:
+                yield item["k"], item["r"]
 
 
 def _judge(

@@ -28,6 +28,8 @@ from tests.helpers import do_drain, do_install, write_config
 
 ROWS = int(os.environ.get("NKD_VALIDATION_ROWS", "10000"))
 VICTIM = ROWS // 2 + 7
+# the million-row run takes minutes on a shared 2-core machine (install, load, validate)
+pytestmark = pytest.mark.timeout(max(300, ROWS // 500))
 SCHEMA = (
     "CREATE TABLE owners (id integer PRIMARY KEY, name text NOT NULL UNIQUE)",
     "CREATE TABLE items (id integer PRIMARY KEY, code text NOT NULL UNIQUE, qty int, "

@@ -74,6 +74,7 @@ class PostgresTarget:
         with _pg_errors("deferring constraints"):
             self.conn.execute("SET CONSTRAINTS ALL DEFERRED")
         self._pipelined = False
+        self._reads = 0  # server-side cursors opened by read(), for their names
         self._cursor = self.conn.cursor()
         self._statements: dict[tuple[str, str, tuple[str, ...]], str] = {}
 
@@ -322,7 +323,15 @@ class PostgresTarget:
         names = [c.name for c in table.spec.columns if c.name in table.columns]
         place = pseudo_address(table)  # ctid: the address of a row without a primary key
         query = q.read(self._qualified(table.spec.name), table, names, with_ctid=bool(place))
-        with _pg_errors(f"reading {table.spec.name} back"), self.conn.cursor() as cursor:
+        # a server-side cursor: a client-side one would receive the whole table before the
+        # first row (gigabytes at ten million rows); named per read, as reads nest (the
+        # keys of a referenced table are read while the referring rows stream)
+        self._reads += 1
+        cursor_name = f"nkd_read_{self._reads}"
+        with (
+            _pg_errors(f"reading {table.spec.name} back"),
+            self.conn.cursor(name=cursor_name) as cursor,
+        ):
             cursor.execute(query)
             while rows := cursor.fetchmany(_READ_CHUNK):
                 for text, nulls, address in rows:

@@ -11,6 +11,7 @@ import structlog
 
 from nkdaemon.core.definitions import restricted_spec
 from nkdaemon.core.keys import TableSpec
+from nkdaemon.core.partition_diff import PARTITIONS
 from nkdaemon.core.ports import Address, RestoreTarget, TableT
 from nkdaemon.core.restore_plan import InsertOrder, insert_order
 from nkdaemon.core.restore_runs import referenced_tables
@@ -26,7 +27,12 @@ from nkdaemon.services.restore.plan import (
 )
 from nkdaemon.services.restore.replay import Replayer
 from nkdaemon.services.restore.resolve import Resolver
-from nkdaemon.services.restore.validate import expectation_of, shaped_expectation, validate
+from nkdaemon.services.restore.validate import (
+    overlay_of,
+    shaped_expectation,
+    validate,
+    validate_streamed,
+)
 from nkdaemon.services.restore.write import RowWriter
 
 if TYPE_CHECKING:
@@ -57,6 +63,8 @@ class Restorer(Generic[TableT]):
         # a column the instant has and the target lacks: refused, unless this is set (then
         # its values are left out and counted in the report)
         self.ignore_missing_columns = False
+        # hash partitions of the streamed validation (tests force 1 to name every row)
+        self.validation_partitions = PARTITIONS
         self._tables: dict[str, TableT] = {}
         self._selected = {s.name for s in plan.tables}
         # only rows other tables refer to are worth remembering the address of
@@ -306,26 +314,38 @@ class Restorer(Generic[TableT]):
     def _validate(self, order: tuple[str, ...]) -> None:
         snapshot = self.plan.snapshot
         transactions = replay_range(self.log_store, snapshot, self.plan.at)
-        if self._shaped:
+        # a narrower target's rows cannot fold to the source's digests
+        witness = not self.report.skipped_columns
+        if self._shaped:  # across a schema change: the whole state, in memory
             assert self.plan.shapes is not None
             expectation, position = shaped_expectation(
                 snapshot, self.plan.shapes, [self._tables[n].spec for n in order], transactions
             )
-        else:
-            expectation, position = expectation_of(
-                snapshot, order, self._tables, transactions, self._in_play
+            validate(
+                target=self.target,
+                tables=self._tables,
+                order=order,
+                selected=self._selected,
+                expectation=expectation,
+                snapshot=snapshot,
+                position=position,
+                report=self.report,
+                witness=witness,
             )
-        validate(
+            return
+        specs = [self._tables[n].spec for n in order]
+        overlay, position = overlay_of(snapshot, specs, transactions, self._in_play)
+        validate_streamed(
             target=self.target,
             tables=self._tables,
             order=order,
             selected=self._selected,
-            expectation=expectation,
+            overlay=overlay,
             snapshot=snapshot,
             position=position,
             report=self.report,
-            # a narrower target's rows cannot fold to the source's digests
-            witness=not self.report.skipped_columns,
+            witness=witness,
+            partitions=self.validation_partitions,
         )
 
 

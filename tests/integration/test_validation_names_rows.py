@@ -26,7 +26,7 @@ from nkdaemon.services.restore import Restorer, open_restore_target, plan_restor
 from nkdaemon.services.restore.plan import RestoreError, RestoreReport
 from tests.helpers import do_drain, do_install, write_config
 
-ROWS = int(os.environ.get("NKD_VALIDATION_ROWS", "10000"))
+ROWS = int(os.environ.get("NKD_VALIDATION_ROWS", "3000"))
 VICTIM = ROWS // 2 + 7
 # the million-row run takes minutes on a shared 2-core machine (install, load, validate)
 pytestmark = pytest.mark.timeout(max(300, ROWS // 500))

@@ -173,9 +173,12 @@ def measured(command: list[str], *, stdin: Path | None = None) -> Measured:
     return result
 
 
-def nkdaemon_measured(config: Path, *args: str) -> Measured:
-    """`nkdaemon --config CONFIG ARGS...` in its own process, timed and its memory taken."""
-    return measured([sys.executable, "-m", "nkdaemon", "--config", str(config), *args])
+def nkdaemon_measured(config: Path, *args: str, profile: Path | None = None) -> Measured:
+    """`nkdaemon --config CONFIG ARGS...` in its own process, timed and its memory taken;
+    with ``profile``, under cProfile writing its statistics there (slower: for where the
+    time goes, not for the figure)."""
+    python = [sys.executable, "-m", "cProfile", "-o", str(profile)] if profile else [sys.executable]
+    return measured([*python, "-m", "nkdaemon", "--config", str(config), *args])
 
 
 @contextmanager

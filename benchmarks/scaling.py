@@ -131,8 +131,9 @@ def bulk_updates(rows: int, events: int) -> list[str]:
 class ScaleRun:
     """Every PostgreSQL stage at one pgbench scale, in the order a user meets them."""
 
-    def __init__(self, scale: int, work: Path, bar: tqdm[Any]) -> None:
+    def __init__(self, scale: int, work: Path, bar: tqdm[Any], profile: Path | None = None) -> None:
         self.scale = scale
+        self.profile = profile
         self.rows = scale * 100_000
         self.work = work
         self.bar = bar
@@ -148,6 +149,12 @@ class ScaleRun:
             f"= {record.rate:,.0f} {record.unit}{ratio}{rss}"
         )
 
+    def nk(self, stage: str, config: Path, *args: str) -> Measured:
+        """One nkdaemon command, profiled into PROFILE/scaleN-STAGE.prof with --profile."""
+        name = re.sub(r"\W+", "-", stage)
+        profile = self.profile / f"scale{self.scale}-{name}.prof" if self.profile else None
+        return nkdaemon_measured(config, *args, profile=profile)
+
     def step(self, what: str) -> None:
         self.bar.set_postfix_str(f"scale {self.scale}: {what}")
         self.bar.update(1)
@@ -161,10 +168,10 @@ class ScaleRun:
         anchors = self._anchors()
         with nkdaemon_config(SOURCE, CONFIG, log_level="info") as config:
             self.step("install")
-            install = nkdaemon_measured(config, "install")
+            install = self.nk("install", config, "install")
             self.add(self._record("install", self.rows, install, anchors["select"], INSTALL_RATE))
             self.step("snapshot")
-            snap = nkdaemon_measured(config, "snapshot", "--force")
+            snap = self.nk("snapshot", config, "snapshot", "--force")
             self.add(self._record("snapshot", self.rows, snap, anchors["pg_dump"], SNAPSHOT_RATIO))
             self.step("bulk update + drain")
             events = self._drain(config)
@@ -216,7 +223,7 @@ class ScaleRun:
         for statement in bulk_updates(self.rows, wanted):
             run_sql(SOURCE, statement)
         self.notes["bulk_update_seconds"] = round(time.perf_counter() - started, 2)
-        drain = nkdaemon_measured(config, "drain", "--json")
+        drain = self.nk("drain", config, "drain", "--json")
         events = int(json.loads(drain.stdout)["events"])
         if events != wanted:
             raise SystemExit(f"drain moved {events} events, the updates made {wanted}")
@@ -236,7 +243,7 @@ class ScaleRun:
     def _restore(self, config: Path, events: int, anchor: tuple[str, float]) -> None:
         empty_pgbench_schema(TARGET)  # as the application creates it: primary keys in place
         url = db_url(TARGET, "postgresql+psycopg")
-        restore = nkdaemon_measured(config, "restore", "--latest", "--target", url)
+        restore = self.nk("restore", config, "restore", "--latest", "--target", url)
         admin(f'DROP DATABASE IF EXISTS "{TARGET}" WITH (FORCE)')
         stages = _stage_times(restore.stderr)
         rows, applied = _restored_counts(restore.stdout)
@@ -308,18 +315,18 @@ class SqliteRun:
         extra = '[capture]\ntables = ["pgbench_accounts"]\n'
         with nkdaemon_config("", extra, source_url=f"sqlite:///{source}") as config:
             self.run_.step("sqlite install")
-            install = nkdaemon_measured(config, "install")
+            install = self.run_.nk("sqlite install", config, "install")
             self._add("sqlite install", install.seconds, install.max_rss_kb)
             self.run_.step("sqlite snapshot")
-            snap = nkdaemon_measured(config, "snapshot", "--force")
+            snap = self.run_.nk("sqlite snapshot", config, "snapshot", "--force")
             self._add("sqlite snapshot", snap.seconds, snap.max_rss_kb, backup)
             target = self.folder / "target.db"
             with sqlite3.connect(target) as conn:
                 conn.execute(SQLITE_DDL)
             conn.close()
             self.run_.step("sqlite restore")
-            restore = nkdaemon_measured(
-                config, "restore", "--latest", "--target", f"sqlite:///{target}"
+            restore = self.run_.nk(
+                "sqlite restore", config, "restore", "--latest", "--target", f"sqlite:///{target}"
             )
             self._add("sqlite restore", restore.seconds, restore.max_rss_kb, load)
         shutil.rmtree(self.folder)
@@ -387,7 +394,7 @@ def measure(args: argparse.Namespace, meta: dict[str, Any]) -> list[Record]:
     work = Path(tempfile.mkdtemp(prefix="nkd-scaling-"))
     try:
         for scale in scales:
-            run = ScaleRun(scale, work, bar)
+            run = ScaleRun(scale, work, bar, args.profile)
             run.run()
             if scale <= args.sqlite_max_scale:
                 SqliteRun(scale, work, run).run()
@@ -410,6 +417,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="write the table here")
     parser.add_argument("--plot", type=Path, help="draw the table (PNG) with matplotlib")
     parser.add_argument("--from-json", type=Path, help="print/plot a table measured before")
+    parser.add_argument(
+        "--profile", type=Path, help="run nkdaemon under cProfile, statistics in this folder"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the databases at the end")
     args = parser.parse_args()
     if args.from_json:
@@ -417,6 +427,9 @@ def main() -> None:
     else:
         meta = {"command": " ".join(["python", *sys.argv]), "cores": os.cpu_count()}
         meta.update(platform=platform.platform(), **machine("start"))
+        if args.profile:
+            args.profile.mkdir(parents=True, exist_ok=True)
+            meta["profiled"] = "under cProfile: times inflated, for where they go only"
         records = measure(args, meta)
         meta.update(machine("end"))
         write_json(args.json, records, meta)

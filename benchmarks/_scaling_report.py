@@ -98,16 +98,22 @@ def render_table(records: list[Record]) -> str:
     """The one table: a line per stage and size, columns aligned, then the memory lines."""
     rows = [HEADER, *(_cells(r) for r in records)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER))]
-    lines = []
-    for number, row in enumerate(rows):
-        cells = [
-            c.ljust(w) if i in (0, 6) else c.rjust(w)
-            for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        ]
-        lines.append("  ".join(cells).rstrip())
-        if number == 0:
-            lines.append("  ".join("-" * w for w in widths))
+    rule = "  ".join("-" * w for w in widths)
+    lines = [_line(HEADER, widths), rule]
+    for number, record in enumerate(records):
+        if number and record.scale != records[number - 1].scale:
+            lines.append(rule)  # one block per size
+        lines.append(_line(rows[number + 1], widths))
     return "\n".join([*lines, *memory_lines(records)])
+
+
+def _line(cells: tuple[str, ...], widths: list[int]) -> str:
+    """Names and targets to the left, figures to the right."""
+    placed = [
+        c.ljust(w) if i in (0, 6) else c.rjust(w)
+        for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+    ]
+    return "  ".join(placed).rstrip()
 
 
 def memory_lines(records: list[Record]) -> list[str]:
@@ -149,8 +155,9 @@ def read_json(path: Path) -> tuple[list[Record], dict[str, Any]]:
 
 
 def plot(records: list[Record], path: Path) -> None:
-    """Time per stage against rows, log-log: nkdaemon solid, its anchor dashed, one colour
-    a stage. matplotlib is imported here only (the `bench` extra)."""
+    """Time per stage against rows, log-log, PostgreSQL and SQLite side by side: nkdaemon
+    solid, each anchor dashed (drawn once where two stages share it). matplotlib is
+    imported here only: it is the `bench` extra, not a dependency of nkdaemon."""
     try:
         import matplotlib
 
@@ -158,33 +165,46 @@ def plot(records: list[Record], path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise SystemExit(
-            "--plot needs matplotlib: pip install 'nkdaemon[bench]' (or pip install matplotlib)"
+            "--plot needs matplotlib, which nkdaemon itself does not: "
+            "pip install 'nkdaemon[bench]' (or pip install matplotlib), then run again"
         ) from None
-    figure, axes = plt.subplots(figsize=(10, 6.5))
-    stages = list(dict.fromkeys(r.stage for r in records))
-    colours = plt.get_cmap("tab10")
-    for number, stage in enumerate(stages):
+    panels = {
+        "PostgreSQL source": [r for r in records if not r.stage.startswith("sqlite")],
+        "SQLite source": [r for r in records if r.stage.startswith("sqlite")],
+    }
+    panels = {title: found for title, found in panels.items() if found}
+    figure, axes_list = plt.subplots(1, len(panels), figsize=(7 * len(panels), 6), squeeze=False)
+    for axes, (title, found) in zip(axes_list[0], panels.items(), strict=True):
+        _panel(axes, title, found, plt.get_cmap("tab10"))
+    figure.suptitle("nkdaemon (solid) beside what a user would use instead (dashed)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def _panel(axes: Any, title: str, records: list[Record], colours: Any) -> None:
+    drawn: set[str] = set()
+    for number, stage in enumerate(dict.fromkeys(r.stage for r in records)):
         points = sorted((r for r in records if r.stage == stage), key=lambda r: r.rows)
         colour = colours(number % 10)
-        xs = [r.rows for r in points]
-        axes.plot(xs, [r.seconds for r in points], "o-", color=colour, label=stage)
-        anchored = [r for r in points if r.anchor_seconds is not None]
-        if anchored:
+        axes.plot(
+            [r.rows for r in points], [r.seconds for r in points], "o-", color=colour, label=stage
+        )
+        anchored = [r for r in points if r.anchor is not None and r.anchor_seconds is not None]
+        if anchored and anchored[0].anchor not in drawn:
+            drawn.add(str(anchored[0].anchor))
             axes.plot(
                 [r.rows for r in anchored],
                 [r.anchor_seconds for r in anchored],
                 "s--",
                 color=colour,
                 alpha=0.7,
-                label=f"  anchor: {anchored[0].anchor}",
+                label=f"{anchored[0].anchor} (anchor)",
             )
     axes.set_xscale("log")
     axes.set_yscale("log")
+    axes.set_title(title)
     axes.set_xlabel("rows (events for drain and replay)")
     axes.set_ylabel("seconds")
-    axes.set_title("nkdaemon stages (solid) beside what a user would use instead (dashed)")
     axes.grid(True, which="both", alpha=0.3)
-    axes.legend(fontsize=7, loc="upper left")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    axes.legend(fontsize=8, loc="best")

@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -113,35 +114,40 @@ def _restored_counts(stdout: str) -> tuple[int, int]:
     return int(found[1]), int(found[2])
 
 
-def bulk_updates(rows: int, events: int) -> list[str]:
-    """UPDATEs of pgbench_accounts making ``events`` changes, one transaction each of at
-    most BULK_STATEMENT_ROWS rows, going round the table (each row changed once per lap)."""
-    statements, low = [], 0
+def update_ranges(rows: int, events: int) -> list[tuple[int, int]]:
+    """The (low, high] aid ranges of UPDATEs of pgbench_accounts making ``events`` changes,
+    one transaction each of at most BULK_STATEMENT_ROWS rows, going round the table (each
+    row changed once per lap)."""
+    ranges, low = [], 0
     while events > 0:
         size = min(events, BULK_STATEMENT_ROWS, rows - low)
-        statements.append(
-            "UPDATE pgbench_accounts SET abalance = abalance + 1 "
-            f"WHERE aid > {low} AND aid <= {low + size}"
-        )
+        ranges.append((low, low + size))
         events -= size
         low = (low + size) % rows
-    return statements
+    return ranges
 
 
 class ScaleRun:
     """Every PostgreSQL stage at one pgbench scale, in the order a user meets them."""
 
-    def __init__(self, scale: int, work: Path, bar: tqdm[Any], profile: Path | None = None) -> None:
+    def __init__(
+        self,
+        scale: int,
+        work: Path,
+        bar: tqdm[Any],
+        keep: Callable[[Record], None],
+        profile: Path | None = None,
+    ) -> None:
         self.scale = scale
         self.profile = profile
         self.rows = scale * 100_000
         self.work = work
         self.bar = bar
-        self.records: list[Record] = []
+        self.keep = keep
         self.notes: dict[str, Any] = {}
 
     def add(self, record: Record) -> None:
-        self.records.append(record)
+        self.keep(record)
         ratio = f", {record.ratio:.2f}x {record.anchor}" if record.ratio is not None else ""
         rss = f", {record.max_rss_kb / 1024:.0f} MB" if record.max_rss_kb else ""
         tqdm.write(
@@ -220,8 +226,12 @@ class ScaleRun:
     def _drain(self, config: Path) -> int:
         wanted = BULK_EVENTS if self.scale >= 10 else 2 * self.rows
         started = time.perf_counter()
-        for statement in bulk_updates(self.rows, wanted):
-            run_sql(SOURCE, statement)
+        for low, high in update_ranges(self.rows, wanted):
+            run_sql(
+                SOURCE,
+                "UPDATE pgbench_accounts SET abalance = abalance + 1 "
+                f"WHERE aid > {low} AND aid <= {high}",
+            )
         self.notes["bulk_update_seconds"] = round(time.perf_counter() - started, 2)
         drain = self.nk("drain", config, "drain", "--json")
         events = int(json.loads(drain.stdout)["events"])
@@ -389,17 +399,23 @@ def _now() -> str:
 def measure(args: argparse.Namespace, meta: dict[str, Any]) -> list[Record]:
     scales = parse_scales(args)
     records: list[Record] = []
+
+    def keep(record: Record) -> None:
+        """Each stage on disk as soon as it is measured: a run stopped at 10M rows (too slow,
+        too much memory) still leaves the figures it reached."""
+        records.append(record)
+        write_json(args.json, records, {**meta, "partial": True})
+
     steps = sum(6 + 3 * (s <= args.sqlite_max_scale) for s in scales)
     bar = tqdm(total=steps, unit="step", disable=not sys.stderr.isatty(), file=sys.stderr)
     work = Path(tempfile.mkdtemp(prefix="nkd-scaling-"))
     try:
         for scale in scales:
-            run = ScaleRun(scale, work, bar, args.profile)
+            run = ScaleRun(scale, work, bar, keep, args.profile)
+            meta.setdefault("notes", {})[str(scale)] = run.notes
             run.run()
             if scale <= args.sqlite_max_scale:
                 SqliteRun(scale, work, run).run()
-            records += run.records
-            meta.setdefault("notes", {})[str(scale)] = run.notes
     finally:
         bar.close()
         shutil.rmtree(work, ignore_errors=True)
@@ -433,9 +449,10 @@ def main() -> None:
         records = measure(args, meta)
         meta.update(machine("end"))
         write_json(args.json, records, meta)
+    end = meta.get("time_end", "(stopped before the end)")
     print(
-        f"\n{meta['time_start']} to {meta['time_end']}, {meta['cores']} cores; load average "
-        f"{meta['load_start']} at the start, {meta['load_end']} at the end"
+        f"\n{meta['time_start']} to {end}, {meta['cores']} cores; load average "
+        f"{meta['load_start']} at the start, {meta.get('load_end')} at the end"
     )
     print(render_table(records))
     if args.plot:

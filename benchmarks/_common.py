@@ -149,7 +149,9 @@ def measured(command: list[str], *, stdin: Path | None = None) -> Measured:
     """Run ``command`` to its end; raise SystemExit with its stderr's tail if it fails.
 
     wait4 gives this child's own rusage: RUSAGE_CHILDREN would keep the largest of every
-    child so far, so a small stage after a big one would report the big one's memory."""
+    child so far, so a small stage after a big one would report the big one's memory. Linux
+    counts the forked parent's size in the child's peak, so below about this script's own
+    size (40-45 MB) the figure says nothing (pg_dump, pg_restore, the sqlite3 shell)."""
     with (
         tempfile.TemporaryFile() as out,
         tempfile.TemporaryFile() as err,

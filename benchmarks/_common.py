@@ -14,6 +14,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -69,6 +70,18 @@ def pgbench_init(database: str, scale: int) -> None:
     )
 
 
+def empty_pgbench_schema(database: str) -> None:
+    """A fresh database with pgbench's tables and primary keys and no rows, as the
+    application creates it: a restore target."""
+    admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    admin(f'CREATE DATABASE "{database}"')
+    subprocess.run(
+        [pg_bin("pgbench"), "-i", "-q", "-I", "dtp", db_url(database)],
+        check=True,
+        capture_output=True,
+    )
+
+
 def pgbench(database: str, *args: str) -> float:
     """Run pgbench and return the TPS it reports (without initial connection time)."""
     out = subprocess.run(
@@ -81,18 +94,24 @@ def pgbench(database: str, *args: str) -> float:
 
 
 @contextmanager
-def nkdaemon_config(database: str, extra: str = "") -> Iterator[Path]:
+def nkdaemon_config(
+    database: str, extra: str = "", *, source_url: str | None = None, log_level: str = "warning"
+) -> Iterator[Path]:
+    """A configuration in a temporary folder (its repository beside it), for the PostgreSQL
+    ``database`` or any ``source_url``; JSON logs at ``log_level`` (so a benchmark can read
+    the stage times a command logs)."""
     directory = Path(tempfile.mkdtemp(prefix="nkd-bench-"))
     config = directory / "nkdaemon.toml"
     config.write_text(
         textwrap.dedent(
             f"""
             [source]
-            url = "{db_url(database, "postgresql+psycopg")}"
+            url = "{source_url or db_url(database, "postgresql+psycopg")}"
             [repository]
             path = "{directory / "repo"}"
             [log]
-            level = "warning"
+            level = "{log_level}"
+            format = "json"
             """
         )
         + textwrap.dedent(extra)
@@ -114,6 +133,54 @@ def nkdaemon(config: Path, *args: str) -> None:
         check=True,
         capture_output=True,
     )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Measured:
+    """One process's wall time and peak memory (its own max RSS, from wait4), and output."""
+
+    seconds: float
+    max_rss_kb: int
+    stdout: str
+    stderr: str
+
+
+def measured(command: list[str], *, stdin: Path | None = None) -> Measured:
+    """Run ``command`` to its end; raise SystemExit with its stderr's tail if it fails.
+
+    wait4 gives this child's own rusage: RUSAGE_CHILDREN would keep the largest of every
+    child so far, so a small stage after a big one would report the big one's memory. Linux
+    counts the forked parent's size in the child's peak, so below about this script's own
+    size (40-45 MB) the figure says nothing (pg_dump, pg_restore, the sqlite3 shell)."""
+    with (
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+        open(stdin or os.devnull, "rb") as source,
+    ):
+        start = time.perf_counter()
+        process = subprocess.Popen(command, stdin=source, stdout=out, stderr=err)
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - start
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        result = Measured(
+            seconds=seconds,
+            max_rss_kb=usage.ru_maxrss,
+            stdout=out.read().decode(errors="replace"),
+            stderr=err.read().decode(errors="replace"),
+        )
+    if process.returncode:
+        raise SystemExit(f"{' '.join(command[:6])} failed:\n{result.stderr[-3000:]}")
+    return result
+
+
+def nkdaemon_measured(config: Path, *args: str, profile: Path | None = None) -> Measured:
+    """`nkdaemon --config CONFIG ARGS...` in its own process, timed and its memory taken;
+    with ``profile``, under cProfile writing its statistics there (slower: for where the
+    time goes, not for the figure)."""
+    python = [sys.executable, "-m", "cProfile", "-o", str(profile)] if profile else [sys.executable]
+    return measured([*python, "-m", "nkdaemon", "--config", str(config), *args])
 
 
 @contextmanager

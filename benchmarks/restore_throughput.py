@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     admin,
     db_url,
+    empty_pgbench_schema,
     nkdaemon,
     nkdaemon_config,
     pg_bin,
@@ -62,16 +63,6 @@ print(json.dumps({"rows": report.rows_loaded, "events": report.events_applied,
                   "stages": report.stages, "seconds": report.seconds,
                   "max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
 """
-
-
-def empty_pgbench_schema(database: str) -> None:
-    admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-    admin(f'CREATE DATABASE "{database}"')
-    subprocess.run(
-        [pg_bin("pgbench"), "-i", "-q", "-I", "dtp", db_url(database)],
-        check=True,
-        capture_output=True,
-    )
 
 
 def nk_restore(config: Path, target: str, tables: str = "") -> dict[str, Any]:

@@ -10,6 +10,7 @@ from typing import Generic
 import structlog
 
 from nkdaemon.core.errors import NkdError
+from nkdaemon.core.keys import NaturalKey
 from nkdaemon.core.log import LoggedTransaction
 from nkdaemon.core.ports import RestoreTarget, TableT
 from nkdaemon.core.restore_plan import InsertOrder
@@ -39,6 +40,11 @@ from nkdaemon.services.restore.write import RowWriter
 log = structlog.get_logger("nkdaemon.restore")
 
 WINDOW_EVENTS = 2000
+# Updates and deletes of one table in a row are resolved and written this many at a time:
+# one lookup query per chunk, and never more keys in hand than the resolver's cache holds
+# (a million-row UPDATE resolved at once evicted its own keys and then looked each one up
+# again: 499 events/s at pgbench scale 10).
+CHUNK_EVENTS = 5000
 
 
 class Replayer(Generic[TableT]):
@@ -106,7 +112,9 @@ class Replayer(Generic[TableT]):
         specs = {name: self.tables[name].spec for name in self.selected}
         events = (event for tx in window for event in tx.events)
         for name, keys in prefetch_keys(events, specs, self.selected).items():
-            if name in self.tables:
+            # more keys than the cache keeps would push each other out before their use:
+            # those are resolved chunk by chunk as they are applied
+            if name in self.tables and len(keys) <= self.resolver.capacity // 2:
                 self.resolver.resolve(name, keys)
 
     def _foldable(self, tx: LoggedTransaction) -> bool:
@@ -173,16 +181,30 @@ class Replayer(Generic[TableT]):
             self.writer.write(table, items, match=True, late_refs=True)
             return
         if op == "D":
-            found = self.resolver.resolve(name, [key_of(e) for e in events])
-            addresses = [a for a in found.values() if a is not None]  # cascades took the rest
-            self.target.delete(table, addresses)
-            self.resolver.deleted(name, found)
+            for start in range(0, len(events), CHUNK_EVENTS):
+                chunk = events[start : start + CHUNK_EVENTS]
+                found = self.resolver.resolve(name, [key_of(e) for e in chunk])
+                addresses = [a for a in found.values() if a is not None]  # cascades took them
+                self.target.delete(table, addresses)
+                self.resolver.deleted(name, found)
             return
-        for event in events:  # updates one by one: a rename changes what later ones find
-            item = (key_of(event), row_of(event))
-            self.writer.update_many(table, [item], old_key=event.old_key)
-            if event.old_key is not None:
-                self.resolver.changed(name)
+        # updates in place, in log order, a chunk per statement batch; a rename alone, as it
+        # changes what later ones find
+        in_place: list[tuple[NaturalKey, Row]] = []
+        for event in events:
+            if event.old_key is None:
+                in_place.append((key_of(event), row_of(event)))
+                if len(in_place) >= CHUNK_EVENTS:
+                    self.writer.update_many(table, in_place)
+                    in_place = []
+                continue
+            if in_place:
+                self.writer.update_many(table, in_place)
+                in_place = []
+            self.writer.update_many(table, [(key_of(event), row_of(event))], old_key=event.old_key)
+            self.resolver.changed(name)
+        if in_place:
+            self.writer.update_many(table, in_place)
 
     def _apply_multiset(self, table: TableT, op: str, events: Sequence[LogEvent]) -> None:
         for event in events:

@@ -47,6 +47,11 @@ class Resolver(Generic[TableT]):
                 if part.foreign_key is not None and part.foreign_key.ref_table in self._containers:
                     self._containers[part.foreign_key.ref_table].add(name)
 
+    @property
+    def capacity(self) -> int:
+        """How many addresses the cache keeps."""
+        return int(self._cache.maxsize)
+
     def remember(self, table: str, key: NaturalKey, address: Address) -> None:
         self._cache[(table, self._generation[table], canonical_text(key))] = address
 

@@ -19,6 +19,10 @@ trigger, an AFTER STATEMENT trigger with a transition table writing the same JSO
 nkdaemon's triggers; same protocol (fresh copy per run, configurations rotated per round).
 
     python benchmarks/capture_overhead.py --bulk [--rows 1000000] [--rounds 3]
+        [--statements insert delete] [--compare-tree ../main]
+
+--compare-tree DIR adds NAME@base beside each nkdaemon configuration, run with the nkdaemon
+of that checkout: before and after a change, in the same rounds.
 """
 
 from __future__ import annotations
@@ -336,6 +340,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bulk", action="store_true", help="bulk statements instead of pgbench")
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows of the bulk statements")
+    parser.add_argument(
+        "--statements",
+        nargs="*",
+        choices=list(BULK_STATEMENTS),
+        help="only these bulk statements (insert always runs: the others need its rows)",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--scale", type=int, default=10)
@@ -357,6 +367,9 @@ def main() -> None:
     if args.compare_tree:
         configs = configs + [f"{c}@base" for c in configs if c.startswith("nkdaemon")]
     if args.bulk:
+        chosen = {"insert", *(args.statements or BULK_STATEMENTS)}
+        for op in set(BULK_STATEMENTS) - chosen:
+            del BULK_STATEMENTS[op]
         bulk_main(args.rounds, args.rows, configs)
         return
     print(f"pgbench -i -s {args.scale}; runs: -n -c 4 -j 2 -T {args.seconds}, {args.rounds} rounds")

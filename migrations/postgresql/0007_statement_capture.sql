@@ -11,6 +11,10 @@
 --     and pairing them by primary key fails when the key itself changes.
 --   * A partitioned table keeps row triggers: they are cloned to its partitions, so a write
 --     straight into a partition is captured; a statement trigger on the parent is not.
+--     So do tables in an inheritance tree: a DELETE on the parent holds its children's
+--     rows in its transition table (they are captured as their own tables), and fires only
+--     the children's row triggers, not their statement triggers. A table that joins a tree
+--     later is moved back to row triggers by the DDL's event trigger.
 --   * Commit order and the seal (version 1): exactly one queue row of a transaction opens
 --     it. The opens_tx column default is evaluated per row before the open_tx trigger runs
 --     (after the whole INSERT), so a multi-row INSERT into the queue would mark every row
@@ -32,7 +36,9 @@
 -- DELETE where nkdaemon.statement_capture() says no.
 CREATE OR REPLACE FUNCTION nkdaemon.statement_capture(rel oid) RETURNS boolean
 LANGUAGE sql STABLE AS $f$
-    SELECT coalesce((SELECT relkind = 'r' FROM pg_catalog.pg_class WHERE oid = rel), false)
+    SELECT coalesce((SELECT relkind = 'r' AND NOT relhassubclass
+                     FROM pg_catalog.pg_class WHERE oid = rel), false)
+       AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_inherits WHERE inhrelid = rel)
 $f$;
 
 CREATE OR REPLACE FUNCTION nkdaemon.capture_functions(num integer) RETURNS void
@@ -137,6 +143,44 @@ BEGIN
         rel, format('nkdaemon.%I', format('capture_%s_u', num)));
     EXECUTE format('CREATE TRIGGER nkdaemon_capture_truncate AFTER TRUNCATE ON %s '
         'FOR EACH STATEMENT EXECUTE FUNCTION nkdaemon.capture_truncate(%L)', rel, num);
+END
+$f$;
+
+-- Version 6's on_ddl, and then: a captured table that has just joined an inheritance tree
+-- (CREATE TABLE ... INHERITS, ALTER TABLE ... INHERIT: the child or its parent) goes back
+-- to row triggers, in the DDL's own transaction. (Where the event triggers could not be created, "each pass", the
+-- next `install` does it.)
+CREATE OR REPLACE FUNCTION nkdaemon.on_ddl() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+DECLARE
+    num integer;
+    tag text;
+BEGIN
+    FOR num, tag IN
+        SELECT DISTINCT ON (t.number) t.number, c.command_tag
+        FROM pg_catalog.pg_event_trigger_ddl_commands() c
+        LEFT JOIN pg_catalog.pg_index i ON i.indexrelid = c.objid
+        JOIN nkdaemon.tables t ON t.relid = coalesce(i.indrelid, c.objid)
+        WHERE c.classid = 'pg_catalog.pg_class'::regclass
+        ORDER BY t.number
+    LOOP
+        PERFORM nkdaemon.follow_table(num, tag);
+    END LOOP;
+    FOR num IN
+        SELECT DISTINCT t.number
+        FROM pg_catalog.pg_event_trigger_ddl_commands() c
+        LEFT JOIN pg_catalog.pg_inherits h ON h.inhrelid = c.objid
+        JOIN nkdaemon.tables t ON t.relid IN (c.objid, h.inhparent)
+        JOIN pg_catalog.pg_trigger g ON g.tgrelid = t.relid AND g.tgname = 'nkdaemon_capture_i'
+        WHERE c.classid = 'pg_catalog.pg_class'::regclass AND g.tgnewtable IS NOT NULL
+          AND NOT nkdaemon.statement_capture(t.relid)
+        ORDER BY t.number
+    LOOP
+        PERFORM nkdaemon.capture_triggers(num);
+    END LOOP;
+    IF current_setting('nkdaemon.rewritten', true) <> '' THEN
+        PERFORM pg_catalog.set_config('nkdaemon.rewritten', '', true);
+    END IF;
 END
 $f$;
 

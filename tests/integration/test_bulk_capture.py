@@ -28,7 +28,16 @@ from nkdaemon.sources.migrations import migrations_dir
 from nkdaemon.sources.postgres import conninfo_from_url
 from nkdaemon.sources.postgres_capture import migrate
 from tests import pg
-from tests.helpers import do_drain, do_install, engine_for, replayed, run_cli, settings_for, truth
+from tests.helpers import (
+    do_drain,
+    do_install,
+    engine_for,
+    logged,
+    replayed,
+    run_cli,
+    settings_for,
+    truth,
+)
 
 SCHEMA = (
     "CREATE TABLE cats (id serial PRIMARY KEY, code text NOT NULL UNIQUE, "
@@ -325,3 +334,38 @@ def test_the_migration_moves_an_installed_version_6_to_statement_triggers(
     do_drain(settings)
     assert replayed(settings, baseline).comparable() == truth(settings).comparable()
     assert truth(settings).count("items") == 100
+
+
+def test_tables_in_an_inheritance_tree_keep_row_triggers(pg_url: str, tmp_path: Path) -> None:
+    """A DELETE on an inheritance parent removes its children's rows too: its transition
+    table holds them (they would be logged as the parent's) and only the children's row
+    triggers fire (a statement trigger there would miss them)."""
+    _sql(pg_url, "CREATE TABLE base (code text PRIMARY KEY, n int)")
+    settings = settings_for(tmp_path, pg_url)
+    do_install(settings)
+    assert _trigger_kinds(pg_url, "base")["nkdaemon_capture_d"] == "statement nkdaemon_old"
+    _sql(pg_url, "CREATE TABLE sub (extra int, PRIMARY KEY (code)) INHERITS (base)")
+    assert _trigger_kinds(pg_url, "base")["nkdaemon_capture_d"] == "row"
+    do_drain(settings)  # takes sub into capture
+    assert _trigger_kinds(pg_url, "sub")["nkdaemon_capture_d"] == "row"
+    _sql(
+        pg_url,
+        "INSERT INTO base (code, n) SELECT 'b' || g, g FROM generate_series(1, 5) g",
+        "INSERT INTO sub (code, n, extra) SELECT 's' || g, g, g FROM generate_series(1, 5) g",
+    )
+    _sql(pg_url, "CREATE TABLE loner (code text PRIMARY KEY, n int)")
+    do_drain(settings)
+    assert _trigger_kinds(pg_url, "loner")["nkdaemon_capture_d"] == "statement nkdaemon_old"
+    _sql(pg_url, "ALTER TABLE loner INHERIT base")
+    assert _trigger_kinds(pg_url, "loner")["nkdaemon_capture_d"] == "row"
+    _sql(pg_url, "INSERT INTO loner VALUES ('l1', 1), ('l2', 9)")
+    _sql(pg_url, "DELETE FROM base WHERE n <= 2")
+    do_drain(settings)
+    deleted = [(e.table, e.key) for tx in logged(settings) for e in tx.events if e.op == "D"]
+    assert sorted(deleted, key=str) == [
+        ("base", {"code": "b1"}),
+        ("base", {"code": "b2"}),
+        ("loner", {"code": "l1"}),
+        ("sub", {"code": "s1"}),
+        ("sub", {"code": "s2"}),
+    ]

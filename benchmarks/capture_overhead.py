@@ -55,6 +55,7 @@ from _common import (
 
 TEMPLATE = "nkd_bench_pgbench"
 MIN_PASS_INTERVAL: str | None = None  # the daemon's own default unless given
+EXPLAIN = False  # --explain: bulk statements under EXPLAIN ANALYZE, trigger times printed
 COMPARE_TREE = ""  # --compare-tree: a checkout whose nkdaemon the @base configurations run
 RUN_DB = "nkd_bench_run"
 TABLES = ("pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history")
@@ -284,11 +285,24 @@ def bulk_template() -> None:
 
 
 def timed(database: str, statement: str) -> float:
+    """Seconds the statement takes; with --explain, run under EXPLAIN ANALYZE and print
+    the time each trigger took (where the capture's cost goes)."""
     with psycopg.connect(db_url(database), autocommit=True) as conn:
         conn.execute("CHECKPOINT")
         started = time.perf_counter()
-        conn.execute(statement)  # type: ignore[arg-type]
-        return time.perf_counter() - started
+        if not EXPLAIN:
+            conn.execute(statement)  # type: ignore[arg-type]
+            return time.perf_counter() - started
+        row = conn.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {statement}").fetchone()  # type: ignore[arg-type]
+        elapsed = time.perf_counter() - started
+    assert row is not None
+    plan = row[0][0]
+    triggers = ", ".join(
+        f"{t['Trigger Name']} {t['Time'] / 1000:.2f} s ({t['Calls']} calls)"
+        for t in plan.get("Triggers", [])
+    )
+    print(f"    executor {plan['Execution Time'] / 1000:.2f} s; triggers: {triggers or 'none'}")
+    return elapsed
 
 
 def bulk_once(name: str, rows: int) -> dict[str, float]:
@@ -341,6 +355,9 @@ def main() -> None:
     parser.add_argument("--bulk", action="store_true", help="bulk statements instead of pgbench")
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows of the bulk statements")
     parser.add_argument(
+        "--explain", action="store_true", help="bulk: print each trigger's time (EXPLAIN ANALYZE)"
+    )
+    parser.add_argument(
         "--statements",
         nargs="*",
         choices=list(BULK_STATEMENTS),
@@ -360,6 +377,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     globals()["MIN_PASS_INTERVAL"] = args.min_pass_interval
+    globals()["EXPLAIN"] = args.explain
     globals()["COMPARE_TREE"] = str(Path(args.compare_tree).resolve()) if args.compare_tree else ""
     configs = args.only or (
         BULK_CONFIGS if args.bulk else ["none", "bare", "nkdaemon", "nkdaemon+drain", "audit"]

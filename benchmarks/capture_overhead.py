@@ -186,11 +186,15 @@ def tree_of(name: str) -> Iterator[str]:
     if not name.endswith("@base"):
         yield name
         return
-    saved = os.environ.get("PYTHONPATH")
+    saved, cwd = os.environ.get("PYTHONPATH"), Path.cwd()
     os.environ["PYTHONPATH"] = COMPARE_TREE
+    # `python -m` looks in the working directory first: from a checkout it would import
+    # that checkout's nkdaemon whatever PYTHONPATH says.
+    os.chdir(COMPARE_TREE)
     try:
         yield name.removesuffix("@base")
     finally:
+        os.chdir(cwd)
         if saved is None:
             del os.environ["PYTHONPATH"]
         else:

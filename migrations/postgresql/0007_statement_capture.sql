@@ -147,7 +147,7 @@ END
 $f$;
 
 -- Version 6's on_ddl, and then: a captured table that has just joined an inheritance tree
--- (CREATE TABLE ... INHERITS, ALTER TABLE ... INHERIT: the child or its parent) goes back
+-- (CREATE TABLE ... INHERITS, ALTER TABLE ... INHERIT, ATTACH PARTITION: the child or its parent) goes back
 -- to row triggers, in the DDL's own transaction. (Where the event triggers could not be created, "each pass", the
 -- next `install` does it.)
 CREATE OR REPLACE FUNCTION nkdaemon.on_ddl() RETURNS event_trigger
@@ -166,14 +166,14 @@ BEGIN
     LOOP
         PERFORM nkdaemon.follow_table(num, tag);
     END LOOP;
+    -- Every captured table still on statement triggers that may no longer have them, not
+    -- only the ones this command names: ALTER TABLE parent ATTACH PARTITION t names the
+    -- parent, and rows routed through it would fire no statement trigger of t.
     FOR num IN
-        SELECT DISTINCT t.number
-        FROM pg_catalog.pg_event_trigger_ddl_commands() c
-        LEFT JOIN pg_catalog.pg_inherits h ON h.inhrelid = c.objid
-        JOIN nkdaemon.tables t ON t.relid IN (c.objid, h.inhparent)
+        SELECT t.number
+        FROM nkdaemon.tables t
         JOIN pg_catalog.pg_trigger g ON g.tgrelid = t.relid AND g.tgname = 'nkdaemon_capture_i'
-        WHERE c.classid = 'pg_catalog.pg_class'::regclass AND g.tgnewtable IS NOT NULL
-          AND NOT nkdaemon.statement_capture(t.relid)
+        WHERE g.tgnewtable IS NOT NULL AND NOT nkdaemon.statement_capture(t.relid)
         ORDER BY t.number
     LOOP
         PERFORM nkdaemon.capture_triggers(num);

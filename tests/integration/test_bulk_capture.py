@@ -369,3 +369,30 @@ def test_tables_in_an_inheritance_tree_keep_row_triggers(pg_url: str, tmp_path: 
         ("sub", {"code": "s1"}),
         ("sub", {"code": "s2"}),
     ]
+
+
+def test_a_table_attached_as_a_partition_goes_back_to_row_triggers(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """Rows routed into a partition through its parent fire the partition's row triggers
+    but none of its statement triggers: a captured table attached as a partition of a
+    table nkdaemon does not capture must move to row triggers, or those rows are lost."""
+    _sql(
+        pg_url,
+        "CREATE TABLE events (code text NOT NULL, day int NOT NULL, PRIMARY KEY (code, day)) "
+        "PARTITION BY RANGE (day)",
+        "CREATE TABLE late (code text NOT NULL, day int NOT NULL, PRIMARY KEY (code, day))",
+    )
+    settings = settings_for(tmp_path, pg_url, '[capture]\ntables = ["late"]\n')
+    do_install(settings)
+    baseline = truth(settings)
+    assert _trigger_kinds(pg_url, "late")["nkdaemon_capture_i"] == "statement nkdaemon_new"
+    _sql(pg_url, "ALTER TABLE events ATTACH PARTITION late FOR VALUES FROM (100) TO (200)")
+    assert _trigger_kinds(pg_url, "late")["nkdaemon_capture_i"] == "row"
+    _sql(
+        pg_url,
+        "INSERT INTO events (code, day) SELECT 'e' || g, 100 + g FROM generate_series(1, 4) g",
+    )
+    _sql(pg_url, "DELETE FROM events WHERE day = 101")
+    do_drain(settings)
+    assert replayed(settings, baseline).count("late") == 3

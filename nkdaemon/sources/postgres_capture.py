@@ -120,34 +120,16 @@ def drop_capture_schema(conn: Connection) -> None:
 # --- the triggers -----------------------------------------------------------------------------
 
 
-def _function_name(number: int, op: str) -> sql.Composed:
-    return sql.SQL("nkdaemon.{}").format(sql.Identifier(f"capture_{number}_{op}"))
-
-
 def create_triggers(conn: Connection, table: sql.Composed, number: int) -> None:
     """Lock ``table`` (so no transaction writes it between install's seal and its end),
-    then (re)create its row and TRUNCATE triggers. The row trigger functions are generated
-    in the database (nkdaemon.capture_functions, migration 0006) from the table's columns
-    and its identity in nkdaemon.tables, which must be recorded first: the event trigger
-    regenerates them the same way when the table changes."""
+    then (re)create its capture triggers: statement triggers with a transition table for
+    INSERT and DELETE on a plain table, row triggers for UPDATE (and for a partitioned
+    table), a statement trigger for TRUNCATE. Triggers and functions are made in the
+    database (nkdaemon.capture_triggers, migration 0007) from the table's columns and its
+    identity in nkdaemon.tables, which must be recorded first: the event trigger
+    regenerates the functions the same way when the table changes."""
     conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(table))
-    drop_triggers(conn, table)
-    conn.execute("SELECT nkdaemon.capture_functions(%s)", (number,))
-    for op, event in (("i", "INSERT"), ("u", "UPDATE"), ("d", "DELETE")):
-        conn.execute(
-            sql.SQL("CREATE TRIGGER {} AFTER {} ON {} FOR EACH ROW EXECUTE FUNCTION {}()").format(
-                sql.Identifier(f"{ROW_TRIGGER}_{op}"),
-                sql.SQL(event),
-                table,
-                _function_name(number, op),
-            )
-        )
-    conn.execute(
-        sql.SQL(
-            "CREATE TRIGGER {} AFTER TRUNCATE ON {} "
-            "FOR EACH STATEMENT EXECUTE FUNCTION nkdaemon.capture_truncate({})"
-        ).format(sql.Identifier(TRUNCATE_TRIGGER), table, sql.Literal(str(number)))
-    )
+    conn.execute("SELECT nkdaemon.capture_triggers(%s)", (number,))
 
 
 def drop_triggers(conn: Connection, table: sql.Composed) -> None:

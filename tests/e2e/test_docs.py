@@ -53,6 +53,7 @@ def test_the_quick_start_demo_runs_on_a_machine_with_no_server(tmp_path: Path) -
 def test_the_readme_test_command_is_what_ci_runs() -> None:
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
-    assert "pip install -e '.[test]' && python -m pytest" in readme
-    assert "exec python3 -m pytest" in ci
+    command = "python -m pytest -n 2 --dist worksteal"
+    assert f"pip install -e '.[test]' && {command}" in readme
+    assert f"exec python3 {command.removeprefix('python ')}\n" in ci
     assert "pip install -e . && nkdaemon demo" in readme

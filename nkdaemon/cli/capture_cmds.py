@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from nkdaemon.cli import AppContext, echo_json, pass_app
+from nkdaemon.cli.progress import stage_bars
 from nkdaemon.runtime.session import Session
 from nkdaemon.services.install import install, uninstall
 
@@ -25,7 +26,7 @@ def register(cli: click.Group) -> None:
 @pass_app
 def install_command(app: AppContext, take_over: bool) -> None:
     """Add the capture schema and triggers to the source (idempotent)."""
-    with Session(app.settings, writer=True) as session:
+    with Session(app.settings, writer=True) as session, stage_bars() as progress:
         result = install(
             session.settings,
             engine=session.engine,
@@ -34,6 +35,7 @@ def install_command(app: AppContext, take_over: bool) -> None:
             state=session.state,
             log_store=session.log_store,
             take_over=take_over,
+            progress=progress,
         )
     if result.taken_from is not None:
         click.echo(

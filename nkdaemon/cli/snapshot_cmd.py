@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from nkdaemon.cli import AppContext, echo_json, pass_app
+from nkdaemon.cli.progress import stage_bars
 from nkdaemon.core.errors import NotInstalledError
 from nkdaemon.runtime.session import Session
 from nkdaemon.services.install import load_registry
@@ -24,7 +25,7 @@ def snapshot_command(app: AppContext, as_json: bool, force: bool) -> None:
 
     None is written when the source has not changed since the newest snapshot: it stands
     for now too (and is marked current), and retention keeps older restore points."""
-    with Session(app.settings, writer=False) as session:
+    with Session(app.settings, writer=False) as session, stage_bars() as progress:
         session.layout.require()
         installation = session.state.get_meta("installation_id")
         if installation is None:
@@ -40,6 +41,7 @@ def snapshot_command(app: AppContext, as_json: bool, force: bool) -> None:
             cuts=session.cuts,
             force=force,
             log_store=session.log_store,
+            progress=progress,
         )
     info = result.info
     rows = sum(t.rows for t in info.tables)

@@ -24,7 +24,7 @@ from nkdaemon.repository.layout import RepositoryLayout
 from nkdaemon.repository.segments import SegmentLog
 from nkdaemon.repository.snapshots import SnapshotWriter
 from nkdaemon.repository.state import Checkpoint, StateStore
-from nkdaemon.services.snapshot import collect_keys, natural_rows
+from nkdaemon.services.snapshot import Progress, write_tables
 from nkdaemon.services.table_shapes import (
     remember_tables,
     remembered_numbers,
@@ -78,6 +78,7 @@ def install(
     state: StateStore,
     log_store: SegmentLog,
     take_over: bool = False,
+    progress: Progress | None = None,
 ) -> InstallResult:
     """Install (or bring up to date) capture for this repository; refuses a source another
     repository captures unless ``take_over``, which moves capture here."""
@@ -108,11 +109,13 @@ def install(
     def baseline_snapshot(point: SnapshotPoint, read_table: TableReader) -> None:
         writer = SnapshotWriter(layout.snapshots_dir, time=point.time, position=point.position)
         snapshot.update(point=point, writer=writer, read_table=read_table)
-        index = collect_keys(registry.tables, read_table, seed_index)
-        for spec in registry.tables.values():
-            writer.write_table(
-                spec.number, spec.name, natural_rows(registry.tables, index, spec, read_table(spec))
-            )
+        write_tables(
+            writer=writer,
+            tables=registry.tables,
+            read_table=read_table,
+            key_sink=seed_index,
+            progress=progress,
+        )
 
     try:
         installation, baseline = source.install(registry.tables, baseline_snapshot, claim)

@@ -40,6 +40,48 @@ from nkdaemon.repository.snapshots import (
 log = structlog.get_logger("nkdaemon.snapshot")
 
 KeySink = Callable[[TableSpec, list[tuple[Any, ShallowKey]]], None]
+Progress = Callable[[str, int], None]
+"""Told (stage, rows read since the last call) as a snapshot reads the source: stage
+"index" for the first pass over referenced tables, "snapshot" for the rows written."""
+PROGRESS_EVERY = 10_000
+
+
+def counting(read_table: TableReader, progress: Progress | None, stage: str) -> TableReader:
+    """``read_table``, telling ``progress`` every PROGRESS_EVERY rows read."""
+    if progress is None:
+        return read_table
+
+    def read(spec: TableSpec) -> Iterator[dict[str, Any]]:
+        count = 0
+        for row in read_table(spec):
+            yield row
+            count += 1
+            if count == PROGRESS_EVERY:
+                progress(stage, count)
+                count = 0
+        if count:
+            progress(stage, count)
+
+    return read
+
+
+def write_tables(
+    *,
+    writer: SnapshotWriter,
+    tables: Mapping[int, TableSpec],
+    read_table: TableReader,
+    key_sink: KeySink | None = None,
+    progress: Progress | None = None,
+) -> int:
+    """Both passes of a snapshot into ``writer`` (not committed): the rows written."""
+    index = collect_keys(tables, counting(read_table, progress, "index"), key_sink)
+    rows = counting(read_table, progress, "snapshot")
+    total = 0
+    for spec in tables.values():
+        total += writer.write_table(
+            spec.number, spec.name, natural_rows(tables, index, spec, rows(spec))
+        )
+    return total
 
 
 def collect_keys(
@@ -89,15 +131,17 @@ def write_snapshot(
     log_lsn: int,
     dialect: str,
     key_sink: KeySink | None = None,
+    progress: Progress | None = None,
 ) -> SnapshotInfo:
     """Write a whole snapshot from a consistent read; abort leaves nothing behind."""
     try:
-        index = collect_keys(tables, read_table, key_sink)
-        total = 0
-        for spec in tables.values():
-            total += writer.write_table(
-                spec.number, spec.name, natural_rows(tables, index, spec, read_table(spec))
-            )
+        total = write_tables(
+            writer=writer,
+            tables=tables,
+            read_table=read_table,
+            key_sink=key_sink,
+            progress=progress,
+        )
         info = writer.commit(
             installation=installation,
             log_lsn=log_lsn,
@@ -131,6 +175,7 @@ def take_snapshot(
     cuts: Any,
     force: bool = False,
     log_store: SegmentLog | None = None,
+    progress: Progress | None = None,
 ) -> SnapshotResult:
     """`nkdaemon snapshot`: a consistent snapshot while writers and the drain go on, unless
     nothing changed since the newest one (``force`` takes one anyway). ``log_store``: to
@@ -167,6 +212,7 @@ def take_snapshot(
                 installation=installation,
                 log_lsn=hint,
                 dialect=source.dialect,
+                progress=progress,
             )
             result["out"] = SnapshotResult(info=info, taken=True, note=note or None)
 

@@ -86,7 +86,10 @@ class LogOverlay:
 
     # --- entity form ---------------------------------------------------------------------
 
-    def _entity(self, table: str, key: Any) -> list[Any]:
+    def _entity(self, table: str, key: Any, *, defer: bool = False) -> list[Any]:
+        """The identity of the row ``key`` names now; ``defer``: raise Unresolved rather than
+        take it for a snapshot row, when the log holds no such row yet (a reference to a row
+        inserted later in the same transaction: one INSERT of a child before its parent)."""
         t = self._tables.get(table)
         if t is None:
             return ["K", key]
@@ -94,6 +97,8 @@ class LogOverlay:
         found = t.live.get(ek := _bytes(form)) or self._deleted.get((table, ek))
         if found is not None:
             return found
+        if defer:
+            raise Unresolved(f"{table} {key_text(key)}")
         message = f"{self._where}{table} {key_text(key)}, which does not exist, is referred to"
         return self._snapshot_entity(t, form, ek, Unresolved(f"{table} {key_text(key)}"), message)
 
@@ -125,10 +130,10 @@ class LogOverlay:
             for p, v in key.items()
         }
 
-    def _row_form(self, t: _Table, row: Mapping[str, Any]) -> Form:
+    def _row_form(self, t: _Table, row: Mapping[str, Any], *, defer: bool = False) -> Form:
         refs = t.row_refs
         return {
-            n: self._entity(refs[n], v) if n in refs and v is not None else v
+            n: self._entity(refs[n], v, defer=defer) if n in refs and v is not None else v
             for n, v in row.items()
         }
 
@@ -223,7 +228,7 @@ class LogOverlay:
     ) -> None:
         eid = _bytes(entity)
         try:
-            t.state[eid] = (key, self._row_form(t, row))
+            t.state[eid] = (key, self._row_form(t, row, defer=True))
         except Unresolved:  # a reference to a row later in the transaction
             t.state[eid] = (key, None)
             self._pending.append((t, eid, row, where))
@@ -242,7 +247,7 @@ class LogOverlay:
             self._count(t, text, form, count)
         if event.op in ("I", "U"):
             try:
-                form = self._row_form(t, _given(event.row))
+                form = self._row_form(t, _given(event.row), defer=True)
             except Unresolved:  # a reference to a row later in the transaction
                 self._pending_whole.append((t, _given(event.row), where))
                 return

@@ -309,3 +309,32 @@ def test_a_reference_to_a_row_the_target_lacks_is_named_as_such() -> None:
         "t", keyless=False, expected=lambda: iter(expected), actual=lambda: iter(actual)
     )
     assert diff.differing == ['{"id":1} (refers to a row that does not exist: {"$missing":[9]})']
+
+
+ITEMS = _spec(
+    "items",
+    4,
+    ("sku", "user"),
+    key_parts=(KeyPart(name="sku", column="sku"),),
+    foreign_keys=(_USER_FK,),
+)
+
+
+@pytest.mark.parametrize("table", ["items", "notes"])
+def test_a_reference_to_a_row_inserted_later_in_the_transaction_is_that_row(table: str) -> None:
+    """One INSERT of a child before its parent (PostgreSQL checks the foreign key at the
+    end of the statement; statement capture logs the rows in that order): the reference
+    names the row the transaction inserts, not a snapshot row that must exist."""
+    zed = {"name": "zed"}
+    child = (
+        ChangeEvent(table="items", op="I", key={"sku": "a"}, row={"sku": "a", "user": zed})
+        if table == "items"
+        else ChangeEvent(
+            table="notes", op="I", key={"user": zed, "body": "hi"}, row={"user": zed, "body": "hi"}
+        )
+    )
+    parent = ChangeEvent(table="users", op="I", key=zed, row={"name": "zed", "age": 3})
+    overlay = LogOverlay((*SPECS, ITEMS))
+    overlay.apply_transaction([child, parent], where="tx 2: ")
+    assert list(overlay.expected_rows("users", iter([]))) == [(zed, {"name": "zed", "age": 3})]
+    assert [row for _key, row in overlay.expected_rows(table, iter([]))] == [child.row]

@@ -44,6 +44,19 @@ def _bytes(value: Any) -> bytes:
     return orjson.dumps(value, option=_SORTED)
 
 
+@dataclass(frozen=True)
+class _Later:
+    """A reference the log holds no row for yet, settled at the end of its transaction:
+    the row the transaction inserts under that key by then (one INSERT of a child before
+    its parent), else the snapshot row it named when it was made (``snapshot``; None when
+    the snapshot cannot hold it)."""
+
+    table: str
+    ek: bytes
+    snapshot: Form | None
+    message: str
+
+
 @dataclass
 class _Table:
     spec: TableSpec
@@ -73,8 +86,13 @@ class LogOverlay:
         }
         self._next = 1
         self._home: dict[int, str] = {}  # inserted entity -> its table
-        self._pending: list[tuple[_Table, bytes, Mapping[str, Any], str]] = []
+        self._pending: list[tuple[_Table, bytes, Mapping[str, Any], str, int]] = []
+        self._last_set: dict[tuple[str, bytes], int] = {}  # in this transaction
+        self._sets = 0
         self._pending_whole: list[tuple[_Table, Mapping[str, Any], str]] = []
+        # rows whose references are _Later: settled at the end of the transaction
+        self._pending_forms: list[tuple[_Table, bytes, Form, str, int]] = []
+        self._pending_whole_forms: list[tuple[_Table, Form, str]] = []
         self._deleted: dict[tuple[str, bytes], list[Any]] = {}  # in this transaction
         self._where = ""
         self._dirty_tables: set[str] | None = None  # worked out once the log is folded
@@ -97,10 +115,28 @@ class LogOverlay:
         found = t.live.get(ek := _bytes(form)) or self._deleted.get((table, ek))
         if found is not None:
             return found
-        if defer:
-            raise Unresolved(f"{table} {key_text(key)}")
         message = f"{self._where}{table} {key_text(key)}, which does not exist, is referred to"
+        if defer:
+            snapshot = None if t.truncated or ek in t.gone else self._unwrap(t, form)
+            return _Later(table=table, ek=ek, snapshot=snapshot, message=message)  # type: ignore[return-value]
         return self._snapshot_entity(t, form, ek, Unresolved(f"{table} {key_text(key)}"), message)
+
+    def _settle(self, later: _Later) -> list[Any]:
+        """The row a deferred reference names, now its transaction has ended."""
+        t = self._tables[later.table]
+        found = t.live.get(later.ek) or self._deleted.get((later.table, later.ek))
+        if found is not None:
+            return found
+        if later.snapshot is None:
+            raise Unresolved(later.message.removeprefix(self._where).split(", which")[0])
+        t.present.setdefault(_bytes(later.snapshot), later.message)
+        return ["S", later.table, later.snapshot]
+
+    def _settled(self, form: Form) -> Form | None:
+        """``form`` with its deferred references settled; None if it has none."""
+        if not any(isinstance(v, _Later) for v in form.values()):
+            return None
+        return {n: self._settle(v) if isinstance(v, _Later) else v for n, v in form.items()}
 
     def _snapshot_entity(
         self, t: _Table, form: Form, ek: bytes, error: Exception, message: str
@@ -227,11 +263,20 @@ class LogOverlay:
         self, t: _Table, entity: list[Any], key: Form, row: Mapping[str, Any], where: str
     ) -> None:
         eid = _bytes(entity)
+        # only a row's last change in the transaction may settle its state at the end
+        self._sets += 1
+        self._last_set[(t.spec.name, eid)] = written = self._sets
         try:
-            t.state[eid] = (key, self._row_form(t, row, defer=True))
+            form = self._row_form(t, row, defer=True)
         except Unresolved:  # a reference to a row later in the transaction
             t.state[eid] = (key, None)
-            self._pending.append((t, eid, row, where))
+            self._pending.append((t, eid, row, where, written))
+            return
+        if any(isinstance(v, _Later) for v in form.values()):
+            t.state[eid] = (key, None)
+            self._pending_forms.append((t, eid, form, where, written))
+        else:
+            t.state[eid] = (key, form)
 
     def _apply_multiset(self, t: _Table, event: ChangeEvent, where: str) -> None:
         """A keyless table: a change of how many of each row there are."""
@@ -251,6 +296,9 @@ class LogOverlay:
             except Unresolved:  # a reference to a row later in the transaction
                 self._pending_whole.append((t, _given(event.row), where))
                 return
+            if any(isinstance(v, _Later) for v in form.values()):
+                self._pending_whole_forms.append((t, form, where))
+                return
             text = _bytes(form)
             self._count(t, text, form, t.delta.get(text, 0) + 1)
 
@@ -262,9 +310,25 @@ class LogOverlay:
             t.forms.pop(text, None)
 
     def _resolve_pending(self) -> None:
+        last, self._last_set = self._last_set, {}
+        forms, self._pending_forms = self._pending_forms, []
+        for t, eid, form, where, written in forms:
+            if eid in t.state and last.get((t.spec.name, eid)) == written:
+                try:
+                    t.state[eid] = (t.state[eid][0], self._settled(form) or form)
+                except Unresolved as missing:
+                    raise _missing(where, t, missing) from None
+        whole_forms, self._pending_whole_forms = self._pending_whole_forms, []
+        for t, form, where in whole_forms:
+            try:
+                settled = self._settled(form) or form
+            except Unresolved as missing:
+                raise _missing(where, t, missing) from None
+            text = _bytes(settled)
+            self._count(t, text, settled, t.delta.get(text, 0) + 1)
         pending, self._pending = self._pending, []
-        for t, eid, row, where in pending:
-            if eid in t.state:
+        for t, eid, row, where, written in pending:
+            if eid in t.state and last.get((t.spec.name, eid)) == written:
                 try:
                     t.state[eid] = (t.state[eid][0], self._row_form(t, row))
                 except Unresolved as missing:

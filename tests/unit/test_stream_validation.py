@@ -338,3 +338,23 @@ def test_a_reference_to_a_row_inserted_later_in_the_transaction_is_that_row(tabl
     overlay.apply_transaction([child, parent], where="tx 2: ")
     assert list(overlay.expected_rows("users", iter([]))) == [(zed, {"name": "zed", "age": 3})]
     assert [row for _key, row in overlay.expected_rows(table, iter([]))] == [child.row]
+
+
+def test_a_later_change_of_the_row_in_the_transaction_is_what_stays() -> None:
+    """A row first written with a reference settled only at the end of the transaction,
+    then changed again in it: the end of the transaction keeps the last change."""
+    ann, zed = {"name": "ann"}, {"name": "zed"}
+    overlay = LogOverlay((*SPECS, ITEMS))
+    overlay.apply_transaction(
+        [
+            ChangeEvent(table="items", op="I", key={"sku": "a"}, row={"sku": "a", "user": zed}),
+            ChangeEvent(table="items", op="U", key={"sku": "a"}, row={"sku": "a", "user": ann}),
+            ChangeEvent(table="users", op="I", key=zed, row={"name": "zed", "age": 3}),
+        ],
+        where="tx 2: ",
+    )
+    snapshot_users = [(ann, {"name": "ann", "age": 1})]
+    assert len(list(overlay.expected_rows("users", iter(snapshot_users)))) == 2
+    assert list(overlay.expected_rows("items", iter([]))) == [
+        ({"sku": "a"}, {"sku": "a", "user": ann})
+    ]

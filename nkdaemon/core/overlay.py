@@ -22,57 +22,20 @@ rows as they pass, raising ReplayError with the message LogFold would have given
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
 from typing import Any
-
-import orjson
 
 from nkdaemon.core.fold import ReplayError
 from nkdaemon.core.keys import TableSpec, key_references, row_references
 from nkdaemon.core.log import ChangeEvent
+from nkdaemon.core.overlay_parts import (
+    DANGLING,
+    Form,
+    LaterRef,
+    OverlayTable,
+    Pair,
+    form_bytes,
+)
 from nkdaemon.core.table_diff import Unresolved, key_text
-
-Form = dict[str, Any]
-Pair = tuple[dict[str, Any], dict[str, Any]]
-_SORTED = orjson.OPT_SORT_KEYS
-# What a reference to a row the log deleted renders as: no target reads this back, so the
-# row that holds it differs, as it should (its reference names nothing).
-_DANGLING = {"$deleted": True}
-
-
-def _bytes(value: Any) -> bytes:
-    return orjson.dumps(value, option=_SORTED)
-
-
-@dataclass(frozen=True)
-class _Later:
-    """A reference the log holds no row for yet, settled at the end of its transaction:
-    the row the transaction inserts under that key by then (one INSERT of a child before
-    its parent), else the snapshot row it named when it was made (``snapshot``; None when
-    the snapshot cannot hold it)."""
-
-    table: str
-    ek: bytes
-    snapshot: Form | None
-    message: str
-
-
-@dataclass
-class _Table:
-    spec: TableSpec
-    key_refs: dict[str, str]
-    row_refs: dict[str, str]
-    live: dict[bytes, list[Any]] = field(default_factory=dict)  # entity-form key -> entity
-    state: dict[bytes, tuple[Form, Form | None]] = field(default_factory=dict)  # by entity
-    gone: set[bytes] = field(default_factory=set)  # entity-form keys the log took away
-    replaced: set[bytes] = field(default_factory=set)  # snapshot keys the log changed
-    present: dict[bytes, str] = field(default_factory=dict)  # claimed in the snapshot
-    absent: dict[bytes, str] = field(default_factory=dict)  # claimed not in the snapshot
-    moved: bool = False  # a snapshot row's key changed or it went: references re-render
-    truncated: bool = False
-    delta: dict[bytes, int] = field(default_factory=dict)  # keyless: row form -> change
-    forms: dict[bytes, Form] = field(default_factory=dict)
-    short: dict[bytes, str] = field(default_factory=dict)  # keyless: deleted from snapshot
 
 
 class LogOverlay:
@@ -81,18 +44,18 @@ class LogOverlay:
 
     def __init__(self, specs: Iterable[TableSpec]) -> None:
         self._tables = {
-            s.name: _Table(spec=s, key_refs=key_references(s), row_refs=row_references(s))
+            s.name: OverlayTable(spec=s, key_refs=key_references(s), row_refs=row_references(s))
             for s in specs
         }
         self._next = 1
         self._home: dict[int, str] = {}  # inserted entity -> its table
-        self._pending: list[tuple[_Table, bytes, Mapping[str, Any], str, int]] = []
+        self._pending: list[tuple[OverlayTable, bytes, Mapping[str, Any], str, int]] = []
         self._last_set: dict[tuple[str, bytes], int] = {}  # in this transaction
         self._sets = 0
-        self._pending_whole: list[tuple[_Table, Mapping[str, Any], str]] = []
-        # rows whose references are _Later: settled at the end of the transaction
-        self._pending_forms: list[tuple[_Table, bytes, Form, str, int]] = []
-        self._pending_whole_forms: list[tuple[_Table, Form, str]] = []
+        self._pending_whole: list[tuple[OverlayTable, Mapping[str, Any], str]] = []
+        # rows whose references are LaterRef: settled at the end of the transaction
+        self._pending_forms: list[tuple[OverlayTable, bytes, Form, str, int]] = []
+        self._pending_whole_forms: list[tuple[OverlayTable, Form, str]] = []
         self._deleted: dict[tuple[str, bytes], list[Any]] = {}  # in this transaction
         self._where = ""
         self._dirty_tables: set[str] | None = None  # worked out once the log is folded
@@ -112,16 +75,16 @@ class LogOverlay:
         if t is None:
             return ["K", key]
         form = self._key_form(t, key)
-        found = t.live.get(ek := _bytes(form)) or self._deleted.get((table, ek))
+        found = t.live.get(ek := form_bytes(form)) or self._deleted.get((table, ek))
         if found is not None:
             return found
         message = f"{self._where}{table} {key_text(key)}, which does not exist, is referred to"
         if defer:
             snapshot = None if t.truncated or ek in t.gone else self._unwrap(t, form)
-            return _Later(table=table, ek=ek, snapshot=snapshot, message=message)  # type: ignore[return-value]
+            return LaterRef(table=table, ek=ek, snapshot=snapshot, message=message)  # type: ignore[return-value]
         return self._snapshot_entity(t, form, ek, Unresolved(f"{table} {key_text(key)}"), message)
 
-    def _settle(self, later: _Later) -> list[Any]:
+    def _settle(self, later: LaterRef) -> list[Any]:
         """The row a deferred reference names, now its transaction has ended."""
         t = self._tables[later.table]
         found = t.live.get(later.ek) or self._deleted.get((later.table, later.ek))
@@ -129,26 +92,26 @@ class LogOverlay:
             return found
         if later.snapshot is None:
             raise Unresolved(later.message.removeprefix(self._where).split(", which")[0])
-        t.present.setdefault(_bytes(later.snapshot), later.message)
+        t.present.setdefault(form_bytes(later.snapshot), later.message)
         return ["S", later.table, later.snapshot]
 
     def _settled(self, form: Form) -> Form | None:
         """``form`` with its deferred references settled; None if it has none."""
-        if not any(isinstance(v, _Later) for v in form.values()):
+        if not any(isinstance(v, LaterRef) for v in form.values()):
             return None
-        return {n: self._settle(v) if isinstance(v, _Later) else v for n, v in form.items()}
+        return {n: self._settle(v) if isinstance(v, LaterRef) else v for n, v in form.items()}
 
     def _snapshot_entity(
-        self, t: _Table, form: Form, ek: bytes, error: Exception, message: str
+        self, t: OverlayTable, form: Form, ek: bytes, error: Exception, message: str
     ) -> list[Any]:
         """The untouched snapshot row with this entity-form key (claimed to exist)."""
         key = None if t.truncated or ek in t.gone else self._unwrap(t, form)
         if key is None:
             raise error
-        t.present.setdefault(_bytes(key), message)
+        t.present.setdefault(form_bytes(key), message)
         return ["S", t.spec.name, key]
 
-    def _unwrap(self, t: _Table, form: Form) -> Form | None:
+    def _unwrap(self, t: OverlayTable, form: Form) -> Form | None:
         """The snapshot key of an entity-form key, if only snapshot rows are in it."""
         key = {}
         for part, value in form.items():
@@ -159,14 +122,14 @@ class LogOverlay:
             key[part] = value
         return key
 
-    def _key_form(self, t: _Table, key: Mapping[str, Any]) -> Form:
+    def _key_form(self, t: OverlayTable, key: Mapping[str, Any]) -> Form:
         refs = t.key_refs
         return {
             p: self._entity(refs[p], v) if p in refs and v is not None else v
             for p, v in key.items()
         }
 
-    def _row_form(self, t: _Table, row: Mapping[str, Any], *, defer: bool = False) -> Form:
+    def _row_form(self, t: OverlayTable, row: Mapping[str, Any], *, defer: bool = False) -> Form:
         refs = t.row_refs
         return {
             n: self._entity(refs[n], v, defer=defer) if n in refs and v is not None else v
@@ -189,7 +152,7 @@ class LogOverlay:
         self._resolve_pending()
         self._deleted.clear()
 
-    def _apply(self, t: _Table, event: ChangeEvent, where: str) -> None:
+    def _apply(self, t: OverlayTable, event: ChangeEvent, where: str) -> None:
         if event.op == "T":
             t.truncated, t.moved = True, True
             for part in (t.live, t.state, t.gone, t.delta, t.forms):
@@ -203,18 +166,18 @@ class LogOverlay:
         else:
             self._delete(t, _given(event.key), where)
 
-    def _claim_absent(self, t: _Table, form: Form, ek: bytes, message: str) -> None:
+    def _claim_absent(self, t: OverlayTable, form: Form, ek: bytes, message: str) -> None:
         if not t.truncated and ek not in t.gone:
             key = self._unwrap(t, form)
             if key is not None:
-                t.absent.setdefault(_bytes(key), message)
+                t.absent.setdefault(form_bytes(key), message)
 
     def _insert(
-        self, t: _Table, key: Mapping[str, Any], row: Mapping[str, Any], where: str
+        self, t: OverlayTable, key: Mapping[str, Any], row: Mapping[str, Any], where: str
     ) -> None:
         name = t.spec.name
         form = self._key_form(t, key)
-        ek = _bytes(form)
+        ek = form_bytes(form)
         if ek in t.live:
             raise ReplayError(f"{where}insert of {name} {key_text(key)}, which exists")
         self._claim_absent(t, form, ek, f"{where}insert of {name} {key_text(key)}, which exists")
@@ -225,24 +188,26 @@ class LogOverlay:
         t.live[ek] = entity
         self._set(t, entity, form, row, where)
 
-    def _take(self, t: _Table, key: Mapping[str, Any], message: str) -> tuple[list[Any], bytes]:
+    def _take(
+        self, t: OverlayTable, key: Mapping[str, Any], message: str
+    ) -> tuple[list[Any], bytes]:
         """The entity with this key, taken out of the live rows (a snapshot row: claimed)."""
         form = self._key_form(t, key)
-        ek = _bytes(form)
+        ek = form_bytes(form)
         entity = t.live.pop(ek, None)
         if entity is None:
             entity = self._snapshot_entity(t, form, ek, ReplayError(message), message)
-            t.replaced.add(_bytes(entity[2]))
+            t.replaced.add(form_bytes(entity[2]))
         t.gone.add(ek)
-        t.state.pop(_bytes(entity), None)
+        t.state.pop(form_bytes(entity), None)
         return entity, ek
 
-    def _update(self, t: _Table, event: ChangeEvent, where: str) -> None:
+    def _update(self, t: OverlayTable, event: ChangeEvent, where: str) -> None:
         name, key, previous = t.spec.name, _given(event.key), _given(event.previous_key)
         message = f"{where}update of {name} {key_text(previous)}, which does not exist"
         entity, old = self._take(t, previous, message)
         form = self._key_form(t, key)
-        ek = _bytes(form)
+        ek = form_bytes(form)
         if ek in t.live:
             raise ReplayError(f"{where}update of {name} to {key_text(key)}, which exists")
         if ek != old:
@@ -253,16 +218,16 @@ class LogOverlay:
         t.live[ek] = entity
         self._set(t, entity, form, _given(event.row), where)
 
-    def _delete(self, t: _Table, key: Mapping[str, Any], where: str) -> None:
+    def _delete(self, t: OverlayTable, key: Mapping[str, Any], where: str) -> None:
         message = f"{where}delete of {t.spec.name} {key_text(key)}, which does not exist"
         entity, ek = self._take(t, key, message)
         t.moved = t.moved or entity[0] == "S"
         self._deleted[(t.spec.name, ek)] = entity
 
     def _set(
-        self, t: _Table, entity: list[Any], key: Form, row: Mapping[str, Any], where: str
+        self, t: OverlayTable, entity: list[Any], key: Form, row: Mapping[str, Any], where: str
     ) -> None:
-        eid = _bytes(entity)
+        eid = form_bytes(entity)
         # only a row's last change in the transaction may settle its state at the end
         self._sets += 1
         self._last_set[(t.spec.name, eid)] = written = self._sets
@@ -272,17 +237,17 @@ class LogOverlay:
             t.state[eid] = (key, None)
             self._pending.append((t, eid, row, where, written))
             return
-        if any(isinstance(v, _Later) for v in form.values()):
+        if any(isinstance(v, LaterRef) for v in form.values()):
             t.state[eid] = (key, None)
             self._pending_forms.append((t, eid, form, where, written))
         else:
             t.state[eid] = (key, form)
 
-    def _apply_multiset(self, t: _Table, event: ChangeEvent, where: str) -> None:
+    def _apply_multiset(self, t: OverlayTable, event: ChangeEvent, where: str) -> None:
         """A keyless table: a change of how many of each row there are."""
         if event.op in ("U", "D"):
             form = self._row_form(t, _given(event.previous_key))
-            text = _bytes(form)
+            text = form_bytes(form)
             count = t.delta.get(text, 0) - 1
             message = f"{where}{event.op} of a {t.spec.name} row that does not exist"
             if count < 0 and t.truncated:
@@ -296,13 +261,13 @@ class LogOverlay:
             except Unresolved:  # a reference to a row later in the transaction
                 self._pending_whole.append((t, _given(event.row), where))
                 return
-            if any(isinstance(v, _Later) for v in form.values()):
+            if any(isinstance(v, LaterRef) for v in form.values()):
                 self._pending_whole_forms.append((t, form, where))
                 return
-            text = _bytes(form)
+            text = form_bytes(form)
             self._count(t, text, form, t.delta.get(text, 0) + 1)
 
-    def _count(self, t: _Table, text: bytes, form: Form, count: int) -> None:
+    def _count(self, t: OverlayTable, text: bytes, form: Form, count: int) -> None:
         if count:
             t.delta[text], t.forms[text] = count, form
         else:
@@ -324,7 +289,7 @@ class LogOverlay:
                 settled = self._settled(form) or form
             except Unresolved as missing:
                 raise _missing(where, t, missing) from None
-            text = _bytes(settled)
+            text = form_bytes(settled)
             self._count(t, text, settled, t.delta.get(text, 0) + 1)
         pending, self._pending = self._pending, []
         for t, eid, row, where, written in pending:
@@ -339,7 +304,7 @@ class LogOverlay:
                 form = self._row_form(t, row)
             except Unresolved as missing:
                 raise _missing(where, t, missing) from None
-            text = _bytes(form)
+            text = form_bytes(form)
             self._count(t, text, form, t.delta.get(text, 0) + 1)
 
     # --- the expected rows ---------------------------------------------------------------
@@ -360,7 +325,7 @@ class LogOverlay:
         seen: set[bytes] = set()
         for key, row in snapshot:
             if check:
-                text = _bytes(key)
+                text = form_bytes(key)
                 if text in t.absent:
                     raise ReplayError(t.absent[text])
                 if text in t.present:
@@ -375,12 +340,12 @@ class LogOverlay:
             yield self._render(t.key_refs, key_form), self._render(t.row_refs, row_form or {})
 
     def _expected_multiset(
-        self, t: _Table, snapshot: Iterable[Pair], rewrite: bool, dirty: set[str]
+        self, t: OverlayTable, snapshot: Iterable[Pair], rewrite: bool, dirty: set[str]
     ) -> Iterator[Pair]:
         short = {text: -n for text, n in t.delta.items() if n < 0}
         for _key, row in snapshot:
             if short:
-                text = _bytes(self._snapshot_form(t.row_refs, row))
+                text = form_bytes(self._snapshot_form(t.row_refs, row))
                 if short.get(text, 0) > 0:
                     short[text] -= 1
                     continue
@@ -422,7 +387,7 @@ class LogOverlay:
         self._dirty_tables = dirty
         return dirty
 
-    def _rerendered(self, t: _Table, key: Form, row: Form, dirty: set[str]) -> Pair:
+    def _rerendered(self, t: OverlayTable, key: Form, row: Form, dirty: set[str]) -> Pair:
         def now(refs: Mapping[str, str], form: Form) -> Form:
             return {
                 n: self._now(refs[n], v, dirty)
@@ -437,10 +402,10 @@ class LogOverlay:
         """The key now of the snapshot row whose snapshot key is ``key``."""
         t = self._tables[table]
         if t.truncated:
-            return _DANGLING
-        if _bytes(key) in t.replaced:
-            found = t.state.get(_bytes(["S", table, key]))
-            return _DANGLING if found is None else self._render(t.key_refs, found[0])
+            return DANGLING
+        if form_bytes(key) in t.replaced:
+            found = t.state.get(form_bytes(["S", table, key]))
+            return DANGLING if found is None else self._render(t.key_refs, found[0])
         return {
             p: self._now(t.key_refs[p], v, dirty)
             if p in t.key_refs and v is not None and t.key_refs[p] in dirty
@@ -458,15 +423,15 @@ class LogOverlay:
             return entity[1]
         table = self._home[entity[1]] if entity[0] == "@" else entity[1]
         t = self._tables[table]
-        found = t.state.get(_bytes(entity))
+        found = t.state.get(form_bytes(entity))
         if found is not None:
             return self._render(t.key_refs, found[0])
         if entity[0] == "@":
-            return _DANGLING
+            return DANGLING
         return self._now(table, entity[2], self._dirty())
 
 
-def _missing(where: str, t: _Table, missing: Unresolved) -> ReplayError:
+def _missing(where: str, t: OverlayTable, missing: Unresolved) -> ReplayError:
     return ReplayError(f"{where}{t.spec.name} refers to {missing}, which does not exist")
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from nkdaemon.core.digest import DigestFold
+from nkdaemon.core.overlay_parts import form_bytes
 from nkdaemon.core.table_diff import TableDiff, key_text
 
 Pairs = Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]
@@ -103,11 +104,11 @@ def _name_keyed(diff: TableDiff, expected: Pairs, actual: Pairs, wanted: set[int
     held: dict[bytes, tuple[int, Mapping[str, Any]]] = {}
     for key, row in expected:
         if _partition(key, n) in wanted:
-            held[orjson.dumps(key, option=_SORTED)] = (_hash(key, row), key)
+            held[form_bytes(key)] = (_hash(key, row), key)  # held: a copy of its size
     for key, row in actual:
         if _partition(key, n) not in wanted:
             continue
-        found = held.pop(orjson.dumps(key, option=_SORTED), None)
+        found = held.pop(form_bytes(key), None)
         if found is None:  # not expected, or a second row with the same key
             diff.unexpected.append(_described(key, row))
         elif found[0] != _hash(key, row):
@@ -124,7 +125,7 @@ def _name_multiset(
     shown: dict[bytes, Mapping[str, Any]] = {}
     for key, row in expected:
         if _partition(key, n) in wanted:
-            canonical = orjson.dumps(row, option=_SORTED)
+            canonical = form_bytes(row)
             held[canonical] = held.get(canonical, 0) + 1
             shown.setdefault(canonical, row)
     for key, row in actual:

@@ -87,7 +87,12 @@ class LogOverlay:
     def _settle(self, later: LaterRef) -> list[Any]:
         """The row a deferred reference names, now its transaction has ended."""
         t = self._tables[later.table]
-        found = t.live.get(later.ek) or self._deleted.get((later.table, later.ek))
+        # the snapshot row under that key when the reference was made, renamed or deleted
+        # since: a row inserted later under its old key is another row
+        moved = later.snapshot is not None and form_bytes(later.snapshot) in t.replaced
+        found = (
+            None if moved else t.live.get(later.ek) or self._deleted.get((later.table, later.ek))
+        )
         if found is not None:
             return found
         if later.snapshot is None:

@@ -378,3 +378,22 @@ def test_the_overlay_holds_about_the_size_of_the_rows_it_touched() -> None:
     finally:
         tracemalloc.stop()
     assert held < rows * 1_500, f"{held / rows:.0f} bytes per touched row"
+
+
+def test_a_reference_to_a_snapshot_row_renamed_later_follows_it_not_its_old_name() -> None:
+    """The reference was made while the snapshot row had the name; the same transaction
+    then renamed it and gave the name to a new row: the reference stays with the first."""
+    ann, bea = {"name": "ann"}, {"name": "bea"}
+    overlay = LogOverlay((*SPECS, ITEMS))
+    overlay.apply_transaction(
+        [
+            ChangeEvent(table="items", op="I", key={"sku": "a"}, row={"sku": "a", "user": ann}),
+            ChangeEvent(table="users", op="U", key=bea, old_key=ann, row={"name": "bea", "age": 1}),
+            ChangeEvent(table="users", op="I", key=ann, row={"name": "ann", "age": 9}),
+        ],
+        where="tx 2: ",
+    )
+    assert len(list(overlay.expected_rows("users", iter([(ann, {"name": "ann", "age": 0})])))) == 2
+    assert list(overlay.expected_rows("items", iter([]))) == [
+        ({"sku": "a"}, {"sku": "a", "user": bea})
+    ]

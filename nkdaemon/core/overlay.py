@@ -34,6 +34,7 @@ from nkdaemon.core.overlay_parts import (
     OverlayTable,
     Pair,
     form_bytes,
+    waits,
 )
 from nkdaemon.core.table_diff import Unresolved, key_text
 
@@ -78,11 +79,12 @@ class LogOverlay:
         found = t.live.get(ek := form_bytes(form)) or self._deleted.get((table, ek))
         if found is not None:
             return found
-        message = f"{self._where}{table} {key_text(key)}, which does not exist, is referred to"
+        named = f"{table} {key_text(key)}"
         if defer:
             snapshot = None if t.truncated or ek in t.gone else self._unwrap(t, form)
-            return LaterRef(table=table, ek=ek, snapshot=snapshot, message=message)  # type: ignore[return-value]
-        return self._snapshot_entity(t, form, ek, Unresolved(f"{table} {key_text(key)}"), message)
+            return LaterRef(table=table, ek=ek, snapshot=snapshot, named=named)  # type: ignore[return-value]
+        message = f"{self._where}{named}, which does not exist, is referred to"
+        return self._snapshot_entity(t, form, ek, Unresolved(named), message)
 
     def _settle(self, later: LaterRef) -> list[Any]:
         """The row a deferred reference names, now its transaction has ended."""
@@ -96,14 +98,13 @@ class LogOverlay:
         if found is not None:
             return found
         if later.snapshot is None:
-            raise Unresolved(later.message.removeprefix(self._where).split(", which")[0])
-        t.present.setdefault(form_bytes(later.snapshot), later.message)
+            raise Unresolved(later.named)
+        message = f"{self._where}{later.named}, which does not exist, is referred to"
+        t.present.setdefault(form_bytes(later.snapshot), message)
         return ["S", later.table, later.snapshot]
 
-    def _settled(self, form: Form) -> Form | None:
-        """``form`` with its deferred references settled; None if it has none."""
-        if not any(isinstance(v, LaterRef) for v in form.values()):
-            return None
+    def _settled(self, form: Form) -> Form:
+        """``form`` with its deferred references settled."""
         return {n: self._settle(v) if isinstance(v, LaterRef) else v for n, v in form.items()}
 
     def _snapshot_entity(
@@ -242,7 +243,7 @@ class LogOverlay:
             t.state[eid] = (key, None)
             self._pending.append((t, eid, row, where, written))
             return
-        if any(isinstance(v, LaterRef) for v in form.values()):
+        if waits(form):
             t.state[eid] = (key, None)
             self._pending_forms.append((t, eid, form, where, written))
         else:
@@ -266,7 +267,7 @@ class LogOverlay:
             except Unresolved:  # a reference to a row later in the transaction
                 self._pending_whole.append((t, _given(event.row), where))
                 return
-            if any(isinstance(v, LaterRef) for v in form.values()):
+            if waits(form):
                 self._pending_whole_forms.append((t, form, where))
                 return
             text = form_bytes(form)
@@ -285,13 +286,13 @@ class LogOverlay:
         for t, eid, form, where, written in forms:
             if eid in t.state and last.get((t.spec.name, eid)) == written:
                 try:
-                    t.state[eid] = (t.state[eid][0], self._settled(form) or form)
+                    t.state[eid] = (t.state[eid][0], self._settled(form))
                 except Unresolved as missing:
                     raise _missing(where, t, missing) from None
         whole_forms, self._pending_whole_forms = self._pending_whole_forms, []
         for t, form, where in whole_forms:
             try:
-                settled = self._settled(form) or form
+                settled = self._settled(form)
             except Unresolved as missing:
                 raise _missing(where, t, missing) from None
             text = form_bytes(settled)

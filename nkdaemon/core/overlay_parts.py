@@ -35,7 +35,12 @@ class LaterRef:
     table: str
     ek: bytes
     snapshot: Form | None
-    message: str
+    named: str  # "table {key}", for the messages
+
+
+def waits(form: Form) -> bool:
+    """True when a reference of ``form`` is settled only at the end of its transaction."""
+    return any(isinstance(v, LaterRef) for v in form.values())
 
 
 @dataclass
